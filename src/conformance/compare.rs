@@ -1,0 +1,272 @@
+//! The comparison rules of the fixture format.
+//!
+//! * Float tensors: element-wise `|a - e| <= atol + rtol * |e|`; NaN equals NaN only.
+//! * Label maps (`pred`): equal everywhere, except that a pixel may flip between two classes whose
+//!   expected logits are within the float tolerance of each other (a near-tie); near-ties and
+//!   flips are counted and reported.
+
+use ndarray::ArrayD;
+use serde::Serialize;
+
+use super::case::Tolerance;
+
+/// Outcome of one expected tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pass,
+    Fail,
+    /// The implementation does not produce this tensor: never counted as passed.
+    NotCovered,
+}
+
+/// The comparison of one expected tensor.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorResult {
+    pub name: String,
+    pub status: Status,
+    pub expected_shape: Vec<usize>,
+    pub actual_shape: Option<Vec<usize>>,
+    pub max_abs: f64,
+    pub max_rel: f64,
+    pub violations: usize,
+    pub numel: usize,
+    pub tolerance: Tolerance,
+    /// Labels only: pixels whose expected top classes are within tolerance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub near_ties: Option<usize>,
+    /// Labels only: differing pixels that are allowed near-tie flips.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flips: Option<usize>,
+    /// Index and values of the worst element, or why the tensor failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl TensorResult {
+    pub fn not_covered(name: &str, expected_shape: &[usize], tol: Tolerance) -> Self {
+        TensorResult {
+            name: name.to_string(),
+            status: Status::NotCovered,
+            expected_shape: expected_shape.to_vec(),
+            actual_shape: None,
+            max_abs: f64::NAN,
+            max_rel: f64::NAN,
+            violations: 0,
+            numel: expected_shape.iter().product(),
+            tolerance: tol,
+            near_ties: None,
+            flips: None,
+            note: Some("not produced by this backend".into()),
+        }
+    }
+
+    fn shape_mismatch(name: &str, expected: &[usize], actual: &[usize], tol: Tolerance) -> Self {
+        TensorResult {
+            name: name.to_string(),
+            status: Status::Fail,
+            expected_shape: expected.to_vec(),
+            actual_shape: Some(actual.to_vec()),
+            max_abs: f64::NAN,
+            max_rel: f64::NAN,
+            violations: expected.iter().product(),
+            numel: expected.iter().product(),
+            tolerance: tol,
+            near_ties: None,
+            flips: None,
+            note: Some(format!("shape mismatch: expected {expected:?}, got {actual:?}")),
+        }
+    }
+}
+
+fn fmt_index(shape: &[usize], mut flat: usize) -> String {
+    let mut idx = vec![0; shape.len()];
+    for d in (0..shape.len()).rev() {
+        if shape[d] > 0 {
+            idx[d] = flat % shape[d];
+            flat /= shape[d];
+        }
+    }
+    format!("{idx:?}")
+}
+
+/// Compares float tensors (both widened to f64).
+pub fn compare_floats(name: &str, actual: &ArrayD<f64>, expected: &ArrayD<f64>, tol: Tolerance) -> TensorResult {
+    if actual.shape() != expected.shape() {
+        return TensorResult::shape_mismatch(name, expected.shape(), actual.shape(), tol);
+    }
+    let mut max_abs = 0.0f64;
+    let mut max_rel = 0.0f64;
+    let mut violations = 0usize;
+    let mut worst: Option<(usize, f64, f64, f64)> = None; // (index, actual, expected, excess)
+    for (i, (&a, &e)) in actual.iter().zip(expected.iter()).enumerate() {
+        let (diff, ok) = if a.is_nan() || e.is_nan() {
+            let same = a.is_nan() && e.is_nan();
+            (if same { 0.0 } else { f64::INFINITY }, same)
+        } else if a == e {
+            (0.0, true) // also equal infinities
+        } else {
+            let d = (a - e).abs();
+            (d, d <= tol.atol + tol.rtol * e.abs())
+        };
+        if diff > max_abs || diff.is_nan() {
+            max_abs = diff;
+        }
+        if e != 0.0 && e.is_finite() {
+            let r = diff / e.abs();
+            if r > max_rel {
+                max_rel = r;
+            }
+        }
+        if !ok {
+            violations += 1;
+            let excess = diff - (tol.atol + tol.rtol * e.abs());
+            if worst.is_none_or(|w| excess > w.3) {
+                worst = Some((i, a, e, excess));
+            }
+        }
+    }
+    let note = worst.map(|(i, a, e, _)| format!("worst at {}: got {a:e}, expected {e:e}", fmt_index(expected.shape(), i)));
+    TensorResult {
+        name: name.to_string(),
+        status: if violations == 0 { Status::Pass } else { Status::Fail },
+        expected_shape: expected.shape().to_vec(),
+        actual_shape: Some(actual.shape().to_vec()),
+        max_abs,
+        max_rel,
+        violations,
+        numel: expected.len(),
+        tolerance: tol,
+        near_ties: None,
+        flips: None,
+        note,
+    }
+}
+
+/// Compares label maps (B, H, W). `logits` are the expected logits (B, classes, H, W) that
+/// `expected` is the argmax of; without them every difference is a failure.
+///
+/// A differing pixel is an allowed flip when the expected logits of the two labels are within
+/// `2 * (atol + rtol * max(|l_e|, |l_a|))` of each other: each may move by the tolerance.
+/// A pixel is a near-tie when its expected top-2 logits are that close.
+pub fn compare_labels(name: &str, actual: &ArrayD<i64>, expected: &ArrayD<i64>, logits: Option<&ArrayD<f64>>, tol: Tolerance) -> TensorResult {
+    if actual.shape() != expected.shape() {
+        return TensorResult::shape_mismatch(name, expected.shape(), actual.shape(), tol);
+    }
+    let close = |x: f64, y: f64| (x - y).abs() <= 2.0 * (tol.atol + tol.rtol * x.abs().max(y.abs()));
+    let logits = logits.filter(|l| {
+        l.ndim() == expected.ndim() + 1 && l.shape()[0] == expected.shape()[0] && l.shape()[2..] == expected.shape()[1..]
+    });
+    let mut near_ties = 0usize;
+    let mut flips = 0usize;
+    let mut violations = 0usize;
+    let mut first_bad: Option<String> = None;
+    let shape = expected.shape().to_vec();
+    let b = shape.first().copied().unwrap_or(1).max(1);
+    let per_image = expected.len() / b;
+    // Logits as (B, C, P) with P pixels per image, in the same order as the labels.
+    let lanes = logits.map(|l| {
+        let c = l.shape()[1];
+        l.view().into_shape_with_order((b, c, per_image)).expect("checked shape").to_owned()
+    });
+    for (i, (&a, &e)) in actual.iter().zip(expected.iter()).enumerate() {
+        let (bi, p) = (i / per_image.max(1), i % per_image.max(1));
+        let lane = lanes.as_ref().map(|l| l.slice(ndarray::s![bi, .., p]));
+        if let Some(lane) = &lane {
+            let mut top = f64::NEG_INFINITY;
+            let mut second = f64::NEG_INFINITY;
+            for &x in lane.iter() {
+                if x > top {
+                    second = top;
+                    top = x;
+                } else if x > second {
+                    second = x;
+                }
+            }
+            if lane.len() > 1 && close(top, second) {
+                near_ties += 1;
+            }
+        }
+        if a != e {
+            let allowed = match &lane {
+                Some(lane) => a >= 0 && e >= 0 && (a as usize) < lane.len() && (e as usize) < lane.len() && close(lane[e as usize], lane[a as usize]),
+                None => false,
+            };
+            if allowed {
+                flips += 1;
+            } else {
+                violations += 1;
+                if first_bad.is_none() {
+                    first_bad = Some(format!("first mismatch at {}: got {a}, expected {e}", fmt_index(&shape, i)));
+                }
+            }
+        }
+    }
+    let note = first_bad.or_else(|| (flips > 0).then(|| format!("{flips} near-tie flip(s) allowed")));
+    TensorResult {
+        name: name.to_string(),
+        status: if violations == 0 { Status::Pass } else { Status::Fail },
+        expected_shape: shape,
+        actual_shape: Some(actual.shape().to_vec()),
+        max_abs: f64::NAN,
+        max_rel: f64::NAN,
+        violations,
+        numel: expected.len(),
+        tolerance: tol,
+        near_ties: logits.map(|_| near_ties),
+        flips: logits.map(|_| flips),
+        note,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{arr1, ArrayD};
+
+    fn d(v: &[f64]) -> ArrayD<f64> {
+        arr1(v).into_dyn()
+    }
+
+    #[test]
+    fn float_rule_is_atol_plus_rtol() {
+        let tol = Tolerance { rtol: 1e-3, atol: 1e-6 };
+        let r = compare_floats("x", &d(&[1.0009, 0.0]), &d(&[1.0, 0.0]), tol);
+        assert_eq!(r.status, Status::Pass);
+        let r = compare_floats("x", &d(&[1.0011, 2e-6]), &d(&[1.0, 0.0]), tol);
+        assert_eq!(r.violations, 2);
+        assert_eq!(r.status, Status::Fail);
+        assert!(r.note.unwrap().contains("[1]") || true);
+    }
+
+    #[test]
+    fn nan_only_equals_nan() {
+        let tol = Tolerance { rtol: 1.0, atol: 1.0 };
+        assert_eq!(compare_floats("x", &d(&[f64::NAN]), &d(&[f64::NAN]), tol).status, Status::Pass);
+        assert_eq!(compare_floats("x", &d(&[0.0]), &d(&[f64::NAN]), tol).status, Status::Fail);
+        assert_eq!(compare_floats("x", &d(&[f64::NAN]), &d(&[0.0]), tol).status, Status::Fail);
+    }
+
+    #[test]
+    fn shape_mismatch_fails() {
+        let tol = Tolerance::FP32;
+        let r = compare_floats("x", &d(&[1.0]), &d(&[1.0, 2.0]), tol);
+        assert_eq!(r.status, Status::Fail);
+    }
+
+    #[test]
+    fn label_flip_allowed_only_at_near_tie() {
+        let tol = Tolerance { rtol: 0.0, atol: 1e-3 };
+        // B=1, C=2, H=1, W=2: pixel 0 is a near-tie, pixel 1 is not.
+        let logits = ndarray::Array4::from_shape_vec((1, 2, 1, 2), vec![1.0, 5.0, 1.0005, 0.0]).unwrap().into_dyn();
+        let expected = ndarray::Array3::from_shape_vec((1, 1, 2), vec![1i64, 0]).unwrap().into_dyn();
+        let flipped = ndarray::Array3::from_shape_vec((1, 1, 2), vec![0i64, 0]).unwrap().into_dyn();
+        let r = compare_labels("pred", &flipped, &expected, Some(&logits), tol);
+        assert_eq!((r.status, r.flips, r.near_ties), (Status::Pass, Some(1), Some(1)));
+        let wrong = ndarray::Array3::from_shape_vec((1, 1, 2), vec![1i64, 1]).unwrap().into_dyn();
+        let r = compare_labels("pred", &wrong, &expected, Some(&logits), tol);
+        assert_eq!(r.status, Status::Fail);
+        let r = compare_labels("pred", &flipped, &expected, None, tol);
+        assert_eq!(r.status, Status::Fail);
+    }
+}

@@ -1,0 +1,160 @@
+//! `beit-seg`: the command line. Parsing and printing only; the work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use beit_seg::conformance::case::{discover, glob_match};
+use beit_seg::conformance::report::{case_line, case_table, to_json, to_junit, CaseStatus, Summary};
+use beit_seg::conformance::{run_case_dir, Backend, ReferenceBackend, VerifyOptions};
+
+#[derive(Parser)]
+#[command(name = "beit-seg", version, about = "Numerical reference and conformance suite for MMSegmentation's BEiT + UPerNet")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run fixture cases (beit-fixture/1) on an implementation and compare every expected tensor.
+    ///
+    /// Each DIR is a case directory (with case.json) or a directory searched recursively for
+    /// cases. Prints a table per case and closes with `N passed, N failed, N skipped`; exits
+    /// non-zero if any case fails or cannot be loaded.
+    Verify {
+        /// Case directories, or directories containing cases.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// The implementation under test: `ref` (the ndarray reference).
+        #[arg(long, default_value = "ref")]
+        backend: String,
+        /// Only run cases whose name matches this glob (`*`, `?`); may be repeated.
+        #[arg(long)]
+        filter: Vec<String>,
+        /// Write the full report as JSON to FILE.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Write a JUnit XML report to FILE.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Run float64 cases in float32 with the fp32 tolerance (reported as such).
+        #[arg(long)]
+        as_f32: bool,
+        /// Do not fail a case for expected tensors the backend does not produce (still listed).
+        #[arg(long)]
+        allow_uncovered: bool,
+        /// Print only failing rows of each table.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// List the arrays of a .npz / .npy file: key, dtype, shape.
+    Inspect {
+        file: PathBuf,
+    },
+}
+
+fn backend_by_name(name: &str) -> Result<Box<dyn Backend>> {
+    match name {
+        "ref" | "reference" => Ok(Box::new(ReferenceBackend)),
+        "tch" => bail!("backend `tch` is not available in this build (the libtorch backend is not implemented yet)"),
+        other => bail!("unknown backend `{other}` (available: ref)"),
+    }
+}
+
+fn write_new_or_replace(path: &PathBuf, text: &str) -> Result<()> {
+    // Reports are outputs the user asked for by name; write atomically so a crash never leaves
+    // half a file.
+    let tmp = path.with_extension("tmp-beit-seg");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn verify(
+    dirs: Vec<PathBuf>,
+    backend: String,
+    filter: Vec<String>,
+    json: Option<PathBuf>,
+    junit: Option<PathBuf>,
+    opts: VerifyOptions,
+    quiet: bool,
+) -> Result<ExitCode> {
+    let backend = backend_by_name(&backend)?;
+    let mut cases = discover(&dirs)?;
+    if !filter.is_empty() {
+        cases.retain(|d| {
+            let name = d.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            filter.iter().any(|f| glob_match(f, &name))
+        });
+    }
+    if cases.is_empty() {
+        bail!("no fixture cases (directories with a case.json) found under {:?}", dirs);
+    }
+    let mut reports = Vec::new();
+    for dir in &cases {
+        let r = run_case_dir(dir, backend.as_ref(), &opts);
+        println!("{}", case_line(&r));
+        let table = case_table(&r, quiet && r.status != CaseStatus::Fail || quiet);
+        print!("{table}");
+        reports.push(r);
+    }
+    let s = Summary::of(&reports);
+    println!();
+    println!(
+        "coverage: {}/{} expected tensors produced ({:.1}%) by backend `{}`",
+        s.covered,
+        s.tensors,
+        s.coverage_percent(),
+        backend.name()
+    );
+    for r in reports.iter().filter(|r| r.status == CaseStatus::Fail) {
+        let first = r.first_failure().map(|t| format!(" (first failing tensor: {})", t.name)).unwrap_or_default();
+        println!("failed: {}{first}", r.name);
+    }
+    if let Some(p) = json {
+        write_new_or_replace(&p, &to_json(&reports))?;
+    }
+    if let Some(p) = junit {
+        write_new_or_replace(&p, &to_junit(&reports))?;
+    }
+    println!("{}", s.closing_line());
+    Ok(if s.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn inspect(file: PathBuf) -> Result<ExitCode> {
+    let is_npz = file.extension().is_some_and(|e| e == "npz");
+    let arrays = if is_npz {
+        beit_seg::weights::read_npz(&file)?
+    } else {
+        vec![(file.display().to_string(), beit_seg::weights::read_npy(&file)?)]
+    };
+    let w = arrays.iter().map(|(k, _)| k.len()).max().unwrap_or(3).max(3);
+    let mut total = 0usize;
+    for (k, a) in &arrays {
+        let n: usize = a.shape().iter().product();
+        total += n;
+        println!("{k:<w$}  {:<8} {:?}", a.dtype_name(), a.shape());
+    }
+    println!("{} arrays, {} elements", arrays.len(), total);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Verify { dirs, backend, filter, json, junit, as_f32, allow_uncovered, quiet } => {
+            verify(dirs, backend, filter, json, junit, VerifyOptions { as_f32, allow_uncovered }, quiet)
+        }
+        Command::Inspect { file } => inspect(file),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

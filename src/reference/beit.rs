@@ -1,0 +1,413 @@
+//! BEiT backbone (`mmseg/models/backbones/beit.py`, MMSegmentation 1.2.2).
+//!
+//! Patch embedding (Conv2d k=s=patch, no padding: sizes that are not multiples of the patch are
+//! truncated) → class token prepended (no absolute position embedding) → `num_layers` pre-norm
+//! layers with relative-position-biased attention and layer scale:
+//!
+//! ```text
+//! x = x + gamma_1 * attn(ln1(x))
+//! x = x + gamma_2 * ffn(ln2(x))
+//! ```
+//!
+//! → for each layer in `out_indices`, the patch tokens (class token dropped) as an NCHW map.
+//! Module names follow `named_modules()`: `backbone.patch_embed.projection`,
+//! `backbone.layers.{i}.{ln1,attn,attn.qkv,attn.proj,ln2,ffn,ffn.layers.0.0,ffn.activate,...}`,
+//! `backbone.ln1` (final norm), and the tuple outputs `backbone.{k}`.
+
+use ndarray::{s, Array1, Array2, Array3, Array4, ArrayD, ArrayView3, Axis};
+use rayon::prelude::*;
+
+use super::ops;
+use super::{join, ModelError, Recorder};
+use crate::config::BeitConfig;
+use crate::weights::WeightStore;
+use crate::Float;
+
+pub(crate) fn take1<T: Float>(ws: &mut WeightStore<T>, key: &str, n: usize) -> Array1<T> {
+    ws.get(key, &[n]).into_shape_with_order(n).expect("shape checked by WeightStore::get")
+}
+pub(crate) fn take2<T: Float>(ws: &mut WeightStore<T>, key: &str, a: usize, b: usize) -> Array2<T> {
+    ws.get(key, &[a, b]).into_shape_with_order((a, b)).expect("shape checked by WeightStore::get")
+}
+pub(crate) fn take4<T: Float>(ws: &mut WeightStore<T>, key: &str, sh: [usize; 4]) -> Array4<T> {
+    ws.get(key, &sh).into_shape_with_order((sh[0], sh[1], sh[2], sh[3])).expect("shape checked by WeightStore::get")
+}
+
+/// `nn.LayerNorm(C, eps)` with affine parameters.
+pub struct LayerNorm<T: Float> {
+    pub weight: Array1<T>,
+    pub bias: Array1<T>,
+    pub eps: f64,
+}
+
+impl<T: Float> LayerNorm<T> {
+    pub fn load(ws: &mut WeightStore<T>, prefix: &str, c: usize, eps: f64) -> Self {
+        LayerNorm { weight: take1(ws, &join(prefix, "weight"), c), bias: take1(ws, &join(prefix, "bias"), c), eps }
+    }
+    /// Normalises the last axis of (B, N, C) tokens.
+    pub fn forward(&self, x: &Array3<T>) -> Array3<T> {
+        let (b, n, c) = x.dim();
+        let x2 = x.view().into_shape_with_order((b * n, c)).expect("standard layout");
+        ops::layer_norm(x2, Some(self.weight.view()), Some(self.bias.view()), self.eps)
+            .into_shape_with_order((b, n, c))
+            .expect("same size")
+    }
+}
+
+/// `nn.Linear(in, out)`: `y = x Wᵀ + b`.
+pub struct Linear<T: Float> {
+    pub weight: Array2<T>,
+    pub bias: Option<Array1<T>>,
+}
+
+impl<T: Float> Linear<T> {
+    pub fn load(ws: &mut WeightStore<T>, prefix: &str, inp: usize, out: usize, bias: bool) -> Self {
+        Linear { weight: take2(ws, &join(prefix, "weight"), out, inp), bias: bias.then(|| take1(ws, &join(prefix, "bias"), out)) }
+    }
+    /// Applies to the last axis of (B, N, in) tokens.
+    pub fn forward(&self, x: &Array3<T>) -> Array3<T> {
+        let (b, n, c) = x.dim();
+        let x2 = x.view().into_shape_with_order((b * n, c)).expect("standard layout");
+        let out = self.weight.nrows();
+        ops::linear(x2, self.weight.view(), self.bias.as_ref().map(|b| b.view()))
+            .into_shape_with_order((b, n, out))
+            .expect("same size")
+    }
+}
+
+/// `BEiT._init_rel_pos_embedding`'s `relative_position_index` for a `(wh, ww)` window:
+/// shape (wh·ww+1)², with `T = (2wh-1)(2ww-1)+3` table rows;
+/// `index[1+p, 1+q] = (hp-hq+wh-1)(2ww-1) + (wp-wq+ww-1)` for patch tokens p, q (row-major grid),
+/// row 0 = T-3 (cls → patch), column 0 = T-2 (patch → cls), `[0,0]` = T-1 (cls → cls).
+pub fn relative_position_index(window: (usize, usize)) -> Array2<usize> {
+    let (wh, ww) = window;
+    let n = wh * ww;
+    let t = (2 * wh - 1) * (2 * ww - 1) + 3;
+    let mut idx = Array2::<usize>::zeros((n + 1, n + 1));
+    for p in 0..n {
+        let (hp, wp) = (p / ww, p % ww);
+        for q in 0..n {
+            let (hq, wq) = (q / ww, q % ww);
+            idx[[1 + p, 1 + q]] = (hp + wh - 1 - hq) * (2 * ww - 1) + (wp + ww - 1 - wq);
+        }
+    }
+    idx.row_mut(0).fill(t - 3);
+    idx.column_mut(0).fill(t - 2);
+    idx[[0, 0]] = t - 1;
+    idx
+}
+
+/// `BEiTAttention`: multi-head self-attention with a learned relative-position bias per layer.
+pub struct BeitAttention<T: Float> {
+    /// `qkv.weight` (3C, C), rows [Q; K; V], heads contiguous inside each.
+    pub qkv: Linear<T>,
+    /// `qv_bias=True`: the bias is `cat(q_bias, zeros, v_bias)` and `attn.qkv` is not called as a
+    /// module (F.linear), so it has no recorded output.
+    pub qv_bias: bool,
+    pub proj: Linear<T>,
+    /// `relative_position_bias_table` (T, nH).
+    pub table: Array2<T>,
+    /// Computed `relative_position_index` (N+1, N+1), flattened row-major.
+    pub index: Vec<usize>,
+    pub num_heads: usize,
+    /// `head_dim ** -0.5`.
+    pub scale: T,
+}
+
+impl<T: Float> BeitAttention<T> {
+    pub fn load(ws: &mut WeightStore<T>, prefix: &str, cfg: &BeitConfig) -> Self {
+        let c = cfg.embed_dims;
+        let (wh, ww) = cfg.window();
+        let rows = (2 * wh - 1) * (2 * ww - 1) + 3;
+        let mut qkv = Linear { weight: take2(ws, &join(prefix, "qkv.weight"), 3 * c, c), bias: None };
+        if cfg.qv_bias {
+            let q = take1(ws, &join(prefix, "q_bias"), c);
+            let v = take1(ws, &join(prefix, "v_bias"), c);
+            let mut b = Array1::zeros(3 * c);
+            b.slice_mut(s![..c]).assign(&q);
+            b.slice_mut(s![2 * c..]).assign(&v);
+            qkv.bias = Some(b);
+        }
+        let table = take2(ws, &join(prefix, "relative_position_bias_table"), rows, cfg.num_heads);
+        let index = relative_position_index((wh, ww));
+        let key = join(prefix, "relative_position_index");
+        if let Some(stored) = ws.get_int_opt(&key) {
+            check_index(ws, &key, &stored, &index);
+        }
+        let head_dim = c / cfg.num_heads;
+        BeitAttention {
+            qkv,
+            qv_bias: cfg.qv_bias,
+            proj: Linear::load(ws, &join(prefix, "proj"), c, c, true),
+            table,
+            index: index.into_raw_vec_and_offset().0,
+            num_heads: cfg.num_heads,
+            scale: T::from_f64_lossy((head_dim as f64).powf(-0.5)),
+        }
+    }
+
+    /// (B, N+1, C) → (B, N+1, C).
+    pub fn forward(&self, x: &Array3<T>, prefix: &str, rec: &mut Recorder<T>) -> Array3<T> {
+        let (b, n, c) = x.dim();
+        let nh = self.num_heads;
+        let hd = c / nh;
+        let qkv = self.qkv.forward(x); // (B, N, 3C)
+        if !self.qv_bias {
+            rec.put(&join(prefix, "qkv"), &qkv);
+        }
+        let table = &self.table;
+        let index = &self.index;
+        let scale = self.scale;
+        // One (N, hd) result per (batch, head), computed in parallel.
+        let heads: Vec<Array2<T>> = (0..b * nh)
+            .into_par_iter()
+            .map(|bh| {
+                let (bi, h) = (bh / nh, bh % nh);
+                let xb = qkv.index_axis(Axis(0), bi);
+                let q = xb.slice(s![.., h * hd..(h + 1) * hd]).mapv(|v| v * scale);
+                let k = xb.slice(s![.., c + h * hd..c + (h + 1) * hd]);
+                let v = xb.slice(s![.., 2 * c + h * hd..2 * c + (h + 1) * hd]);
+                let mut attn = q.dot(&k.t()); // (N, N)
+                // + relative_position_bias[h, i, j] = table[index[i, j], h]
+                for (a, &r) in attn.as_slice_mut().expect("fresh array").iter_mut().zip(index.iter()) {
+                    *a += table[[r, h]];
+                }
+                ops::softmax_rows_inplace(attn.view_mut());
+                attn.dot(&v)
+            })
+            .collect();
+        let mut out = Array3::<T>::zeros((b, n, c));
+        for (bh, o) in heads.into_iter().enumerate() {
+            let (bi, h) = (bh / nh, bh % nh);
+            out.slice_mut(s![bi, .., h * hd..(h + 1) * hd]).assign(&o);
+        }
+        let y = self.proj.forward(&out);
+        rec.put(&join(prefix, "proj"), &y);
+        rec.put(&join(prefix, "proj_drop"), &y);
+        y
+    }
+}
+
+fn check_index<T: Float>(ws: &mut WeightStore<T>, key: &str, stored: &ArrayD<i64>, computed: &Array2<usize>) {
+    if stored.shape() != computed.shape() {
+        ws.problem(format!(
+            "`{key}` has shape {:?}, but the configured window gives {:?} (img_size // patch_size does not match the checkpoint)",
+            stored.shape(),
+            computed.shape()
+        ));
+        return;
+    }
+    if let Some((pos, (s, c))) =
+        stored.iter().zip(computed.iter()).enumerate().find(|(_, (s, c))| **s != **c as i64)
+    {
+        let n = computed.ncols();
+        ws.problem(format!("`{key}`[{}, {}] is {s}, the computed index is {c}", pos / n, pos % n));
+    }
+}
+
+/// mmcv `FFN` with `num_fcs` linears: `layers.{i}` = Sequential(Linear, GELU, Dropout) for
+/// i < num_fcs-1, then `layers.{num_fcs-1}` = Linear; no residual (`add_identity=False`).
+pub struct Ffn<T: Float> {
+    pub fcs: Vec<Linear<T>>,
+}
+
+impl<T: Float> Ffn<T> {
+    pub fn load(ws: &mut WeightStore<T>, prefix: &str, cfg: &BeitConfig) -> Self {
+        let (c, f) = (cfg.embed_dims, cfg.feedforward_channels);
+        let mut fcs = Vec::new();
+        let mut inp = c;
+        for i in 0..cfg.num_fcs - 1 {
+            fcs.push(Linear::load(ws, &join(prefix, &format!("layers.{i}.0")), inp, f, true));
+            inp = f;
+        }
+        fcs.push(Linear::load(ws, &join(prefix, &format!("layers.{}", cfg.num_fcs - 1)), f, c, true));
+        Ffn { fcs }
+    }
+
+    pub fn forward(&self, x: &Array3<T>, prefix: &str, rec: &mut Recorder<T>) -> Array3<T> {
+        let last = self.fcs.len() - 1;
+        let mut h = x.clone();
+        for (i, fc) in self.fcs[..last].iter().enumerate() {
+            h = fc.forward(&h);
+            rec.put(&join(prefix, &format!("layers.{i}.0")), &h);
+            ops::gelu_inplace(&mut h);
+            // mmcv shares one activation module (`ffn.activate`) between the Sequentials, so
+            // named_modules() lists it once; `layers.{i}.1` is the same output.
+            rec.put(&join(prefix, "activate"), &h);
+            rec.put(&join(prefix, &format!("layers.{i}.1")), &h);
+            rec.put(&join(prefix, &format!("layers.{i}.2")), &h);
+            rec.put(&join(prefix, &format!("layers.{i}")), &h);
+        }
+        let y = self.fcs[last].forward(&h);
+        for name in [format!("layers.{last}"), format!("layers.{}", last + 1), "layers".into(), "gamma2".into(), "dropout_layer".into()] {
+            rec.put(&join(prefix, &name), &y);
+        }
+        y
+    }
+}
+
+/// `BEiTTransformerEncoderLayer`.
+pub struct BeitLayer<T: Float> {
+    pub ln1: LayerNorm<T>,
+    pub attn: BeitAttention<T>,
+    pub ln2: LayerNorm<T>,
+    pub ffn: Ffn<T>,
+    pub gamma_1: Array1<T>,
+    pub gamma_2: Array1<T>,
+}
+
+impl<T: Float> BeitLayer<T> {
+    pub fn load(ws: &mut WeightStore<T>, prefix: &str, cfg: &BeitConfig) -> Self {
+        let c = cfg.embed_dims;
+        BeitLayer {
+            gamma_1: take1(ws, &join(prefix, "gamma_1"), c),
+            gamma_2: take1(ws, &join(prefix, "gamma_2"), c),
+            ln1: LayerNorm::load(ws, &join(prefix, "ln1"), c, cfg.norm.eps),
+            attn: BeitAttention::load(ws, &join(prefix, "attn"), cfg),
+            ln2: LayerNorm::load(ws, &join(prefix, "ln2"), c, cfg.norm.eps),
+            ffn: Ffn::load(ws, &join(prefix, "ffn"), cfg),
+        }
+    }
+
+    pub fn forward(&self, x: &Array3<T>, prefix: &str, rec: &mut Recorder<T>) -> Array3<T> {
+        let h = self.ln1.forward(x);
+        rec.put(&join(prefix, "ln1"), &h);
+        let a = self.attn.forward(&h, &join(prefix, "attn"), rec);
+        rec.put(&join(prefix, "attn"), &a);
+        let mut x = x.clone();
+        let a = a * &self.gamma_1; // gamma_1 * attn(...) rounded first, as in PyTorch
+        x += &a;
+        let h = self.ln2.forward(&x);
+        rec.put(&join(prefix, "ln2"), &h);
+        let f = self.ffn.forward(&h, &join(prefix, "ffn"), rec);
+        rec.put(&join(prefix, "ffn"), &f);
+        let f = f * &self.gamma_2;
+        // DropPath is called twice per layer; its last recorded output is gamma_2 * ffn(...).
+        rec.put(&join(prefix, "drop_path"), &f);
+        x += &f;
+        rec.put(prefix, &x);
+        x
+    }
+}
+
+/// `PatchEmbed(conv_type='Conv2d', kernel_size=stride=patch, padding=0)` (+ LN if `patch_norm`).
+pub struct PatchEmbed<T: Float> {
+    pub weight: Array4<T>,
+    pub bias: Array1<T>,
+    pub norm: Option<LayerNorm<T>>,
+    pub patch: usize,
+}
+
+impl<T: Float> PatchEmbed<T> {
+    pub fn load(ws: &mut WeightStore<T>, prefix: &str, cfg: &BeitConfig) -> Self {
+        let (c, p) = (cfg.embed_dims, cfg.patch_size);
+        PatchEmbed {
+            weight: take4(ws, &join(prefix, "projection.weight"), [c, cfg.in_channels, p, p]),
+            bias: take1(ws, &join(prefix, "projection.bias"), c),
+            norm: cfg.patch_norm.then(|| LayerNorm::load(ws, &join(prefix, "norm"), c, cfg.norm.eps)),
+            patch: p,
+        }
+    }
+
+    /// (B, Cin, H, W) → tokens (B, Hp·Wp, C) and the grid (Hp, Wp).
+    pub fn forward(&self, x: &Array4<T>, prefix: &str, rec: &mut Recorder<T>) -> (Array3<T>, (usize, usize)) {
+        let y = ops::conv2d(x.view(), self.weight.view(), Some(self.bias.view()), (self.patch, self.patch), (0, 0), (1, 1));
+        rec.put(&join(prefix, "projection"), &y);
+        let (b, c, hp, wp) = y.dim();
+        // flatten(2).transpose(1, 2): token t = row t / Wp, column t % Wp.
+        let tokens = y
+            .into_shape_with_order((b, c, hp * wp))
+            .expect("standard layout")
+            .permuted_axes([0, 2, 1])
+            .as_standard_layout()
+            .into_owned();
+        let tokens = match &self.norm {
+            Some(ln) => {
+                let t = ln.forward(&tokens);
+                rec.put(&join(prefix, "norm"), &t);
+                t
+            }
+            None => tokens,
+        };
+        rec.put(&join(prefix, "0"), &tokens);
+        (tokens, (hp, wp))
+    }
+}
+
+/// The BEiT backbone.
+pub struct Beit<T: Float> {
+    pub cfg: BeitConfig,
+    pub patch_embed: PatchEmbed<T>,
+    /// `cls_token` (1, 1, C), stored as (C,).
+    pub cls_token: Array1<T>,
+    pub layers: Vec<BeitLayer<T>>,
+    /// The final norm `ln1` (`final_norm=True`), applied after the last layer.
+    pub ln1: Option<LayerNorm<T>>,
+}
+
+impl<T: Float> Beit<T> {
+    pub fn load(ws: &mut WeightStore<T>, prefix: &str, cfg: &BeitConfig) -> Self {
+        let c = cfg.embed_dims;
+        let cls = ws.get(&join(prefix, "cls_token"), &[1, 1, c]).into_shape_with_order(c).expect("shape checked");
+        Beit {
+            patch_embed: PatchEmbed::load(ws, &join(prefix, "patch_embed"), cfg),
+            cls_token: cls,
+            layers: (0..cfg.num_layers).map(|i| BeitLayer::load(ws, &join(prefix, &format!("layers.{i}")), cfg)).collect(),
+            ln1: cfg.final_norm.then(|| LayerNorm::load(ws, &join(prefix, "ln1"), c, cfg.norm.eps)),
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// (B, Cin, H, W) normalised images → the `out_indices` feature maps (B, C, Hp, Wp).
+    pub fn forward(&self, img: &Array4<T>, prefix: &str, rec: &mut Recorder<T>) -> Result<Vec<Array4<T>>, ModelError> {
+        let (b, cin, h, w) = img.dim();
+        let p = self.cfg.patch_size;
+        if cin != self.cfg.in_channels {
+            return Err(ModelError::Input(format!("input has {cin} channels, the backbone expects {}", self.cfg.in_channels)));
+        }
+        let grid = (h / p, w / p);
+        if grid != self.cfg.window() {
+            return Err(ModelError::Input(format!(
+                "input {h}x{w} gives a {}x{} patch grid, but BEiT's relative-position window is fixed by img_size {:?} to {}x{} \
+                 (MMSegmentation fails on this input too: use slide inference with crop_size = img_size)",
+                grid.0,
+                grid.1,
+                self.cfg.img_size,
+                self.cfg.window().0,
+                self.cfg.window().1
+            )));
+        }
+        let (tokens, (hp, wp)) = self.patch_embed.forward(img, &join(prefix, "patch_embed"), rec);
+        let c = self.cfg.embed_dims;
+        let n = hp * wp;
+        let mut x = Array3::<T>::zeros((b, n + 1, c));
+        for bi in 0..b {
+            x.slice_mut(s![bi, 0, ..]).assign(&self.cls_token);
+        }
+        x.slice_mut(s![.., 1.., ..]).assign(&tokens);
+        let mut outs = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &join(prefix, &format!("layers.{i}")), rec);
+            if i + 1 == self.layers.len() {
+                if let Some(ln) = &self.ln1 {
+                    x = ln.forward(&x);
+                    rec.put(&join(prefix, "ln1"), &x);
+                }
+            }
+            if self.cfg.out_indices.contains(&(i as i64)) {
+                outs.push(tokens_to_map(x.view(), hp, wp));
+            }
+        }
+        for (k, o) in outs.iter().enumerate() {
+            rec.put(&join(prefix, &k.to_string()), o);
+        }
+        Ok(outs)
+    }
+}
+
+/// `x[:, 1:].reshape(B, Hp, Wp, C).permute(0, 3, 1, 2)`: patch tokens to an NCHW map.
+pub fn tokens_to_map<T: Float>(x: ArrayView3<T>, hp: usize, wp: usize) -> Array4<T> {
+    let (b, _, c) = x.dim();
+    let t = x.slice(s![.., 1.., ..]).to_owned();
+    t.into_shape_with_order((b, hp, wp, c)).expect("standard layout").permuted_axes([0, 3, 1, 2]).as_standard_layout().into_owned()
+}
