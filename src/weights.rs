@@ -190,6 +190,8 @@ pub struct WeightStore<T: Float> {
     floats: BTreeMap<String, ArrayD<T>>,
     ints: BTreeMap<String, ArrayD<i64>>,
     used: BTreeSet<String>,
+    /// Every (key, shape) asked for, in construction order.
+    requests: Vec<(String, Vec<usize>)>,
     problems: Vec<String>,
     /// Keys that may be present without being used (derived buffers, BN counters).
     ignorable_suffixes: Vec<&'static str>,
@@ -211,6 +213,7 @@ impl<T: Float> WeightStore<T> {
             floats,
             ints,
             used: BTreeSet::new(),
+            requests: Vec::new(),
             problems: Vec::new(),
             ignorable_suffixes: vec!["num_batches_tracked"],
         }
@@ -240,6 +243,7 @@ impl<T: Float> WeightStore<T> {
     /// on and every problem is reported at once by [`finish`](Self::finish).
     pub fn get(&mut self, key: &str, shape: &[usize]) -> ArrayD<T> {
         self.used.insert(key.to_string());
+        self.requests.push((key.to_string(), shape.to_vec()));
         match self.floats.get(key) {
             Some(a) if a.shape() == shape => a.clone(),
             Some(a) => {
@@ -273,6 +277,12 @@ impl<T: Float> WeightStore<T> {
             self.used.insert(key.to_string());
         }
         v
+    }
+
+    /// Every float tensor the model asked for, `(key, shape)` in construction order: the
+    /// parameter list of a model (see `EncoderDecoder::parameter_shapes`).
+    pub fn requests(&self) -> &[(String, Vec<usize>)] {
+        &self.requests
     }
 
     /// Records a problem found while building (e.g. a buffer that disagrees with the config).

@@ -133,11 +133,10 @@ pub fn linear<T: Float>(
                 "linear: bias length {} != out_features {out_features}",
                 b.len()
             );
-            let y = b
-                .broadcast((n, out_features))
-                .expect("bias broadcasts over rows")
-                .to_owned();
-            (y, T::one())
+            (
+                Array2::from_shape_fn((n, out_features), |(_, j)| b[j]),
+                T::one(),
+            )
         }
         None => (Array2::zeros((n, out_features)), T::zero()),
     };
@@ -179,10 +178,10 @@ pub fn layer_norm<T: Float>(
             Zip::indexed(&mut yr).and(&xr).for_each(|j, yv, &xv| {
                 let mut v = (xv - mean) * rstd;
                 if let Some(w) = &weight {
-                    v = v * w[j];
+                    v *= w[j];
                 }
                 if let Some(b) = &bias {
-                    v = v + b[j];
+                    v += b[j];
                 }
                 *yv = v;
             });
@@ -225,15 +224,11 @@ pub fn softmax_rows_inplace<T: Float>(mut x: ArrayViewMut2<T>) {
 
 /// Output length of a convolution/pooling window sweep along one axis:
 /// `(n + 2p - d(k-1) - 1)/s + 1`, asserting that the (dilated) kernel fits the padded input.
-fn window_out_len(
-    op: &str,
-    n: usize,
-    k: usize,
-    s: usize,
-    p: usize,
-    d: usize,
-) -> usize {
-    assert!(k > 0 && s > 0 && d > 0, "{op}: kernel, stride and dilation must be positive");
+fn window_out_len(op: &str, n: usize, k: usize, s: usize, p: usize, d: usize) -> usize {
+    assert!(
+        k > 0 && s > 0 && d > 0,
+        "{op}: kernel, stride and dilation must be positive"
+    );
     let ek = d * (k - 1) + 1;
     assert!(
         n + 2 * p >= ek,
@@ -310,7 +305,10 @@ fn im2col_tile<T: Float>(
                         if g.sw == 1 {
                             drow[lo..hi].copy_from_slice(&src[base..base + (hi - lo)]);
                         } else {
-                            for (d, s) in drow[lo..hi].iter_mut().zip(src[base..].iter().step_by(g.sw)) {
+                            for (d, s) in drow[lo..hi]
+                                .iter_mut()
+                                .zip(src[base..].iter().step_by(g.sw))
+                            {
                                 *d = *s;
                             }
                         }
@@ -357,9 +355,17 @@ fn conv2d_tiled<T: Float>(
 ) -> Array4<T> {
     let (b, cin, h, w) = x.dim();
     let (cout, w_cin, kh, kw) = weight.dim();
-    assert_eq!(cin, w_cin, "conv2d: input has {cin} channels but weight expects {w_cin}");
+    assert_eq!(
+        cin, w_cin,
+        "conv2d: input has {cin} channels but weight expects {w_cin}"
+    );
     if let Some(bv) = &bias {
-        assert_eq!(bv.len(), cout, "conv2d: bias length {} != out channels {cout}", bv.len());
+        assert_eq!(
+            bv.len(),
+            cout,
+            "conv2d: bias length {} != out channels {cout}",
+            bv.len()
+        );
     }
     let ho = window_out_len("conv2d", h, kh, stride.0, padding.0, dilation.0);
     let wo = window_out_len("conv2d", w, kw, stride.1, padding.1, dilation.1);
@@ -391,15 +397,22 @@ fn conv2d_tiled<T: Float>(
     let x_std = x_std.view();
     let pointwise = kh == 1 && kw == 1 && stride == (1, 1) && padding == (0, 0);
 
-    // Tiling of one image: whole output rows per tile, input channels in blocks.
+    // Tiling of one image: whole output rows per tile, input channels in blocks. The channel
+    // blocks (which set the summation order) depend only on the shapes and the budget, not on
+    // the thread count; tiles are made smaller than `rows_nominal` only to feed the threads.
     let threads = rayon::current_num_threads();
     let rows_budget = tile_elems / (cin * kk * wo).max(1);
     let rows_min = MIN_TILE_COLS.div_ceil(wo);
+    let rows_nominal = rows_budget.max(rows_min).clamp(1, ho);
     let rows_par = ho.div_ceil(2 * threads);
-    let rows_per_tile = rows_par.min(rows_budget.max(rows_min)).max(1);
-    let cin_block = (tile_elems / (kk * rows_per_tile * wo)).clamp(1, cin.max(1));
+    let rows_per_tile = rows_par.min(rows_nominal).max(1);
+    let cin_block = (tile_elems / (kk * rows_nominal * wo)).clamp(1, cin.max(1));
     let n_kblocks = cin.div_ceil(cin_block);
-    let cin_block = if n_kblocks > 0 { cin.div_ceil(n_kblocks) } else { 1 };
+    let cin_block = if n_kblocks > 0 {
+        cin.div_ceil(n_kblocks)
+    } else {
+        1
+    };
 
     out.outer_iter_mut()
         .into_par_iter()
@@ -466,7 +479,10 @@ pub fn conv_transpose2d<T: Float>(
 /// Output length of a transposed convolution along one axis: `(n - 1)·s - 2p + k`.
 fn transposed_out_len(n: usize, k: usize, s: usize, p: usize) -> usize {
     assert!(n > 0, "conv_transpose2d: empty input spatial size");
-    assert!(k > 0 && s > 0, "conv_transpose2d: kernel and stride must be positive");
+    assert!(
+        k > 0 && s > 0,
+        "conv_transpose2d: kernel and stride must be positive"
+    );
     let full = (n - 1) * s + k;
     assert!(
         full > 2 * p,
@@ -583,8 +599,16 @@ pub fn batch_norm_inplace<T: Float>(
     eps: f64,
 ) {
     let c = x.len_of(Axis(1));
-    assert_eq!(running_mean.len(), c, "batch_norm: running_mean length != {c}");
-    assert_eq!(running_var.len(), c, "batch_norm: running_var length != {c}");
+    assert_eq!(
+        running_mean.len(),
+        c,
+        "batch_norm: running_mean length != {c}"
+    );
+    assert_eq!(
+        running_var.len(),
+        c,
+        "batch_norm: running_var length != {c}"
+    );
     if let Some(wv) = &weight {
         assert_eq!(wv.len(), c, "batch_norm: weight length != {c}");
     }
@@ -749,7 +773,7 @@ pub fn interpolate_bilinear<T: Float>(
 ) -> Array4<T> {
     let (b, c, h, w) = x.dim();
     if (h, w) == out {
-        return x.to_owned();
+        return x.as_standard_layout().into_owned();
     }
     assert!(
         (h > 0 || out.0 == 0) && (w > 0 || out.1 == 0),
@@ -819,6 +843,838 @@ pub fn mul_channel_inplace<T: Float>(x: &mut Array2<T>, gamma: ArrayView1<T>) {
         x.ncols()
     );
     Zip::from(x.rows_mut()).par_for_each(|mut row| {
-        Zip::from(&mut row).and(&gamma).for_each(|v, &g| *v = *v * g);
+        Zip::from(&mut row).and(&gamma).for_each(|v, &g| *v *= g);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{arr2, Array1, Array4, ArrayD, IxDyn};
+
+    /// A tiny deterministic pseudo-random generator (64-bit LCG, top 53 bits).
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn new(seed: u64) -> Self {
+            Lcg(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03)
+        }
+        /// Uniform in [-1, 1).
+        fn next(&mut self) -> f64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        }
+        fn vec<T: Float>(&mut self, n: usize) -> Array1<T> {
+            Array1::from_shape_fn(n, |_| T::from_f64_lossy(self.next()))
+        }
+        fn mat<T: Float>(&mut self, shape: (usize, usize)) -> Array2<T> {
+            Array2::from_shape_fn(shape, |_| T::from_f64_lossy(self.next()))
+        }
+        fn t4<T: Float>(&mut self, shape: (usize, usize, usize, usize)) -> Array4<T> {
+            Array4::from_shape_fn(shape, |_| T::from_f64_lossy(self.next()))
+        }
+    }
+
+    fn f64s<T: Float, D: Dimension>(a: &Array<T, D>) -> Array<f64, D> {
+        a.mapv(|v| v.to_f64_exact())
+    }
+
+    /// `|got - want| <= tol * mag + tiny`, elementwise.
+    fn assert_close<T: Float, D: Dimension>(
+        got: &Array<T, D>,
+        want: &Array<f64, D>,
+        mag: &Array<f64, D>,
+        tol: f64,
+        what: &str,
+    ) {
+        assert_eq!(got.shape(), want.shape(), "{what}: shape");
+        for ((g, w), m) in got.iter().zip(want).zip(mag) {
+            let g = g.to_f64_exact();
+            let err = (g - w).abs();
+            assert!(
+                err <= tol * m + 1e-300 || (g.is_nan() && w.is_nan()),
+                "{what} ({}): got {g}, want {w}, err {err}, bound {}",
+                T::DTYPE,
+                tol * m
+            );
+        }
+    }
+
+    /// Bound factor on the error of a K-term dot product in `T`, relative to Σ|terms|.
+    fn dot_tol<T: Float>(k: usize) -> f64 {
+        2.0 * (k as f64 + 2.0) * T::epsilon().to_f64_exact()
+    }
+
+    // ---------------------------------------------------------------- linear
+
+    fn check_linear<T: Float>() {
+        let mut rng = Lcg::new(1);
+        for &(n, i, o, with_bias) in &[
+            (5, 7, 3, true),
+            (1, 1, 1, false),
+            (70, 50, 90, true),   // parallel split over columns
+            (300, 40, 33, false), // parallel split over rows
+            (4, 0, 3, true),      // no input features: y = bias
+        ] {
+            let x = rng.mat::<T>((n, i));
+            let w = rng.mat::<T>((o, i));
+            let b = rng.vec::<T>(o);
+            let y = linear(x.view(), w.view(), with_bias.then(|| b.view()));
+            let (xf, wf, bf) = (f64s(&x), f64s(&w), f64s(&b));
+            let mut want = Array2::zeros((n, o));
+            let mut mag = Array2::zeros((n, o));
+            for r in 0..n {
+                for c in 0..o {
+                    let mut acc = if with_bias { bf[c] } else { 0.0 };
+                    let mut m = acc.abs();
+                    for k in 0..i {
+                        acc += xf[[r, k]] * wf[[c, k]];
+                        m += (xf[[r, k]] * wf[[c, k]]).abs();
+                    }
+                    want[[r, c]] = acc;
+                    mag[[r, c]] = m;
+                }
+            }
+            assert_close(&y, &want, &mag, dot_tol::<T>(i + 1), "linear");
+        }
+        // Non-contiguous input (a transposed view) gives the same result.
+        let xt = rng.mat::<T>((6, 9));
+        let w = rng.mat::<T>((4, 6));
+        let y1 = linear(xt.t(), w.view(), None);
+        let y2 = linear(xt.t().as_standard_layout().view(), w.view(), None);
+        assert_eq!(y1, y2);
+    }
+
+    #[test]
+    fn linear_matches_naive() {
+        check_linear::<f32>();
+        check_linear::<f64>();
+    }
+
+    // ------------------------------------------------------------ layer norm
+
+    fn check_layer_norm<T: Float>() {
+        let mut rng = Lcg::new(2);
+        let (n, c) = (13, 768);
+        let x = rng
+            .mat::<T>((n, c))
+            .mapv(|v| v * T::from_f64_lossy(3.0) + T::one());
+        // Plain normalisation: mean 0, variance 1 (up to eps).
+        let y = layer_norm(x.view(), None, None, 0.0);
+        for row in y.rows() {
+            let r = row.mapv(|v| v.to_f64_exact());
+            let mean = r.sum() / c as f64;
+            let var = r.mapv(|v| (v - mean) * (v - mean)).sum() / c as f64;
+            let tol = 1e3 * T::epsilon().to_f64_exact();
+            assert!(mean.abs() < tol, "layer_norm mean {mean}");
+            assert!((var - 1.0).abs() < tol, "layer_norm var {var}");
+        }
+        // Affine version against a naive f64 evaluation.
+        let w = rng.vec::<T>(c);
+        let b = rng.vec::<T>(c);
+        let eps = 1e-6;
+        let y = layer_norm(x.view(), Some(w.view()), Some(b.view()), eps);
+        let (xf, wf, bf) = (f64s(&x), f64s(&w), f64s(&b));
+        let mut want = Array2::zeros((n, c));
+        let mut mag = Array2::zeros((n, c));
+        for r in 0..n {
+            let row = xf.row(r);
+            let mean = row.sum() / c as f64;
+            let var = row.mapv(|v| (v - mean) * (v - mean)).sum() / c as f64;
+            for j in 0..c {
+                let z = (row[j] - mean) / (var + eps).sqrt();
+                want[[r, j]] = z * wf[j] + bf[j];
+                mag[[r, j]] = (z * wf[j]).abs() + bf[j].abs() + (wf[j] * 1.0).abs();
+            }
+        }
+        assert_close(
+            &y,
+            &want,
+            &mag,
+            50.0 * T::epsilon().to_f64_exact(),
+            "layer_norm",
+        );
+        // Weight only / bias only.
+        let yw = layer_norm(x.view(), Some(w.view()), None, eps);
+        let yb = layer_norm(x.view(), None, Some(b.view()), eps);
+        let y0 = layer_norm(x.view(), None, None, eps);
+        assert_eq!(yw, &y0 * &w);
+        assert_eq!(yb, &y0 + &b);
+    }
+
+    #[test]
+    fn layer_norm_normalises() {
+        check_layer_norm::<f32>();
+        check_layer_norm::<f64>();
+    }
+
+    // ------------------------------------------------------------ activations
+
+    #[test]
+    fn gelu_values() {
+        // Φ(1) and -Φ(-1). PyTorch's scalar kernel, `x * 0.5 * (1 + erf(x * M_SQRT1_2))` with
+        // glibc's erf, gives 0.841344746068543 and -0.15865525393145702 (as does libm here):
+        // one ulp from the values of `0.5 * x * (1 + erf(x / sqrt(2)))`, whose argument rounds
+        // differently. Both are accepted to within 2 ulp.
+        let ulp = |v: f64| f64::EPSILON * v.abs();
+        assert!((gelu(1.0f64) - 0.8413447460685429).abs() <= 2.0 * ulp(0.8413447460685429));
+        assert!((gelu(-1.0f64) + 0.15865525393145707).abs() <= 2.0 * ulp(0.15865525393145707));
+        assert_eq!(gelu(1.0f64), 0.841344746068543);
+        assert_eq!(gelu(-1.0f64), -0.15865525393145702);
+        assert_eq!(gelu(0.0f64), 0.0);
+        assert_eq!(gelu(1.0f32), 0.8413447460685429f64 as f32);
+        assert_eq!(gelu(-1.0f32), -0.15865525393145707f64 as f32);
+        for &v in &[-6.0f64, -2.5, -0.3, 0.1, 0.7, 3.0, 9.0] {
+            let want = v * 0.5 * (1.0 + libm::erf(v / std::f64::consts::SQRT_2));
+            assert!((gelu(v) - want).abs() <= 1e-15 * want.abs().max(1e-300));
+            let v32 = v as f32;
+            let w = v32 as f64;
+            let want32 = (w * 0.5 * (1.0 + libm::erf(w * std::f64::consts::FRAC_1_SQRT_2))) as f32;
+            assert_eq!(gelu(v32), want32);
+        }
+        assert!(gelu(f64::NAN).is_nan());
+        let mut a = Array2::from_shape_fn((3, 4), |(i, j)| i as f32 - j as f32 * 0.5);
+        let want = a.mapv(gelu);
+        gelu_inplace(&mut a);
+        assert_eq!(a, want);
+    }
+
+    #[test]
+    fn relu_values() {
+        let mut a =
+            ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![-1.0f64, 0.0, 2.5, -0.1, f64::NAN, 7.0])
+                .unwrap();
+        relu_inplace(&mut a);
+        let v = a.into_raw_vec_and_offset().0;
+        assert_eq!(&v[..4], &[0.0, 0.0, 2.5, 0.0]);
+        assert!(v[4].is_nan());
+        assert_eq!(v[5], 7.0);
+    }
+
+    fn check_softmax<T: Float>() {
+        let mut rng = Lcg::new(3);
+        let x = rng.mat::<T>((17, 45)).mapv(|v| v * T::from_f64_lossy(20.0));
+        let mut y = x.clone();
+        softmax_rows_inplace(y.view_mut());
+        let xf = f64s(&x);
+        for (r, row) in y.rows().into_iter().enumerate() {
+            let s: f64 = row.iter().map(|v| v.to_f64_exact()).sum();
+            assert!(
+                (s - 1.0).abs() < 64.0 * T::epsilon().to_f64_exact(),
+                "softmax sum {s}"
+            );
+            let max = xf.row(r).fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+            let z: f64 = xf.row(r).iter().map(|&v| (v - max).exp()).sum();
+            for (j, v) in row.iter().enumerate() {
+                let want = (xf[[r, j]] - max).exp() / z;
+                let err = (v.to_f64_exact() - want).abs();
+                assert!(
+                    err <= 64.0 * T::epsilon().to_f64_exact() * want.max(1e-30) + 1e-300,
+                    "softmax {r},{j}: got {v}, want {want}"
+                );
+            }
+        }
+        // Works on a non-contiguous (transposed) view, and a NaN poisons its row only.
+        let mut z = x.t().to_owned();
+        z[[0, 3]] = T::nan();
+        let mut zt = z.t().to_owned();
+        softmax_rows_inplace(z.view_mut().reversed_axes());
+        softmax_rows_inplace(zt.view_mut());
+        assert!(zt.row(3).iter().all(|v| v.is_nan()));
+        assert!(zt.row(2).iter().all(|v| !v.is_nan()));
+        for (a, b) in z.t().iter().zip(zt.iter()) {
+            assert!(a == b || (a.is_nan() && b.is_nan()));
+        }
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one() {
+        check_softmax::<f32>();
+        check_softmax::<f64>();
+    }
+
+    // ------------------------------------------------------------ convolution
+
+    /// Direct 7-loop convolution in f64: (value, Σ|terms|).
+    #[allow(clippy::type_complexity)]
+    fn naive_conv2d(
+        x: &Array4<f64>,
+        w: &Array4<f64>,
+        b: Option<&Array1<f64>>,
+        s: (usize, usize),
+        p: (usize, usize),
+        d: (usize, usize),
+    ) -> (Array4<f64>, Array4<f64>) {
+        let (bn, cin, h, wd) = x.dim();
+        let (cout, _, kh, kw) = w.dim();
+        let ho = (h + 2 * p.0 - d.0 * (kh - 1) - 1) / s.0 + 1;
+        let wo = (wd + 2 * p.1 - d.1 * (kw - 1) - 1) / s.1 + 1;
+        let mut y = Array4::zeros((bn, cout, ho, wo));
+        let mut m = Array4::zeros((bn, cout, ho, wo));
+        for n in 0..bn {
+            for o in 0..cout {
+                for i in 0..ho {
+                    for j in 0..wo {
+                        let mut acc = b.map_or(0.0, |b| b[o]);
+                        let mut mag = acc.abs();
+                        for c in 0..cin {
+                            for u in 0..kh {
+                                for v in 0..kw {
+                                    let ih = (i * s.0 + u * d.0) as isize - p.0 as isize;
+                                    let iw = (j * s.1 + v * d.1) as isize - p.1 as isize;
+                                    if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < wd
+                                    {
+                                        let t =
+                                            w[[o, c, u, v]] * x[[n, c, ih as usize, iw as usize]];
+                                        acc += t;
+                                        mag += t.abs();
+                                    }
+                                }
+                            }
+                        }
+                        y[[n, o, i, j]] = acc;
+                        m[[n, o, i, j]] = mag;
+                    }
+                }
+            }
+        }
+        (y, m)
+    }
+
+    type ConvCase = (
+        (usize, usize, usize, usize), // B, Cin, H, W
+        (usize, usize, usize),        // Cout, kh, kw
+        (usize, usize),               // stride
+        (usize, usize),               // padding
+        (usize, usize),               // dilation
+        bool,                         // bias
+    );
+
+    const CONV_CASES: &[ConvCase] = &[
+        ((2, 3, 9, 11), (4, 3, 3), (1, 1), (1, 1), (1, 1), true),
+        ((1, 5, 12, 10), (3, 1, 1), (1, 1), (0, 0), (1, 1), true), // pointwise fast path
+        ((2, 5, 12, 10), (3, 1, 1), (1, 1), (0, 0), (1, 1), false),
+        ((1, 4, 13, 14), (2, 1, 1), (2, 2), (0, 0), (1, 1), true), // strided 1x1
+        ((1, 2, 8, 8), (3, 1, 1), (1, 1), (1, 2), (1, 1), true),   // padded 1x1
+        ((3, 2, 15, 9), (5, 3, 2), (2, 1), (1, 0), (1, 1), true),
+        ((1, 3, 16, 17), (2, 3, 3), (1, 2), (2, 3), (2, 2), false), // dilated
+        ((1, 2, 7, 7), (2, 7, 7), (1, 1), (3, 3), (1, 1), true),
+        ((1, 3, 5, 6), (2, 5, 6), (1, 1), (0, 0), (1, 1), true), // kernel = input
+        ((1, 2, 4, 4), (2, 3, 3), (3, 3), (4, 4), (1, 1), true), // padding > kernel
+        ((2, 6, 20, 3), (4, 2, 3), (3, 1), (0, 1), (2, 1), true),
+        ((1, 8, 40, 40), (8, 3, 3), (1, 1), (1, 1), (1, 1), true), // several row tiles
+    ];
+
+    fn check_conv2d<T: Float>() {
+        let mut rng = Lcg::new(4);
+        for (ci, &((bn, cin, h, wd), (cout, kh, kw), s, p, d, with_bias)) in
+            CONV_CASES.iter().enumerate()
+        {
+            let x = rng.t4::<T>((bn, cin, h, wd));
+            let w = rng.t4::<T>((cout, cin, kh, kw));
+            let b = rng.vec::<T>(cout);
+            let bias = with_bias.then(|| b.view());
+            let (want, mag) = naive_conv2d(
+                &f64s(&x),
+                &f64s(&w),
+                with_bias.then(|| f64s(&b)).as_ref(),
+                s,
+                p,
+                d,
+            );
+            let tol = dot_tol::<T>(cin * kh * kw + 1);
+            let y = conv2d(x.view(), w.view(), bias, s, p, d);
+            assert_close(&y, &want, &mag, tol, &format!("conv2d case {ci}"));
+            // Tiny budgets: many row tiles, input channels accumulated in small blocks.
+            for budget in [1, 2 * kh * kw * wd] {
+                let yt = conv2d_tiled(x.view(), w.view(), bias, s, p, d, budget);
+                assert_close(
+                    &yt,
+                    &want,
+                    &mag,
+                    tol,
+                    &format!("conv2d case {ci} budget {budget}"),
+                );
+            }
+            // Non-standard-layout input and weight.
+            let xp = x.view().permuted_axes([0, 1, 3, 2]).to_owned();
+            let xp = xp.view().permuted_axes([0, 1, 3, 2]);
+            let wf = w.t().to_owned();
+            let yp = conv2d(xp, wf.t(), bias, s, p, d);
+            assert_eq!(yp, y, "conv2d case {ci}: layout independence");
+        }
+    }
+
+    #[test]
+    fn conv2d_matches_direct_convolution() {
+        check_conv2d::<f32>();
+        check_conv2d::<f64>();
+    }
+
+    /// Direct transposed convolution by scatter in f64: (value, Σ|terms|).
+    fn naive_conv_transpose2d(
+        x: &Array4<f64>,
+        w: &Array4<f64>,
+        b: Option<&Array1<f64>>,
+        s: (usize, usize),
+        p: (usize, usize),
+    ) -> (Array4<f64>, Array4<f64>) {
+        let (bn, cin, h, wd) = x.dim();
+        let (_, cout, kh, kw) = w.dim();
+        let ho = (h - 1) * s.0 + kh - 2 * p.0;
+        let wo = (wd - 1) * s.1 + kw - 2 * p.1;
+        let mut y = Array4::zeros((bn, cout, ho, wo));
+        let mut m = Array4::zeros((bn, cout, ho, wo));
+        for n in 0..bn {
+            for c in 0..cin {
+                for i in 0..h {
+                    for j in 0..wd {
+                        for o in 0..cout {
+                            for u in 0..kh {
+                                for v in 0..kw {
+                                    let oh = (i * s.0 + u) as isize - p.0 as isize;
+                                    let ow = (j * s.1 + v) as isize - p.1 as isize;
+                                    if oh >= 0
+                                        && ow >= 0
+                                        && (oh as usize) < ho
+                                        && (ow as usize) < wo
+                                    {
+                                        let t = x[[n, c, i, j]] * w[[c, o, u, v]];
+                                        y[[n, o, oh as usize, ow as usize]] += t;
+                                        m[[n, o, oh as usize, ow as usize]] += t.abs();
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(b) = b {
+            for n in 0..bn {
+                for o in 0..cout {
+                    y.slice_mut(s![n, o, .., ..]).mapv_inplace(|v| v + b[o]);
+                    m.slice_mut(s![n, o, .., ..])
+                        .mapv_inplace(|v| v + b[o].abs());
+                }
+            }
+        }
+        (y, m)
+    }
+
+    fn check_conv_transpose2d<T: Float>() {
+        let mut rng = Lcg::new(5);
+        type Case = (
+            (usize, usize, usize, usize),
+            (usize, usize, usize),
+            (usize, usize),
+            (usize, usize),
+            bool,
+        );
+        let cases: &[Case] = &[
+            ((2, 6, 5, 4), (7, 2, 2), (2, 2), (0, 0), true), // the model's case
+            ((1, 3, 4, 5), (2, 3, 3), (2, 2), (1, 1), true), // overlapping, cropped
+            ((1, 2, 3, 3), (3, 4, 3), (1, 3), (0, 1), false),
+            ((2, 4, 6, 2), (5, 3, 1), (3, 1), (1, 0), true),
+            ((1, 3, 1, 1), (2, 2, 2), (1, 1), (0, 0), true),
+            ((1, 2, 5, 5), (3, 5, 5), (2, 2), (2, 2), true),
+        ];
+        for (ci, &((bn, cin, h, wd), (cout, kh, kw), s, p, with_bias)) in cases.iter().enumerate() {
+            let x = rng.t4::<T>((bn, cin, h, wd));
+            let w = rng.t4::<T>((cin, cout, kh, kw));
+            let b = rng.vec::<T>(cout);
+            let bias = with_bias.then(|| b.view());
+            let (want, mag) = naive_conv_transpose2d(
+                &f64s(&x),
+                &f64s(&w),
+                with_bias.then(|| f64s(&b)).as_ref(),
+                s,
+                p,
+            );
+            let tol = dot_tol::<T>(cin * kh * kw + 1);
+            let y = conv_transpose2d(x.view(), w.view(), bias, s, p);
+            assert_close(&y, &want, &mag, tol, &format!("conv_transpose2d case {ci}"));
+            let yt = conv_transpose2d_tiled(x.view(), w.view(), bias, s, p, 1);
+            assert_eq!(yt, y, "conv_transpose2d case {ci}: channel blocking");
+        }
+    }
+
+    #[test]
+    fn conv_transpose2d_matches_scatter() {
+        check_conv_transpose2d::<f32>();
+        check_conv_transpose2d::<f64>();
+    }
+
+    // ------------------------------------------------------------ batch norm
+
+    fn check_batch_norm<T: Float>() {
+        let mut rng = Lcg::new(6);
+        let (bn, c, h, w) = (2, 5, 3, 4);
+        let x = rng.t4::<T>((bn, c, h, w));
+        let mean = rng.vec::<T>(c);
+        let var = rng.vec::<T>(c).mapv(|v| v.abs() + T::from_f64_lossy(0.1));
+        let wt = rng.vec::<T>(c);
+        let bs = rng.vec::<T>(c);
+        let eps = 1e-5;
+        let mut y = x.clone();
+        batch_norm_inplace(
+            &mut y,
+            mean.view(),
+            var.view(),
+            Some(wt.view()),
+            Some(bs.view()),
+            eps,
+        );
+        let xf = f64s(&x);
+        let mut want = Array4::zeros(x.dim());
+        let mut mag = Array4::zeros(x.dim());
+        for ((n, ch, i, j), v) in want.indexed_iter_mut() {
+            let z = (xf[[n, ch, i, j]] - mean[ch].to_f64_exact())
+                / (var[ch].to_f64_exact() + eps).sqrt()
+                * wt[ch].to_f64_exact();
+            *v = z + bs[ch].to_f64_exact();
+            let mref: &mut f64 = &mut mag[[n, ch, i, j]];
+            *mref = (xf[[n, ch, i, j]] * wt[ch].to_f64_exact()).abs()
+                / (var[ch].to_f64_exact() + eps).sqrt()
+                + (mean[ch].to_f64_exact() * wt[ch].to_f64_exact()).abs()
+                    / (var[ch].to_f64_exact() + eps).sqrt()
+                + bs[ch].to_f64_exact().abs();
+        }
+        assert_close(
+            &y,
+            &want,
+            &mag,
+            16.0 * T::epsilon().to_f64_exact(),
+            "batch_norm",
+        );
+        // Exactly PyTorch's alpha/beta formulation, and weight/bias defaults.
+        let mut y2 = x.clone();
+        batch_norm_inplace(&mut y2, mean.view(), var.view(), None, None, eps);
+        let e = T::from_f64_lossy(eps);
+        for ((n, ch, i, j), &v) in y2.indexed_iter() {
+            let alpha = T::one() / (var[ch] + e).sqrt();
+            let beta = T::zero() - mean[ch] * alpha;
+            assert_eq!(v, x[[n, ch, i, j]] * alpha + beta);
+        }
+    }
+
+    #[test]
+    fn batch_norm_matches_formula() {
+        check_batch_norm::<f32>();
+        check_batch_norm::<f64>();
+    }
+
+    // ------------------------------------------------------------ pooling
+
+    fn naive_max_pool(
+        x: &Array4<f64>,
+        k: (usize, usize),
+        s: (usize, usize),
+        p: (usize, usize),
+    ) -> Array4<f64> {
+        let (bn, c, h, w) = x.dim();
+        let ho = (h + 2 * p.0 - k.0) / s.0 + 1;
+        let wo = (w + 2 * p.1 - k.1) / s.1 + 1;
+        Array4::from_shape_fn((bn, c, ho, wo), |(n, ch, i, j)| {
+            let mut m = f64::NEG_INFINITY;
+            for u in 0..k.0 {
+                for v in 0..k.1 {
+                    let ih = (i * s.0 + u) as isize - p.0 as isize;
+                    let iw = (j * s.1 + v) as isize - p.1 as isize;
+                    if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w {
+                        let val = x[[n, ch, ih as usize, iw as usize]];
+                        if val.is_nan() || m.is_nan() {
+                            m = f64::NAN;
+                        } else {
+                            m = m.max(val);
+                        }
+                    }
+                }
+            }
+            m
+        })
+    }
+
+    fn check_max_pool<T: Float>() {
+        let mut rng = Lcg::new(7);
+        for &(shape, k, s, p) in &[
+            ((2, 3, 9, 8), (3, 3), (2, 2), (1, 1)),
+            ((1, 2, 7, 10), (2, 3), (2, 3), (1, 0)),
+            ((1, 1, 5, 5), (5, 5), (1, 1), (2, 2)),
+            ((1, 2, 6, 6), (1, 1), (1, 1), (0, 0)),
+        ] {
+            let mut x = rng.t4::<T>(shape);
+            x[[0, 0, 1, 1]] = T::nan();
+            let y = max_pool2d(x.view(), k, s, p);
+            let want = naive_max_pool(&f64s(&x), k, s, p);
+            assert_eq!(y.shape(), want.shape());
+            for (a, b) in y.iter().zip(&want) {
+                assert!(
+                    a.to_f64_exact() == *b || (a.is_nan() && b.is_nan()),
+                    "max_pool {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn max_pool2d_matches_naive() {
+        check_max_pool::<f32>();
+        check_max_pool::<f64>();
+    }
+
+    #[test]
+    fn adaptive_bins_match_pytorch() {
+        assert_eq!(adaptive_bins(20, 3), vec![(0, 7), (6, 14), (13, 20)]);
+        assert_eq!(
+            adaptive_bins(20, 6),
+            vec![(0, 4), (3, 7), (6, 10), (10, 14), (13, 17), (16, 20)]
+        );
+        assert_eq!(adaptive_bins(40, 1), vec![(0, 40)]);
+        assert_eq!(
+            adaptive_bins(3, 5),
+            vec![(0, 1), (0, 2), (1, 2), (1, 3), (2, 3)]
+        );
+        assert_eq!(adaptive_bins(2, 4), vec![(0, 1), (0, 1), (1, 2), (1, 2)]);
+    }
+
+    fn check_adaptive_avg_pool<T: Float>() {
+        let mut rng = Lcg::new(8);
+        for &(shape, out) in &[
+            ((2, 3, 20, 20), (3, 6)),
+            ((1, 2, 40, 40), (1, 1)),
+            ((1, 2, 40, 40), (2, 2)),
+            ((1, 2, 40, 40), (6, 6)),
+            ((1, 1, 3, 2), (5, 4)), // larger than the input
+            ((1, 1, 7, 9), (7, 9)), // identity
+        ] {
+            let x = rng.t4::<T>(shape);
+            let y = adaptive_avg_pool2d(x.view(), out);
+            let xf = f64s(&x);
+            let (bh, bw) = (adaptive_bins(shape.2, out.0), adaptive_bins(shape.3, out.1));
+            let mut want = Array4::zeros((shape.0, shape.1, out.0, out.1));
+            let mut mag = Array4::zeros(want.dim());
+            for ((n, c, i, j), v) in want.indexed_iter_mut() {
+                let win = xf.slice(s![n, c, bh[i].0..bh[i].1, bw[j].0..bw[j].1]);
+                *v = win.sum() / win.len() as f64;
+                mag[[n, c, i, j]] = win.mapv(f64::abs).sum() / win.len() as f64;
+            }
+            assert_close(
+                &y,
+                &want,
+                &mag,
+                dot_tol::<T>(shape.2 * shape.3),
+                "adaptive_avg_pool2d",
+            );
+            if (shape.2, shape.3) == out {
+                assert_eq!(y, x);
+            }
+        }
+        // A one-hot input lands in every bin that covers it.
+        let mut x = Array4::<T>::zeros((1, 1, 20, 1));
+        x[[0, 0, 6, 0]] = T::one();
+        let y = adaptive_avg_pool2d(x.view(), (3, 1));
+        assert_eq!(y[[0, 0, 0, 0]], T::one() / cast(7));
+        assert_eq!(y[[0, 0, 1, 0]], T::one() / cast(8));
+        assert_eq!(y[[0, 0, 2, 0]], T::zero());
+    }
+
+    #[test]
+    fn adaptive_avg_pool2d_means_over_bins() {
+        check_adaptive_avg_pool::<f32>();
+        check_adaptive_avg_pool::<f64>();
+    }
+
+    // ------------------------------------------------------------ bilinear
+
+    #[test]
+    fn bilinear_hand_computed() {
+        let x = arr2(&[[1.0f64, 2.0], [3.0, 4.0]])
+            .into_shape_with_order((1, 1, 2, 2))
+            .unwrap();
+        let y = interpolate_bilinear(x.view(), (4, 4), false);
+        let want = arr2(&[
+            [1.0, 1.25, 1.75, 2.0],
+            [1.5, 1.75, 2.25, 2.5],
+            [2.5, 2.75, 3.25, 3.5],
+            [3.0, 3.25, 3.75, 4.0],
+        ]);
+        assert_eq!(y.slice(s![0, 0, .., ..]), want);
+        let y32 = interpolate_bilinear(x.mapv(|v| v as f32).view(), (4, 4), false);
+        assert_eq!(y32.slice(s![0, 0, .., ..]), want.mapv(|v| v as f32));
+
+        let y = interpolate_bilinear(x.view(), (4, 4), true);
+        let want =
+            Array2::from_shape_fn((4, 4), |(i, j)| 1.0 + 2.0 * i as f64 / 3.0 + j as f64 / 3.0);
+        for (a, b) in y.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-15, "{a} vs {b}");
+        }
+        let y32 = interpolate_bilinear(x.mapv(|v| v as f32).view(), (4, 4), true);
+        for (a, b) in y32.iter().zip(&want) {
+            assert!((*a as f64 - b).abs() < 1e-6, "{a} vs {b}");
+        }
+        // Corners are preserved exactly with align_corners.
+        assert_eq!(y[[0, 0, 0, 0]], 1.0);
+        assert_eq!(y[[0, 0, 3, 3]], 4.0);
+        assert_eq!(y[[0, 0, 0, 3]], 2.0);
+        assert_eq!(y[[0, 0, 3, 0]], 3.0);
+    }
+
+    /// The documented formula, written out directly in `T`.
+    fn naive_bilinear<T: Float>(x: &Array4<T>, out: (usize, usize), ac: bool) -> Array4<T> {
+        let (bn, c, h, w) = x.dim();
+        let coord = |d: usize, n: usize, m: usize| -> (usize, usize, T, T) {
+            let nt = T::from_f64_lossy(n as f64);
+            let mt = T::from_f64_lossy(m as f64);
+            let dt = T::from_f64_lossy(d as f64);
+            let half = T::from_f64_lossy(0.5);
+            let src = if ac {
+                let scale = if m > 1 {
+                    (nt - T::one()) / (mt - T::one())
+                } else {
+                    T::zero()
+                };
+                scale * dt
+            } else {
+                let v = nt / mt * (dt + half) - half;
+                if v < T::zero() {
+                    T::zero()
+                } else {
+                    v
+                }
+            };
+            let i0 = (src.floor().to_f64_exact() as usize).min(n - 1);
+            let i1 = if i0 < n - 1 { i0 + 1 } else { i0 };
+            let l1 = (src - T::from_f64_lossy(i0 as f64))
+                .max(T::zero())
+                .min(T::one());
+            (i0, i1, T::one() - l1, l1)
+        };
+        Array4::from_shape_fn((bn, c, out.0, out.1), |(n, ch, i, j)| {
+            let (h0, h1, a0, a1) = coord(i, h, out.0);
+            let (w0, w1, b0, b1) = coord(j, w, out.1);
+            a0 * (b0 * x[[n, ch, h0, w0]] + b1 * x[[n, ch, h0, w1]])
+                + a1 * (b0 * x[[n, ch, h1, w0]] + b1 * x[[n, ch, h1, w1]])
+        })
+    }
+
+    fn check_bilinear<T: Float>() {
+        let mut rng = Lcg::new(9);
+        for &(shape, out) in &[
+            ((2, 3, 5, 7), (11, 13)),
+            ((1, 2, 40, 40), (160, 160)),
+            ((1, 2, 17, 23), (4, 5)),
+            ((1, 1, 6, 6), (1, 1)),
+            ((1, 1, 1, 1), (3, 2)),
+            ((1, 2, 8, 9), (8, 20)), // one axis unchanged
+        ] {
+            let x = rng.t4::<T>(shape);
+            for ac in [false, true] {
+                let y = interpolate_bilinear(x.view(), out, ac);
+                let want = naive_bilinear(&x, out, ac);
+                assert_eq!(y, want, "bilinear {shape:?} -> {out:?}, align_corners={ac}");
+                let xf = x.view().reversed_axes().to_owned();
+                let yt = interpolate_bilinear(xf.view().reversed_axes(), out, ac);
+                assert_eq!(yt, y);
+                let yt = interpolate_bilinear(xf.view().reversed_axes(), (shape.2, shape.3), ac);
+                assert!(yt.is_standard_layout());
+                assert_eq!(yt, x);
+            }
+            // Same size is the identity (both modes).
+            for ac in [false, true] {
+                let y = interpolate_bilinear(x.view(), (shape.2, shape.3), ac);
+                assert_eq!(y, x);
+            }
+        }
+        // Identity also via the general formula when only the other axis changes.
+        let x = rng.t4::<T>((1, 1, 4, 6));
+        let y = interpolate_bilinear(x.view(), (4, 12), false);
+        let back = interpolate_bilinear(y.view(), (4, 6), false);
+        assert_eq!(back.shape(), x.shape());
+        let y2 = interpolate_bilinear(x.view(), (9, 6), false);
+        for i in 0..9 {
+            let tap = linear_taps::<T>(4, 9, false)[i];
+            for j in 0..6 {
+                assert_eq!(
+                    y2[[0, 0, i, j]],
+                    tap.2 * (T::one() * x[[0, 0, tap.0, j]] + T::zero() * x[[0, 0, tap.0, j]])
+                        + tap.3
+                            * (T::one() * x[[0, 0, tap.1, j]] + T::zero() * x[[0, 0, tap.1, j]])
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bilinear_matches_formula() {
+        check_bilinear::<f32>();
+        check_bilinear::<f64>();
+    }
+
+    // ------------------------------------------------------------ argmax & helpers
+
+    #[test]
+    fn argmax_first_max_and_nan() {
+        let mut x = Array4::<f32>::zeros((2, 4, 2, 3));
+        // (0, :, 0, 0): ties at 1 and 3 -> 1.
+        x[[0, 1, 0, 0]] = 5.0;
+        x[[0, 3, 0, 0]] = 5.0;
+        // (0, :, 0, 1): all equal -> 0.
+        // (0, :, 0, 2): last channel is max.
+        x[[0, 3, 0, 2]] = 1.0;
+        // (0, :, 1, 0): NaN at 2 beats a larger value at 3, and the first NaN wins.
+        x[[0, 2, 1, 0]] = f32::NAN;
+        x[[0, 3, 1, 0]] = f32::NAN;
+        x[[0, 1, 1, 0]] = 100.0;
+        // (0, :, 1, 1): NaN in channel 0.
+        x[[0, 0, 1, 1]] = f32::NAN;
+        x[[0, 2, 1, 1]] = 3.0;
+        // (1, :, 1, 2): negative values, max at 2.
+        for c in 0..4 {
+            x[[1, c, 1, 2]] = -10.0 - (c as f32 - 2.0).abs();
+        }
+        let y = argmax_channels(x.view());
+        assert_eq!(y.dim(), (2, 2, 3));
+        assert_eq!(y[[0, 0, 0]], 1);
+        assert_eq!(y[[0, 0, 1]], 0);
+        assert_eq!(y[[0, 0, 2]], 3);
+        assert_eq!(y[[0, 1, 0]], 2);
+        assert_eq!(y[[0, 1, 1]], 0);
+        assert_eq!(y[[1, 1, 2]], 2);
+        assert_eq!(y[[1, 0, 0]], 0);
+
+        // Random logits against a naive argmax (f64).
+        let mut rng = Lcg::new(10);
+        let x = rng.t4::<f64>((2, 7, 5, 6));
+        let y = argmax_channels(x.view());
+        for ((n, i, j), &k) in y.indexed_iter() {
+            let lane = x.slice(s![n, .., i, j]);
+            let mut best = 0;
+            for c in 1..7 {
+                if lane[c] > lane[best] {
+                    best = c;
+                }
+            }
+            assert_eq!(k, best as i64);
+        }
+    }
+
+    #[test]
+    fn add_and_channel_scale() {
+        let mut rng = Lcg::new(11);
+        let a0 = rng.t4::<f32>((2, 3, 4, 5));
+        let b = rng.t4::<f32>((2, 3, 4, 5));
+        let mut a = a0.clone();
+        add_inplace(&mut a, b.view());
+        assert_eq!(a, &a0 + &b);
+
+        let x0 = rng.mat::<f64>((7, 5));
+        let g = rng.vec::<f64>(5);
+        let mut x = x0.clone();
+        mul_channel_inplace(&mut x, g.view());
+        assert_eq!(x, &x0 * &g);
+    }
 }

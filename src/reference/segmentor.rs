@@ -50,6 +50,15 @@ impl<T: Float> EncoderDecoder<T> {
         Ok(m)
     }
 
+    /// The float parameters (key, shape) this config needs, in construction order (what a
+    /// state dict must hold, besides the derived `relative_position_index` buffers and BN
+    /// counters).
+    pub fn parameter_shapes(cfg: &SegmentorConfig) -> Vec<(String, Vec<usize>)> {
+        let mut ws = WeightStore::<T>::from_arrays(Vec::new());
+        let _ = Self::load_partial(cfg, &mut ws);
+        ws.requests().to_vec()
+    }
+
     fn load_partial(cfg: &SegmentorConfig, ws: &mut WeightStore<T>) -> Self {
         EncoderDecoder {
             backbone: Beit::load(ws, "backbone", &cfg.backbone),
