@@ -5,7 +5,8 @@
 #  2. the benchmarks compile (they are run on demand, never timed in tests).
 #  3. fixtures/generate.py --check: MMSegmentation 1.2.2 (pinned venv under ~/.cache/beit-seg,
 #     created on first use, ~6 min) regenerates every fixture and must reproduce the committed
-#     files. Set BEIT_SEG_SKIP_PY=1 to skip this step on a machine without network.
+#     files; then fixtures/sweep.py writes unseen MMSegmentation cases that verify must
+#     pass. Set BEIT_SEG_SKIP_PY=1 to skip this step on a machine without network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --release --no-fail-fast
@@ -13,4 +14,9 @@ cargo bench --no-run --quiet
 if [ "${BEIT_SEG_SKIP_PY:-0}" != "1" ]; then
   venv="$(scripts/setup-venv.sh)"
   "$venv/bin/python" fixtures/generate.py --check
+  # cases that are not bundled (other sizes, heads, depths, batch 3, slide, head variants)
+  sweep="$(mktemp -d)"
+  trap 'rm -rf "$sweep"' EXIT
+  "$venv/bin/python" fixtures/sweep.py --out "$sweep/cases"
+  cargo run --release --quiet -- verify --quiet "$sweep/cases"
 fi
