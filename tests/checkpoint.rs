@@ -1,0 +1,868 @@
+//! The checkpoint layer: `.pth` / `.safetensors` / `.npz` reading and writing, the restricted
+//! unpickler's refusals, key conversion between BEiT dialects, and the rel-pos-bias resize.
+//!
+//! Committed inputs (tests/data/checkpoint/, made with torch 2.11.0, numpy, scipy 1.13.1):
+//!
+//! `torch_views.pth`:
+//! ```python
+//! import collections, numpy as np, torch
+//! torch.manual_seed(0)
+//! base = torch.arange(24, dtype=torch.float32).reshape(4, 6) / 8
+//! lin = torch.nn.Linear(3, 2)
+//! with torch.no_grad():
+//!     lin.weight.copy_(torch.tensor([[1.0, -2.0, 0.5], [0.25, 3.0, -1.5]])); lin.bias.copy_(torch.tensor([0.125, -0.75]))
+//! sd = lin.state_dict()                      # an OrderedDict with `_metadata` (pickled via BUILD)
+//! sd['t'] = base.t()                         # non-contiguous (stride (1, 6))
+//! sd['sl'] = base[1:3, 2:5]                  # offset 8, stride (6, 1), shares base's storage
+//! sd['step'] = base[::2, ::3]                # stride (12, 3)
+//! sd['base'] = base
+//! sd['half'] = torch.tensor([1.0, -2.5, 65504.0, 6e-8], dtype=torch.float16)
+//! sd['bf16'] = torch.tensor([[1.0, -3.140625], [1e30, 0.0078125]], dtype=torch.bfloat16).t()
+//! sd['f64'] = torch.tensor([1.0 / 3.0, -2.0], dtype=torch.float64)
+//! sd['i64'] = torch.tensor(-5, dtype=torch.int64)  # 0-d
+//! sd['i32'] = torch.tensor([7, -8], dtype=torch.int32)
+//! sd['u8'] = torch.tensor([0, 255], dtype=torch.uint8)
+//! sd['mask'] = torch.tensor([True, False, True])
+//! sd['empty'] = torch.zeros(0, 3)
+//! sd['param'] = torch.nn.Parameter(torch.tensor([0.5, 1.5]))
+//! torch.save({'meta': {'epoch': 3, 'lr': 0.5, 'name': 'x', 'tup': (1, None, True), 'big': 2**70, 'neg': -300000},
+//!             'state_dict': sd}, 'torch_views.pth')
+//! ```
+//!
+//! `relpos_scipy.npz`: float32 tables `in_{S}_{D}` (windows S → D) and their float64 resizes
+//! `out_{S}_{D}` by SciPy's `RectBivariateSpline(kx=3, ky=3, s=0)` on mmseg's grid:
+//! ```python
+//! from scipy.interpolate import RectBivariateSpline
+//! def resize(table, sw, dw):
+//!     src, dst = 2 * sw - 1, 2 * dw - 1
+//!     left, right = 1.01, 1.5
+//!     while right - left > 1e-6:
+//!         q = (left + right) / 2.0
+//!         gp = (1.0 - q ** (src // 2)) / (1.0 - q)
+//!         if gp > dst // 2: right = q
+//!         else: left = q
+//!     dis, cur = [], 1
+//!     for i in range(src // 2):
+//!         dis.append(cur); cur += q ** (i + 1)
+//!     x = [-d for d in reversed(dis)] + [0] + dis
+//!     t = dst // 2.0
+//!     dx = np.arange(-t, t + 0.1, 1.0)
+//!     cols = [RectBivariateSpline(x, x, table[:-3, h].reshape(src, src).astype(np.float64), kx=3, ky=3, s=0)(dx, dx).reshape(-1)
+//!             for h in range(table.shape[1])]
+//!     return np.concatenate([np.stack(cols, 1), table[-3:].astype(np.float64)], 0)
+//! rng = np.random.default_rng(1)
+//! arrays = {}
+//! for sw, dw, heads in [(14, 40, 1), (5, 7, 2), (7, 4, 2), (8, 9, 1)]:
+//!     tab = (rng.standard_normal(((2 * sw - 1) ** 2 + 3, heads)) * 2).astype(np.float32)
+//!     arrays[f'in_{sw}_{dw}'] = tab
+//!     arrays[f'out_{sw}_{dw}'] = resize(tab, sw, dw)
+//! np.savez('relpos_scipy.npz', **arrays)
+//! ```
+//! (For float32 tables the crate's resize was also checked to equal mmseg 1.2.2's own
+//! `BEiT._geometric_sequence_interpolation` (scipy `interp2d`) bit for bit after the float32
+//! cast, for 14→40 with 12 and 16 heads, 12→24, 40→14, 8→9 and 3→5.)
+
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
+
+use beit_seg::checkpoint::half::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
+use beit_seg::checkpoint::pickle::{file_kind, state_dict_of, FileKind};
+use beit_seg::checkpoint::relpos::{geometric_ratio, solve_tridiagonal, window_of_rows};
+use beit_seg::checkpoint::*;
+use beit_seg::weights::{read_npz, AnyArray};
+use ndarray::{arr1, arr2, Array2, ArrayD, Ix2, IxDyn};
+use proptest::prelude::*;
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/checkpoint").join(name)
+}
+
+/// A fresh empty directory under the system temp dir.
+fn tmpdir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!("beit-seg-ckpt-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn f32a(v: &[f32], shape: &[usize]) -> AnyArray {
+    AnyArray::F32(ArrayD::from_shape_vec(IxDyn(shape), v.to_vec()).unwrap())
+}
+
+fn get<'a>(sd: &'a [(String, AnyArray)], k: &str) -> &'a AnyArray {
+    &sd.iter().find(|(n, _)| n == k).unwrap_or_else(|| panic!("missing {k}")).1
+}
+
+fn as_f32(a: &AnyArray) -> ArrayD<f32> {
+    match a {
+        AnyArray::F32(x) => x.clone(),
+        other => panic!("expected float32, got {}", other.dtype_name()),
+    }
+}
+
+/// Every dtype, a 0-d and an empty tensor, and a non-standard-layout (transposed) array.
+fn sample_state() -> Vec<(String, AnyArray)> {
+    let t = arr2(&[[1.0f32, 2.0, 3.0], [4.0, 5.0, 6.0]]).reversed_axes().into_dyn(); // (3, 2), F-order
+    vec![
+        ("backbone.cls_token".into(), f32a(&[0.5, -1.25, 3.0, 1e-3], &[1, 1, 4])),
+        ("transposed".into(), AnyArray::F32(t)),
+        ("f64".into(), AnyArray::F64(arr1(&[1.0 / 3.0, -2.0, f64::MAX]).into_dyn())),
+        ("i64".into(), AnyArray::I64(ArrayD::from_elem(IxDyn(&[]), -5i64))),
+        ("i32".into(), AnyArray::I32(arr1(&[7, -8, i32::MIN]).into_dyn())),
+        ("u8".into(), AnyArray::U8(arr1(&[0u8, 255]).into_dyn())),
+        ("bool".into(), AnyArray::Bool(arr1(&[true, false, true]).into_dyn())),
+        ("empty".into(), AnyArray::F32(ArrayD::zeros(IxDyn(&[0, 3])))),
+    ]
+}
+
+fn assert_same(a: &[(String, AnyArray)], b: &[(String, AnyArray)]) {
+    assert_eq!(a.iter().map(|(k, _)| k).collect::<Vec<_>>(), b.iter().map(|(k, _)| k).collect::<Vec<_>>());
+    for ((k, x), (_, y)) in a.iter().zip(b) {
+        assert_eq!(x.dtype_name(), y.dtype_name(), "{k}");
+        assert_eq!(x.shape(), y.shape(), "{k}");
+        match (x, y) {
+            (AnyArray::F32(p), AnyArray::F32(q)) => assert!(p.iter().zip(q).all(|(u, v)| u.to_bits() == v.to_bits()), "{k}"),
+            (AnyArray::F64(p), AnyArray::F64(q)) => assert!(p.iter().zip(q).all(|(u, v)| u.to_bits() == v.to_bits()), "{k}"),
+            (AnyArray::I64(p), AnyArray::I64(q)) => assert_eq!(p, q, "{k}"),
+            (AnyArray::I32(p), AnyArray::I32(q)) => assert_eq!(p, q, "{k}"),
+            (AnyArray::U8(p), AnyArray::U8(q)) => assert_eq!(p, q, "{k}"),
+            (AnyArray::Bool(p), AnyArray::Bool(q)) => assert_eq!(p, q, "{k}"),
+            _ => unreachable!(),
+        }
+    }
+}
+
+fn no_temp_files(dir: &Path) {
+    let left: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".tmp-")).collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Round trips
+
+#[test]
+fn round_trip_every_format() {
+    let dir = tmpdir("rt");
+    let sd = sample_state();
+    for name in ["a.pth", "a.safetensors", "a.npz"] {
+        let p = dir.join(name);
+        write_any(&p, &sd, WriteOptions::default()).unwrap();
+        let back = read_any(&p, ReadOptions::default()).unwrap();
+        assert_same(&sd, &back);
+    }
+    // Told apart by content, not extension.
+    std::fs::copy(dir.join("a.safetensors"), dir.join("st.bin")).unwrap();
+    std::fs::copy(dir.join("a.pth"), dir.join("pth.dat")).unwrap();
+    std::fs::copy(dir.join("a.npz"), dir.join("npz.bin")).unwrap();
+    assert_eq!(file_kind(&dir.join("st.bin")).unwrap(), FileKind::Safetensors);
+    assert_eq!(file_kind(&dir.join("pth.dat")).unwrap(), FileKind::Pth);
+    assert_eq!(file_kind(&dir.join("npz.bin")).unwrap(), FileKind::Npz);
+    assert_same(&sd, &read_any(&dir.join("st.bin"), ReadOptions::default()).unwrap());
+    // The .pth is mmengine's layout: {"state_dict": OrderedDict, "meta": {}}.
+    let v = load_pth(&dir.join("a.pth"), ReadOptions::default()).unwrap();
+    assert!(matches!(v.get("meta"), Some(Value::Dict(d)) if d.is_empty()));
+    assert!(matches!(v.get("state_dict"), Some(Value::Dict(d)) if d.len() == sd.len()));
+    // The .npz is what weights::read_npz reads.
+    assert_same(&sd, &read_npz(&dir.join("a.npz")).unwrap());
+    no_temp_files(&dir);
+}
+
+#[test]
+fn half_storage_round_trip() {
+    let dir = tmpdir("half");
+    // Exactly representable values come back exactly; others are rounded to nearest even.
+    let exact = [1.0f32, -2.5, 65504.0, 2f32.powi(-24), 0.0, -0.0, f32::INFINITY];
+    let rounding = [1.0 + 2f32.powi(-11), 1.0 + 3.0 * 2f32.powi(-11), 1e6, 3.0 * 2f32.powi(-26), 1e-9];
+    // float16: ties to even (1 + 2^-11 -> 1.0; 1 + 3*2^-11 -> 1 + 2^-9); overflow -> inf;
+    // 3*2^-26 -> 2^-24 (nearest subnormal); 1e-9 -> 0.
+    let want_f16 = [1.0f32, 1.0 + 2f32.powi(-9), f32::INFINITY, 2f32.powi(-24), 0.0];
+    // bfloat16 keeps 8 significant bits.
+    // (values checked against torch: `x.bfloat16().float()`, 1e-9 -> 0x1.12p-30)
+    let want_bf16 = [1.0f32, 1.0, 999424.0, 3.0 * 2f32.powi(-26), 1.0703125 * 2f32.powi(-30)];
+    let mut all: Vec<f32> = exact.to_vec();
+    all.extend_from_slice(&rounding);
+    let sd = vec![("x".to_string(), f32a(&all, &[all.len()])), ("n".to_string(), AnyArray::I64(arr1(&[3i64]).into_dyn()))];
+    for (store, want) in [(StoreDtype::F16, want_f16), (StoreDtype::BF16, want_bf16)] {
+        for ext in ["pth", "safetensors"] {
+            let p = dir.join(format!("h-{store:?}.{ext}"));
+            write_any(&p, &sd, WriteOptions { force: false, float_dtype: store }).unwrap();
+            // Without widening: an error that says how to widen.
+            let e = read_any(&p, ReadOptions::default()).unwrap_err();
+            assert!(matches!(e, CheckpointError::HalfNotWidened { .. }), "{e}");
+            assert!(e.to_string().contains("widen_half"), "{e}");
+            let back = read_any(&p, ReadOptions { widen_half: true, ..Default::default() }).unwrap();
+            let x = as_f32(get(&back, "x"));
+            let got: Vec<f32> = x.iter().copied().collect();
+            let mut expect: Vec<f32> = exact.to_vec();
+            if store == StoreDtype::BF16 {
+                expect[2] = 65536.0; // 65504 has 11 significant bits
+                expect[3] = 2f32.powi(-24); // a normal number in bfloat16
+            }
+            expect.extend_from_slice(&want);
+            assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), expect.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{store:?} {ext}: {got:?}");
+            assert!(matches!(get(&back, "n"), AnyArray::I64(_)), "integers are stored as they are");
+        }
+    }
+    // npz has no bfloat16 and our npz reader no float16: refused.
+    let e = write_npz(&dir.join("h.npz"), &sd, WriteOptions { force: false, float_dtype: StoreDtype::F16 }).unwrap_err();
+    assert!(e.to_string().contains(".npz"), "{e}");
+    assert!(!dir.join("h.npz").exists());
+    no_temp_files(&dir);
+}
+
+#[test]
+fn half_conversions_are_exact_inverses_on_every_f16() {
+    for h in 0..=u16::MAX {
+        let f = f16_to_f32(h);
+        if f.is_nan() {
+            assert!(f16_to_f32(f32_to_f16(f)).is_nan());
+        } else {
+            assert_eq!(f32_to_f16(f), h, "{h:#06x}");
+        }
+        let b = bf16_to_f32(h);
+        if !b.is_nan() {
+            assert_eq!(f32_to_bf16(b), h, "{h:#06x}");
+        }
+    }
+}
+
+#[test]
+fn writes_are_atomic_and_never_clobber_without_force() {
+    let dir = tmpdir("force");
+    let sd = sample_state();
+    for name in ["x.pth", "x.safetensors", "x.npz"] {
+        let p = dir.join(name);
+        std::fs::write(&p, b"precious").unwrap();
+        let e = write_any(&p, &sd, WriteOptions::default()).unwrap_err();
+        assert!(matches!(e, CheckpointError::Exists { .. }), "{e}");
+        assert!(e.to_string().contains(name), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), b"precious");
+        write_any(&p, &sd, WriteOptions { force: true, ..Default::default() }).unwrap();
+        assert_same(&sd, &read_any(&p, ReadOptions::default()).unwrap());
+    }
+    // Duplicate keys are refused before anything is written.
+    let dup = vec![("a".to_string(), f32a(&[1.0], &[1])), ("a".to_string(), f32a(&[2.0], &[1]))];
+    assert!(write_pth(&dir.join("dup.pth"), &dup, WriteOptions::default()).unwrap_err().to_string().contains("`a`"));
+    assert!(!dir.join("dup.pth").exists());
+    // A missing directory is an I/O error naming the path.
+    let e = write_pth(&dir.join("no/such/dir/x.pth"), &sd, WriteOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("no/such/dir"), "{e}");
+    no_temp_files(&dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A file written by torch
+
+#[test]
+fn reads_torch_written_views_dtypes_and_meta() {
+    let path = data("torch_views.pth");
+    let sd = read_state_dict_with(&path, ReadOptions { widen_half: true, ..Default::default() }).unwrap();
+    let keys: Vec<&str> = sd.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["weight", "bias", "t", "sl", "step", "base", "half", "bf16", "f64", "i64", "i32", "u8", "mask", "empty", "param"]);
+    let base = Array2::from_shape_fn((4, 6), |(i, j)| (6 * i + j) as f32 / 8.0);
+    let f = |k: &str| as_f32(get(&sd, k));
+    assert_eq!(f("weight"), arr2(&[[1.0f32, -2.0, 0.5], [0.25, 3.0, -1.5]]).into_dyn());
+    assert_eq!(f("bias"), arr1(&[0.125f32, -0.75]).into_dyn());
+    assert_eq!(f("base"), base.clone().into_dyn());
+    assert_eq!(f("t"), base.t().to_owned().into_dyn());
+    assert_eq!(f("sl"), base.slice(ndarray::s![1..3, 2..5]).to_owned().into_dyn());
+    assert_eq!(f("step"), base.slice(ndarray::s![..;2, ..;3]).to_owned().into_dyn());
+    assert_eq!(f("half"), arr1(&[1.0f32, -2.5, 65504.0, 2f32.powi(-24)]).into_dyn());
+    assert_eq!(f("bf16"), arr2(&[[1.0f32, 1.578125 * 2f32.powi(99)], [-3.140625, 0.0078125]]).into_dyn());
+    assert!(matches!(get(&sd, "f64"), AnyArray::F64(a) if *a == arr1(&[1.0 / 3.0, -2.0]).into_dyn()));
+    assert!(matches!(get(&sd, "i64"), AnyArray::I64(a) if a.ndim() == 0 && a[[]] == -5));
+    assert!(matches!(get(&sd, "i32"), AnyArray::I32(a) if *a == arr1(&[7, -8]).into_dyn()));
+    assert!(matches!(get(&sd, "u8"), AnyArray::U8(a) if *a == arr1(&[0u8, 255]).into_dyn()));
+    assert!(matches!(get(&sd, "mask"), AnyArray::Bool(a) if *a == arr1(&[true, false, true]).into_dyn()));
+    assert_eq!(get(&sd, "empty").shape(), &[0, 3]);
+    assert_eq!(f("param"), arr1(&[0.5f32, 1.5]).into_dyn());
+
+    // The tree: meta next to the state dict.
+    let v = load_pth(&path, ReadOptions { widen_half: true, ..Default::default() }).unwrap();
+    let meta = v.get("meta").unwrap();
+    assert!(matches!(meta.get("epoch"), Some(Value::Int(3))));
+    assert!(matches!(meta.get("lr"), Some(Value::Float(x)) if *x == 0.5));
+    assert!(matches!(meta.get("name"), Some(Value::Str(s)) if s == "x"));
+    assert!(matches!(meta.get("neg"), Some(Value::Int(-300000))));
+    match meta.get("tup") {
+        Some(Value::Tuple(t)) => assert!(matches!(t.as_slice(), [Value::Int(1), Value::None, Value::Bool(true)])),
+        other => panic!("{other:?}"),
+    }
+    // 2**70, little-endian two's complement
+    assert!(matches!(meta.get("big"), Some(Value::BigInt(b)) if b.as_slice() == [0, 0, 0, 0, 0, 0, 0, 0, 0x40]));
+
+    // Without widening, the float16 tensor is an error naming it.
+    let e = read_state_dict(&path).unwrap_err();
+    assert!(e.to_string().contains("state_dict.half") && e.to_string().contains("float16"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hand-built archives
+
+/// A torch-style zip: `archive/data.pkl` plus `archive/data/<key>` entries.
+fn torch_zip(pickle: &[u8], storages: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut z = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let o = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    z.start_file("archive/data.pkl", o).unwrap();
+    z.write_all(pickle).unwrap();
+    for (k, b) in storages {
+        z.start_file(format!("archive/data/{k}"), o).unwrap();
+        z.write_all(b).unwrap();
+    }
+    z.finish().unwrap().into_inner()
+}
+
+/// Pickle of `{'w': _rebuild_tensor_v2(('storage', FloatStorage, '0', 'cpu', numel), offset, size, stride, False, OrderedDict())}`.
+fn tensor_pickle(numel: u32, offset: u8, size: &[u8], stride: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x80, 2, b'}', b'X', 1, 0, 0, 0, b'w'];
+    p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuJ");
+    p.extend_from_slice(&numel.to_le_bytes());
+    p.extend_from_slice(b"tQK");
+    p.push(offset);
+    p.push(b'(');
+    for &s in size {
+        p.extend_from_slice(&[b'K', s]);
+    }
+    p.push(b't');
+    p.push(b'(');
+    for &s in stride {
+        p.extend_from_slice(&[b'K', s]);
+    }
+    p.extend_from_slice(b"t\x89ccollections\nOrderedDict\n)RtRs.");
+    p
+}
+
+#[test]
+fn hand_built_archive_reads() {
+    let bytes: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    // A (2, 2) view at offset 1 with strides (1, 2): [[2, 4], [3, 5]].
+    let z = torch_zip(&tensor_pickle(6, 1, &[2, 2], &[1, 2]), &[("0", &bytes)]);
+    let v = load_pth_bytes(&z, Path::new("mem.pth"), ReadOptions::default()).unwrap();
+    let sd = state_dict_of(v, Path::new("mem.pth")).unwrap();
+    assert_eq!(as_f32(get(&sd, "w")), arr2(&[[2.0f32, 4.0], [3.0, 5.0]]).into_dyn());
+}
+
+#[test]
+fn forbidden_globals_are_refused_and_never_run() {
+    let marker = std::env::temp_dir().join(format!("beit-seg-pwned-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let cmd = format!("touch {}", marker.display());
+    // os.system(cmd) via GLOBAL + REDUCE.
+    let mut p = vec![0x80, 2];
+    p.extend_from_slice(b"cos\nsystem\n");
+    p.push(b'X');
+    p.extend_from_slice(&(cmd.len() as u32).to_le_bytes());
+    p.extend_from_slice(cmd.as_bytes());
+    p.extend_from_slice(&[0x85, b'R', b'.']);
+    let z = torch_zip(&p, &[]);
+    let e = load_pth_bytes(&z, Path::new("evil.pth"), ReadOptions::default()).unwrap_err();
+    assert!(matches!(&e, CheckpointError::ForbiddenGlobal { global, .. } if global == "os.system"), "{e}");
+    assert!(e.to_string().contains("os.system") && e.to_string().contains("evil.pth"), "{e}");
+    // Even with opaque globals the call is only recorded, not made.
+    let v = load_pth_bytes(&z, Path::new("evil.pth"), ReadOptions { opaque_globals: true, ..Default::default() }).unwrap();
+    assert!(matches!(v, Value::Opaque(ref n) if n == "os.system"), "{v:?}");
+    assert!(!marker.exists(), "the command ran");
+
+    // builtins.eval and posix.system through STACK_GLOBAL (protocol 4).
+    for (m, n) in [("builtins", "eval"), ("posix", "system"), ("torch", "load"), ("collections", "defaultdict")] {
+        let mut p = vec![0x80, 4, 0x8c, m.len() as u8];
+        p.extend_from_slice(m.as_bytes());
+        p.push(0x8c);
+        p.push(n.len() as u8);
+        p.extend_from_slice(n.as_bytes());
+        p.extend_from_slice(&[0x93, 0x8c, 1, b'1', 0x85, b'R', b'.']);
+        let e = load_pth_bytes(&torch_zip(&p, &[]), Path::new("evil.pth"), ReadOptions::default()).unwrap_err();
+        assert!(matches!(&e, CheckpointError::ForbiddenGlobal { global, .. } if *global == format!("{m}.{n}")), "{e}");
+    }
+    assert!(!marker.exists());
+}
+
+#[test]
+fn corrupt_truncated_and_oversized_files_are_errors() {
+    let dir = tmpdir("bad");
+    let good = dir.join("good.pth");
+    write_pth(&good, &sample_state(), WriteOptions::default()).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    // Every truncation is an error, never a panic.
+    for cut in (0..bytes.len()).step_by(7) {
+        assert!(load_pth_bytes(&bytes[..cut], Path::new("cut.pth"), ReadOptions::default()).is_err(), "cut at {cut}");
+    }
+    // Not a zip / legacy format.
+    let e = load_pth_bytes(b"\x80\x02\x8a\x0alol", Path::new("old.pth"), ReadOptions::default()).unwrap_err();
+    assert!(matches!(e, CheckpointError::LegacyFormat { .. }) && e.to_string().contains("legacy"), "{e}");
+    let e = load_pth_bytes(b"hello world", Path::new("txt.pth"), ReadOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("not a zip"), "{e}");
+    // A zip without data.pkl.
+    let mut z = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    z.start_file("foo.txt", zip::write::SimpleFileOptions::default()).unwrap();
+    z.write_all(b"x").unwrap();
+    let z = z.finish().unwrap().into_inner();
+    assert!(load_pth_bytes(&z, Path::new("z.pth"), ReadOptions::default()).unwrap_err().to_string().contains("data.pkl"));
+
+    let four: Vec<u8> = 1.5f32.to_le_bytes().to_vec();
+    // A storage claiming 2^30 elements backed by 4 bytes: refused before allocating.
+    let e = load_pth_bytes(&torch_zip(&tensor_pickle(1 << 30, 0, &[1], &[1]), &[("0", &four)]), Path::new("big.pth"), ReadOptions::default()).unwrap_err();
+    assert!(matches!(&e, CheckpointError::Storage { key, .. } if key == "0") && e.to_string().contains("4 bytes"), "{e}");
+    // A missing storage entry.
+    let e = load_pth_bytes(&torch_zip(&tensor_pickle(1, 0, &[1], &[1]), &[]), Path::new("m.pth"), ReadOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("missing archive entry"), "{e}");
+    // A view reaching past its storage.
+    let e = load_pth_bytes(&torch_zip(&tensor_pickle(1, 0, &[2], &[1]), &[("0", &four)]), Path::new("v.pth"), ReadOptions::default()).unwrap_err();
+    assert!(matches!(&e, CheckpointError::Tensor { key, .. } if key == "w") && e.to_string().contains("past the end"), "{e}");
+    let e = load_pth_bytes(&torch_zip(&tensor_pickle(1, 1, &[1], &[1]), &[("0", &four)]), Path::new("v.pth"), ReadOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("past the end"), "{e}");
+    // Broken pickles.
+    for (pkl, what) in [
+        (&b"\x80\x02}q\x00(X\x01\x00\x00\x00a"[..], "truncated"),
+        (b"\x80\x02h\x05.", "memo"),
+        (b"\x80\x02.", "underflow"),
+        (b"\x80\x02\xff.", "opcode"),
+        (b"\x80\x02X\xff\xff\xff\x7fab.", "past the end"),
+        (b"\x80\x02K\x01K\x02R.", "cannot call"),
+    ] {
+        let e = load_pth_bytes(&torch_zip(pkl, &[]), Path::new("p.pth"), ReadOptions::default()).unwrap_err();
+        assert!(matches!(e, CheckpointError::Pickle { .. }) && e.to_string().contains(what), "{what}: {e}");
+    }
+    // A list containing itself: an error, not a stack overflow.
+    let e = load_pth_bytes(&torch_zip(b"\x80\x02]q\x00h\x00a.", &[]), Path::new("c.pth"), ReadOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("nested"), "{e}");
+
+    // safetensors: header length past the end, offsets out of range, size mismatch, bad JSON.
+    let st = |header: &str, data: &[u8]| {
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(header.as_bytes());
+        b.extend_from_slice(data);
+        let p = dir.join("t.safetensors");
+        std::fs::write(&p, b).unwrap();
+        read_safetensors(&p, ReadOptions::default())
+    };
+    assert!(st(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, &four).is_ok());
+    for (h, what) in [
+        (r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, "outside"),
+        (r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#, "needs 8"),
+        (r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,4]}}"#, "overflows"),
+        (r#"{"a":{"dtype":"I16","shape":[2],"data_offsets":[0,4]}}"#, "I16"),
+        (r#"{"a":{"dtype":"F32","shape":[1]}}"#, "data_offsets"),
+        (r#"{"a":"#, "JSON"),
+    ] {
+        let e = st(h, &four).unwrap_err();
+        assert!(e.to_string().contains(what), "{what}: {e}");
+    }
+    let p = dir.join("huge.safetensors");
+    let mut b = (1u64 << 40).to_le_bytes().to_vec();
+    b.extend_from_slice(b"{}");
+    std::fs::write(&p, b).unwrap();
+    assert!(read_safetensors(&p, ReadOptions::default()).unwrap_err().to_string().contains("header length"));
+}
+
+#[test]
+fn state_dict_lookup() {
+    let dir = tmpdir("sd");
+    // Our own writer nests under state_dict; meta is left out.
+    let p = dir.join("a.pth");
+    write_pth(&p, &[("x".into(), f32a(&[1.0], &[1]))], WriteOptions::default()).unwrap();
+    let sd = read_state_dict(&p).unwrap();
+    assert_eq!(sd.len(), 1);
+    // A checkpoint holding no dict of tensors: an error listing the keys.
+    let z = torch_zip(b"\x80\x02}(X\x05\x00\x00\x00epochK\x03u.", &[]);
+    let v = load_pth_bytes(&z, Path::new("e.pth"), ReadOptions::default()).unwrap();
+    let e = state_dict_of(v, Path::new("e.pth")).unwrap_err();
+    assert!(e.to_string().contains("epoch"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fuzz: random input never panics
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600), start in 0usize..4) {
+        // Raw bytes, optionally behind a zip or pickle magic.
+        let mut b = match start {
+            0 => Vec::new(),
+            1 => b"PK\x03\x04".to_vec(),
+            2 => vec![0x80, 2],
+            _ => 40u64.to_le_bytes().to_vec(),
+        };
+        b.extend_from_slice(&bytes);
+        let _ = load_pth_bytes(&b, Path::new("fuzz.pth"), ReadOptions::default());
+        // As a pickle inside a valid torch archive (storages of every dtype available).
+        let z = torch_zip(&b, &[("0", &bytes), ("1", &[0u8; 64])]);
+        let _ = load_pth_bytes(&z, Path::new("fuzz.pth"), ReadOptions { widen_half: true, opaque_globals: start == 3 });
+        let dir = std::env::temp_dir();
+        let p = dir.join(format!("beit-seg-fuzz-{}-{start}.safetensors", std::process::id()));
+        std::fs::write(&p, &b).unwrap();
+        let _ = read_safetensors(&p, ReadOptions::default());
+        let _ = read_any(&p, ReadOptions::default());
+        let _ = std::fs::remove_file(&p);
+    }
+
+    #[test]
+    fn mutated_checkpoints_never_panic(pos in any::<proptest::sample::Index>(), val in any::<u8>(), pos2 in any::<proptest::sample::Index>(), cut in any::<proptest::sample::Index>()) {
+        let good = good_pth_bytes();
+        let mut b = good.clone();
+        let i = pos.index(b.len());
+        b[i] = val;
+        let j = pos2.index(b.len());
+        b[j] = b[j].wrapping_add(1);
+        let _ = load_pth_bytes(&b, Path::new("m.pth"), ReadOptions::default());
+        let k = cut.index(b.len());
+        let _ = load_pth_bytes(&b[..k], Path::new("m.pth"), ReadOptions::default());
+        // And the pickle alone mutated inside an intact archive.
+        let pkl = pickle_of_sample();
+        let mut q = pkl.clone();
+        let i = pos.index(q.len());
+        q[i] = val;
+        let _ = load_pth_bytes(&torch_zip(&q, &[]), Path::new("m.pth"), ReadOptions::default());
+    }
+}
+
+fn good_pth_bytes() -> Vec<u8> {
+    use std::sync::OnceLock;
+    static B: OnceLock<Vec<u8>> = OnceLock::new();
+    B.get_or_init(|| std::fs::read(data("torch_views.pth")).unwrap()).clone()
+}
+
+fn pickle_of_sample() -> Vec<u8> {
+    let bytes = good_pth_bytes();
+    let mut z = zip::ZipArchive::new(Cursor::new(bytes)).unwrap();
+    let mut f = z.by_name("torch_views/data.pkl").unwrap();
+    let mut v = Vec::new();
+    std::io::Read::read_to_end(&mut f, &mut v).unwrap();
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key conversion
+
+fn t(shape: &[usize]) -> AnyArray {
+    let n: usize = shape.iter().product();
+    AnyArray::F32(ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|i| i as f32 * 0.5 - 1.0).collect()).unwrap())
+}
+
+fn keys(sd: &[(String, AnyArray)]) -> Vec<&str> {
+    sd.iter().map(|(k, _)| k.as_str()).collect()
+}
+
+/// A UNILM block (`blocks.{i}` under `prefix`) with C = 4, 2 heads, window 3 (table 28 rows).
+fn unilm_block(prefix: &str, i: usize, table: bool) -> Vec<(String, AnyArray)> {
+    let mut v = vec![
+        (format!("{prefix}blocks.{i}.gamma_1"), t(&[4])),
+        (format!("{prefix}blocks.{i}.gamma_2"), t(&[4])),
+        (format!("{prefix}blocks.{i}.norm1.weight"), t(&[4])),
+        (format!("{prefix}blocks.{i}.norm1.bias"), t(&[4])),
+        (format!("{prefix}blocks.{i}.attn.q_bias"), t(&[4])),
+        (format!("{prefix}blocks.{i}.attn.v_bias"), t(&[4])),
+        (format!("{prefix}blocks.{i}.attn.qkv.weight"), t(&[12, 4])),
+    ];
+    if table {
+        v.push((format!("{prefix}blocks.{i}.attn.relative_position_bias_table"), t(&[28, 2])));
+        v.push((format!("{prefix}blocks.{i}.attn.relative_position_index"), AnyArray::I64(ArrayD::zeros(IxDyn(&[10, 10])))));
+    }
+    v.extend([
+        (format!("{prefix}blocks.{i}.attn.proj.weight"), t(&[4, 4])),
+        (format!("{prefix}blocks.{i}.attn.proj.bias"), t(&[4])),
+        (format!("{prefix}blocks.{i}.norm2.weight"), t(&[4])),
+        (format!("{prefix}blocks.{i}.norm2.bias"), t(&[4])),
+        (format!("{prefix}blocks.{i}.mlp.fc1.weight"), t(&[16, 4])),
+        (format!("{prefix}blocks.{i}.mlp.fc1.bias"), t(&[16])),
+        (format!("{prefix}blocks.{i}.mlp.fc2.weight"), t(&[4, 16])),
+        (format!("{prefix}blocks.{i}.mlp.fc2.bias"), t(&[4])),
+    ]);
+    v
+}
+
+const MMSEG_LAYER: [&str; 17] = [
+    "gamma_1",
+    "gamma_2",
+    "ln1.weight",
+    "ln1.bias",
+    "attn.q_bias",
+    "attn.v_bias",
+    "attn.qkv.weight",
+    "attn.relative_position_bias_table",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "ln2.weight",
+    "ln2.bias",
+    "ffn.layers.0.0.weight",
+    "ffn.layers.0.0.bias",
+    "ffn.layers.1.weight",
+    "ffn.layers.1.bias",
+    "",
+];
+
+fn mmseg_layer_keys(prefix: &str, i: usize) -> Vec<String> {
+    MMSEG_LAYER.iter().filter(|s| !s.is_empty()).map(|s| format!("{prefix}layers.{i}.{s}")).collect()
+}
+
+#[test]
+fn official_checkpoint_follows_beit2mmseg() {
+    let mut sd = vec![("cls_token".to_string(), t(&[1, 1, 4])), ("patch_embed.proj.weight".into(), t(&[4, 3, 16, 16])), ("patch_embed.proj.bias".into(), t(&[4]))];
+    sd.extend(unilm_block("", 0, true));
+    sd.extend(unilm_block("", 1, true));
+    sd.extend([("fc_norm.weight".into(), t(&[4])), ("fc_norm.bias".into(), t(&[4])), ("head.weight".into(), t(&[10, 4])), ("head.bias".into(), t(&[10]))]);
+    let (out, rep) = convert(sd.clone(), &ConvertOptions::default()).unwrap();
+    assert_eq!(rep.dialect, Dialect::BeitOfficial);
+    let mut want = vec!["cls_token".to_string(), "patch_embed.projection.weight".into(), "patch_embed.projection.bias".into()];
+    want.extend(mmseg_layer_keys("", 0));
+    want.extend(mmseg_layer_keys("", 1));
+    assert_eq!(keys(&out), want.iter().map(String::as_str).collect::<Vec<_>>());
+    // Values are moved, not changed.
+    assert_same(&out[..3], &sd[..3].iter().enumerate().map(|(i, (_, a))| (want[i].clone(), a.clone())).collect::<Vec<_>>());
+    let dropped: Vec<&str> = rep.dropped.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(dropped, ["blocks.0.attn.relative_position_index", "blocks.1.attn.relative_position_index", "fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"]);
+    assert!(rep.renamed.contains(&("blocks.1.mlp.fc2.bias".into(), "layers.1.ffn.layers.1.bias".into())));
+    assert!(rep.notes.iter().any(|n| n.contains("emitted once")));
+    // The mmseg rule is literal: every `norm` becomes `ln` only in block keys.
+    assert_eq!(beit_seg::checkpoint::convert::beit2mmseg_key("blocks.3.norm1.weight"), "layers.3.ln1.weight");
+    assert_eq!(beit_seg::checkpoint::convert::beit2mmseg_key("blocks.3.mlp.fc1.bias"), "layers.3.ffn.layers.0.0.bias");
+    assert_eq!(beit_seg::checkpoint::convert::beit2mmseg_key("norm.weight"), "norm.weight");
+
+    // Resizing every table to window 4 (7x7+3 = 52 rows).
+    let (out, rep) = convert(sd, &ConvertOptions { dst_window: Some((4, 4)), ..Default::default() }).unwrap();
+    assert_eq!(rep.resized.len(), 2);
+    assert_eq!(rep.resized[0], ("layers.0.attn.relative_position_bias_table".to_string(), vec![28, 2], vec![52, 2]));
+    assert_eq!(get(&out, "layers.1.attn.relative_position_bias_table").shape(), &[52, 2]);
+}
+
+#[test]
+fn pretrain_shared_table_is_copied_into_every_layer() {
+    let mut sd = vec![("cls_token".to_string(), t(&[1, 1, 4])), ("mask_token".into(), t(&[1, 1, 4]))];
+    sd.extend(unilm_block("", 0, false));
+    sd.extend(unilm_block("", 1, false));
+    let shared = AnyArray::F32(ArrayD::from_shape_fn(IxDyn(&[28, 2]), |i| (i[0] * 2 + i[1]) as f32));
+    sd.push(("rel_pos_bias.relative_position_bias_table".into(), shared.clone()));
+    sd.push(("rel_pos_bias.relative_position_index".into(), AnyArray::I64(ArrayD::zeros(IxDyn(&[10, 10])))));
+    sd.extend([("norm.weight".into(), t(&[4])), ("norm.bias".into(), t(&[4])), ("lm_head.weight".into(), t(&[16, 4])), ("lm_head.bias".into(), t(&[16]))]);
+    assert_eq!(detect_dialect(sd.iter().map(|(k, _)| k.as_str())).unwrap(), Dialect::BeitPretrainShared);
+    let (out, rep) = convert(sd.clone(), &ConvertOptions::default()).unwrap();
+    assert_eq!(rep.dialect, Dialect::BeitPretrainShared);
+    for i in 0..2 {
+        assert_same(&[("x".into(), get(&out, &format!("layers.{i}.attn.relative_position_bias_table")).clone())], &[("x".into(), shared.clone())]);
+    }
+    let dropped: Vec<&str> = rep.dropped.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(dropped, ["mask_token", "rel_pos_bias.relative_position_index", "norm.weight", "norm.bias", "lm_head.weight", "lm_head.bias"]);
+    // final_norm keeps the norm as mmseg's `ln1`.
+    let (out, _) = convert(sd, &ConvertOptions { final_norm: true, ..Default::default() }).unwrap();
+    assert!(keys(&out).contains(&"ln1.weight") && keys(&out).contains(&"ln1.bias"));
+}
+
+#[test]
+fn unilm_ade_gets_full_segmentor_names() {
+    let mut sd = vec![("backbone.cls_token".to_string(), t(&[1, 1, 4])), ("backbone.patch_embed.proj.weight".into(), t(&[4, 3, 16, 16]))];
+    sd.extend(unilm_block("backbone.", 0, true));
+    for k in ["backbone.fpn1.0.weight", "backbone.fpn1.1.running_var", "backbone.fpn1.3.bias", "backbone.fpn2.0.weight", "decode_head.conv_seg.weight", "auxiliary_head.convs.0.bn.weight"] {
+        sd.push((k.into(), t(&[4])));
+    }
+    sd.push(("backbone.fpn1.1.num_batches_tracked".into(), AnyArray::I64(ArrayD::zeros(IxDyn(&[])))));
+    let (out, rep) = convert(sd, &ConvertOptions::default()).unwrap();
+    assert_eq!(rep.dialect, Dialect::UnilmAde);
+    let mut want = vec!["backbone.cls_token".to_string(), "backbone.patch_embed.projection.weight".into()];
+    want.extend(mmseg_layer_keys("backbone.", 0));
+    want.extend(
+        ["neck.upsample_4x.0.weight", "neck.upsample_4x.1.running_var", "neck.upsample_4x.3.bias", "neck.upsample_2x.0.weight", "decode_head.conv_seg.weight", "auxiliary_head.convs.0.bn.weight", "neck.upsample_4x.1.num_batches_tracked"]
+            .map(String::from),
+    );
+    assert_eq!(keys(&out), want.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(rep.dropped.len(), 1);
+}
+
+fn hf_layer(i: usize, key_bias: Option<f32>) -> Vec<(String, AnyArray)> {
+    let l = format!("beit.encoder.layer.{i}.");
+    let w = |seed: f32| AnyArray::F32(ArrayD::from_shape_fn(IxDyn(&[4, 4]), |ix| seed + (ix[0] * 4 + ix[1]) as f32));
+    let mut v = vec![
+        (format!("{l}lambda_1"), t(&[4])),
+        (format!("{l}lambda_2"), t(&[4])),
+        (format!("{l}attention.attention.query.weight"), w(100.0)),
+        (format!("{l}attention.attention.query.bias"), t(&[4])),
+        (format!("{l}attention.attention.key.weight"), w(200.0)),
+        (format!("{l}attention.attention.value.weight"), w(300.0)),
+        (format!("{l}attention.attention.value.bias"), t(&[4])),
+        (format!("{l}attention.attention.relative_position_bias.relative_position_bias_table"), t(&[28, 2])),
+        (format!("{l}attention.attention.relative_position_bias.relative_position_index"), AnyArray::I64(ArrayD::zeros(IxDyn(&[10, 10])))),
+        (format!("{l}attention.output.dense.weight"), t(&[4, 4])),
+        (format!("{l}attention.output.dense.bias"), t(&[4])),
+        (format!("{l}layernorm_before.weight"), t(&[4])),
+        (format!("{l}layernorm_before.bias"), t(&[4])),
+        (format!("{l}intermediate.dense.weight"), t(&[16, 4])),
+        (format!("{l}intermediate.dense.bias"), t(&[16])),
+        (format!("{l}output.dense.weight"), t(&[4, 16])),
+        (format!("{l}output.dense.bias"), t(&[4])),
+        (format!("{l}layernorm_after.weight"), t(&[4])),
+        (format!("{l}layernorm_after.bias"), t(&[4])),
+    ];
+    if let Some(b) = key_bias {
+        v.push((format!("{l}attention.attention.key.bias"), f32a(&[0.0, 0.0, b, 0.0], &[4])));
+    }
+    v
+}
+
+#[test]
+fn hf_checkpoint_to_mmseg() {
+    let mut sd = vec![
+        ("beit.embeddings.cls_token".to_string(), t(&[1, 1, 4])),
+        ("beit.embeddings.patch_embeddings.projection.weight".into(), t(&[4, 3, 16, 16])),
+        ("beit.embeddings.patch_embeddings.projection.bias".into(), t(&[4])),
+    ];
+    sd.extend(hf_layer(0, Some(0.0)));
+    sd.extend(hf_layer(1, None));
+    sd.extend([("beit.pooler.layernorm.weight".into(), t(&[4])), ("classifier.weight".into(), t(&[10, 4])), ("classifier.bias".into(), t(&[10]))]);
+    let (out, rep) = convert(sd.clone(), &ConvertOptions::default()).unwrap();
+    assert_eq!(rep.dialect, Dialect::Hf);
+    let mut got: Vec<&str> = keys(&out);
+    got.sort_unstable();
+    let mut want = vec!["cls_token".to_string(), "patch_embed.projection.weight".into(), "patch_embed.projection.bias".into()];
+    want.extend(mmseg_layer_keys("", 0));
+    want.extend(mmseg_layer_keys("", 1));
+    want.sort_unstable();
+    assert_eq!(got, want.iter().map(String::as_str).collect::<Vec<_>>());
+    // qkv.weight = [query; key; value] along rows.
+    let qkv = as_f32(get(&out, "layers.1.attn.qkv.weight")).into_dimensionality::<Ix2>().unwrap();
+    assert_eq!(qkv.dim(), (12, 4));
+    assert_eq!((qkv[[0, 0]], qkv[[4, 1]], qkv[[11, 3]]), (100.0, 201.0, 315.0));
+    assert_same(
+        &[("b".into(), get(&out, "layers.0.attn.q_bias").clone())],
+        &[("b".into(), get(&sd, "beit.encoder.layer.0.attention.attention.query.bias").clone())],
+    );
+    let dropped: Vec<&str> = rep.dropped.iter().map(|(k, _)| k.as_str()).collect();
+    for k in ["beit.encoder.layer.0.attention.attention.key.bias", "beit.pooler.layernorm.weight", "classifier.weight", "beit.encoder.layer.1.attention.attention.relative_position_bias.relative_position_index"] {
+        assert!(dropped.contains(&k), "{k} not dropped: {dropped:?}");
+    }
+    // A non-zero key bias cannot be represented: an error naming it.
+    let mut bad = sd.clone();
+    bad.extend(hf_layer(2, Some(0.25)));
+    let e = convert(bad, &ConvertOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("beit.encoder.layer.2.attention.attention.key.bias") && e.to_string().contains("non-zero"), "{e}");
+    // A missing key weight: an error naming it.
+    let missing: Vec<_> = sd.iter().filter(|(k, _)| k != "beit.encoder.layer.1.attention.attention.key.weight").cloned().collect();
+    let e = convert(missing, &ConvertOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("layer.1.attention.attention.key.weight"), "{e}");
+
+    // Segmentation checkpoints get full names; the classifier becomes conv_seg.
+    let mut seg = sd[..3].to_vec();
+    seg.extend(hf_layer(0, None));
+    seg.extend([("fpn1.0.weight".into(), t(&[4])), ("fpn2.0.bias".into(), t(&[4])), ("decode_head.classifier.weight".into(), t(&[4])), ("auxiliary_head.classifier.bias".into(), t(&[4])), ("decode_head.bottleneck.conv.weight".into(), t(&[4]))]);
+    let (out, _) = convert(seg, &ConvertOptions::default()).unwrap();
+    for k in ["backbone.cls_token", "backbone.layers.0.attn.qkv.weight", "neck.upsample_4x.0.weight", "neck.upsample_2x.0.bias", "decode_head.conv_seg.weight", "auxiliary_head.conv_seg.bias", "decode_head.bottleneck.conv.weight"] {
+        assert!(keys(&out).contains(&k), "{k} missing: {:?}", keys(&out));
+    }
+
+    // The shared table of a masked-image-modelling checkpoint goes into every layer.
+    let mut mim: Vec<_> = sd.iter().filter(|(k, _)| !k.contains("relative_position_bias.")).cloned().collect();
+    mim.push(("beit.encoder.relative_position_bias.relative_position_bias_table".into(), t(&[28, 2])));
+    let (out, _) = convert(mim, &ConvertOptions::default()).unwrap();
+    assert!(keys(&out).contains(&"layers.0.attn.relative_position_bias_table") && keys(&out).contains(&"layers.1.attn.relative_position_bias_table"));
+}
+
+#[test]
+fn dialect_detection_and_mmseg_passthrough() {
+    let d = |ks: &[&str]| detect_dialect(ks.iter().copied());
+    assert_eq!(d(&["beit.embeddings.cls_token"]).unwrap(), Dialect::Hf);
+    assert_eq!(d(&["backbone.blocks.0.norm1.weight"]).unwrap(), Dialect::UnilmAde);
+    assert_eq!(d(&["blocks.0.norm1.weight", "blocks.0.attn.relative_position_bias_table"]).unwrap(), Dialect::BeitOfficial);
+    assert_eq!(d(&["blocks.0.norm1.weight", "rel_pos_bias.relative_position_bias_table"]).unwrap(), Dialect::BeitPretrainShared);
+    assert_eq!(d(&["backbone.layers.0.ln1.weight", "decode_head.conv_seg.weight"]).unwrap(), Dialect::Mmseg);
+    assert_eq!(d(&["layers.0.ln1.weight"]).unwrap(), Dialect::Mmseg);
+    let e = d(&["foo.bar", "baz"]).unwrap_err();
+    assert!(e.to_string().contains("foo.bar"), "{e}");
+    for x in Dialect::ALL {
+        assert_eq!(Dialect::from_name(x.name()), Some(x));
+    }
+
+    // Already mmseg: names kept, the derived index dropped; `module.` prefixes stripped.
+    let sd = vec![
+        ("module.backbone.layers.0.attn.relative_position_bias_table".to_string(), t(&[28, 2])),
+        ("module.backbone.layers.0.attn.relative_position_index".into(), AnyArray::I64(ArrayD::zeros(IxDyn(&[10, 10])))),
+        ("module.decode_head.conv_seg.bias".into(), t(&[3])),
+    ];
+    let (out, rep) = convert(sd, &ConvertOptions::default()).unwrap();
+    assert_eq!(rep.dialect, Dialect::Mmseg);
+    assert_eq!(keys(&out), ["backbone.layers.0.attn.relative_position_bias_table", "decode_head.conv_seg.bias"]);
+    assert!(rep.renamed.is_empty() && rep.dropped.len() == 1 && rep.notes[0].contains("module."));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Relative position bias resize
+
+fn npz_map() -> Vec<(String, AnyArray)> {
+    read_npz(&data("relpos_scipy.npz")).unwrap()
+}
+
+#[test]
+fn relpos_resize_matches_scipy() {
+    let m = npz_map();
+    for (s, d) in [(14usize, 40usize), (5, 7), (7, 4), (8, 9)] {
+        let input = as_f32(get(&m, &format!("in_{s}_{d}"))).into_dimensionality::<Ix2>().unwrap();
+        let want = match get(&m, &format!("out_{s}_{d}")) {
+            AnyArray::F64(a) => a.clone().into_dimensionality::<Ix2>().unwrap(),
+            _ => panic!(),
+        };
+        // float64 path: agrees with FITPACK to rounding.
+        let got64 = resize_rel_pos_table(&input.mapv(|v| v as f64), (s, s), (d, d)).unwrap();
+        assert_eq!(got64.dim(), want.dim());
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let err64 = got64.iter().zip(&want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err64 <= 1e-12 * scale, "{s}->{d}: float64 max error {err64:e}");
+        // float32 path: the float64 result rounded once (relative error <= 2^-24, 1e-5 asked).
+        let got32 = resize_rel_pos_table(&input, (s, s), (d, d)).unwrap();
+        for (a, b) in got32.iter().zip(&want) {
+            assert!(((*a as f64) - b).abs() <= 1e-6 * b.abs().max(1e-3), "{s}->{d}: {a} vs {b}");
+        }
+        // The three class-token rows are copied verbatim to the end.
+        let (ri, rd) = (input.nrows(), got32.nrows());
+        for k in 1..=3 {
+            assert_eq!(got32.row(rd - k), input.row(ri - k));
+        }
+    }
+}
+
+#[test]
+fn relpos_identity_errors_and_helpers() {
+    let table = Array2::from_shape_fn((27 * 27 + 3, 3), |(r, c)| (r as f32).sin() + c as f32);
+    // n -> n is the identity (mmseg skips equal sizes).
+    assert_eq!(resize_rel_pos_table(&table, (14, 14), (14, 14)).unwrap(), table);
+    // Non-square windows, a wrong row count, a too-small source.
+    assert!(resize_rel_pos_table(&table, (14, 14), (40, 30)).unwrap_err().to_string().contains("square"));
+    assert!(resize_rel_pos_table(&table, (13, 13), (40, 40)).unwrap_err().to_string().contains("rows"));
+    let tiny = Array2::<f32>::zeros((12, 1));
+    assert!(resize_rel_pos_table(&tiny, (2, 2), (4, 4)).unwrap_err().to_string().contains("at least 4"));
+    // The spec's value of q for 27 -> 79.
+    assert_eq!(geometric_ratio(27, 79), 1.1685036277771); // spec: 1.1685036277770999 (same f64)
+    assert_eq!(window_of_rows(732), Some((14, 14)));
+    assert_eq!(window_of_rows(6244), Some((40, 40)));
+    assert_eq!(window_of_rows(733), None);
+    // A constant table stays constant (the spline reproduces cubics).
+    let c = Array2::from_elem((27 * 27 + 3, 2), 0.75f64);
+    let r = resize_rel_pos_table(&c, (14, 14), (40, 40)).unwrap();
+    assert!(r.iter().all(|v| (v - 0.75).abs() < 1e-13));
+    // AnyArray helper: infers the source window, None when already sized.
+    let a = AnyArray::F32(table.clone().into_dyn());
+    assert!(resize_rel_pos_any(&a, (14, 14)).unwrap().is_none());
+    assert_eq!(resize_rel_pos_any(&a, (40, 40)).unwrap().unwrap().shape(), &[6244, 3]);
+    assert!(resize_rel_pos_any(&AnyArray::I64(ArrayD::zeros(IxDyn(&[732, 1]))), (40, 40)).is_err());
+}
+
+#[test]
+fn tridiagonal_solver_needs_pivoting() {
+    // A system whose first pivot is zero: solvable only with row interchanges.
+    let n = 6;
+    let dl0: Vec<f64> = (0..n - 1).map(|i| 1.0 + i as f64).collect();
+    let mut d0: Vec<f64> = (0..n).map(|i| 0.5 * i as f64).collect();
+    d0[0] = 0.0;
+    let du0: Vec<f64> = (0..n - 1).map(|i| 2.0 - 0.3 * i as f64).collect();
+    let x: Vec<f64> = (0..n).map(|i| (i as f64 * 0.7).cos()).collect();
+    let b: Vec<f64> = (0..n)
+        .map(|i| d0[i] * x[i] + if i > 0 { dl0[i - 1] * x[i - 1] } else { 0.0 } + if i + 1 < n { du0[i] * x[i + 1] } else { 0.0 })
+        .collect();
+    let (mut dl, mut d, mut du, mut sol) = (dl0, d0, du0, b);
+    solve_tridiagonal(&mut dl, &mut d, &mut du, &mut sol).unwrap();
+    for (a, e) in sol.iter().zip(&x) {
+        assert!((a - e).abs() < 1e-12, "{a} vs {e}");
+    }
+    let mut z = vec![0.0; 2];
+    assert!(solve_tridiagonal(&mut [0.0], &mut [0.0, 0.0], &mut [0.0], &mut z).is_err());
+}
