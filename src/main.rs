@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use beit_seg::checkpoint::{convert, detect_dialect, read_any, write_any, ConvertOptions, Dialect, ReadOptions, WriteOptions};
 use beit_seg::conformance::case::{discover, glob_match};
 use beit_seg::conformance::report::{case_line, case_table, to_json, to_junit, CaseStatus, Summary};
 use beit_seg::conformance::{run_case_dir, Backend, ReferenceBackend, VerifyOptions};
@@ -50,9 +51,36 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
-    /// List the arrays of a .npz / .npy file: key, dtype, shape.
+    /// List the tensors of a checkpoint (.pth, .safetensors, .npz) or .npy file: key, dtype, shape.
+    /// Nothing in a .pth is executed (restricted unpickler, like torch.load(weights_only=True)).
     Inspect {
         file: PathBuf,
+    },
+    /// Convert a BEiT checkpoint (official, pretrain with shared table, UNILM ADE20K, HF, mmseg)
+    /// to MMSegmentation names, resizing relative-position tables for --img-size.
+    ///
+    /// Prints what was renamed, dropped and resized. DST is never overwritten without --force,
+    /// and is written atomically (temporary file + rename).
+    Convert {
+        src: PathBuf,
+        dst: PathBuf,
+        /// Source dialect: beit-official, beit-pretrain-shared, unilm-ade, hf, mmseg (default: detected).
+        #[arg(long = "from")]
+        from: Option<String>,
+        /// Resize rel-pos tables for this input size (square; with --patch-size), e.g. 640.
+        #[arg(long)]
+        img_size: Option<usize>,
+        #[arg(long, default_value_t = 16)]
+        patch_size: usize,
+        /// Output format (default: from DST's extension, .pth otherwise).
+        #[arg(long)]
+        format: Option<String>,
+        /// Keep the final norm as mmseg's `ln1` (for final_norm=True models).
+        #[arg(long)]
+        final_norm: bool,
+        /// Replace DST if it exists.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -97,7 +125,7 @@ fn verify(
     for dir in &cases {
         let r = run_case_dir(dir, backend.as_ref(), &opts);
         println!("{}", case_line(&r));
-        let table = case_table(&r, quiet && r.status != CaseStatus::Fail || quiet);
+        let table = case_table(&r, quiet);
         print!("{table}");
         reports.push(r);
     }
@@ -125,11 +153,12 @@ fn verify(
 }
 
 fn inspect(file: PathBuf) -> Result<ExitCode> {
-    let is_npz = file.extension().is_some_and(|e| e == "npz");
-    let arrays = if is_npz {
-        beit_seg::weights::read_npz(&file)?
-    } else {
+    let is_npy = file.extension().is_some_and(|e| e == "npy");
+    let arrays = if is_npy {
         vec![(file.display().to_string(), beit_seg::weights::read_npy(&file)?)]
+    } else {
+        let opts = ReadOptions { widen_half: true, ..Default::default() };
+        read_any(&file, opts).with_context(|| format!("reading {}", file.display()))?
     };
     let w = arrays.iter().map(|(k, _)| k.len()).max().unwrap_or(3).max(3);
     let mut total = 0usize;
@@ -138,7 +167,70 @@ fn inspect(file: PathBuf) -> Result<ExitCode> {
         total += n;
         println!("{k:<w$}  {:<8} {:?}", a.dtype_name(), a.shape());
     }
-    println!("{} arrays, {} elements", arrays.len(), total);
+    println!("{} tensors, {} elements", arrays.len(), total);
+    if !is_npy {
+        match detect_dialect(arrays.iter().map(|(k, _)| k.as_str())) {
+            Ok(d) => println!("dialect: {d}"),
+            Err(e) => println!("dialect: not recognised ({e})"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn convert_cmd(
+    src: PathBuf,
+    dst: PathBuf,
+    from: Option<String>,
+    img_size: Option<usize>,
+    patch_size: usize,
+    format: Option<String>,
+    final_norm: bool,
+    force: bool,
+) -> Result<ExitCode> {
+    let dialect = match from {
+        None => None,
+        Some(n) => Some(Dialect::from_name(&n).with_context(|| {
+            format!("unknown dialect `{n}` (beit-official, beit-pretrain-shared, unilm-ade, hf, mmseg)")
+        })?),
+    };
+    if patch_size == 0 {
+        bail!("--patch-size must be positive");
+    }
+    let dst_window = img_size.map(|s| (s / patch_size, s / patch_size));
+    let dst = match format.as_deref() {
+        None => dst,
+        Some(f @ ("pth" | "safetensors" | "npz")) => {
+            if dst.extension().is_some_and(|e| e != f) {
+                bail!("--format {f} does not match the extension of {}", dst.display());
+            }
+            if dst.extension().is_none() { dst.with_extension(f) } else { dst }
+        }
+        Some(f) => bail!("unknown --format `{f}` (pth, safetensors, npz)"),
+    };
+    if dst.exists() && !force {
+        bail!("{} exists; pass --force to replace it", dst.display());
+    }
+    let opts = ReadOptions { widen_half: true, ..Default::default() };
+    let state = read_any(&src, opts).with_context(|| format!("reading {}", src.display()))?;
+    let n_in = state.len();
+    let (out, report) = convert(state, &ConvertOptions { dialect, dst_window, final_norm })
+        .with_context(|| format!("converting {}", src.display()))?;
+    println!("{}: dialect {}, {} tensors in, {} out", src.display(), report.dialect, n_in, out.len());
+    for (a, b) in &report.renamed {
+        println!("  renamed  {a} -> {b}");
+    }
+    for (k, why) in &report.dropped {
+        println!("  dropped  {k}: {why}");
+    }
+    for (k, a, b) in &report.resized {
+        println!("  resized  {k}: {a:?} -> {b:?}");
+    }
+    for n in &report.notes {
+        println!("  note: {n}");
+    }
+    write_any(&dst, &out, WriteOptions { force, ..Default::default() }).with_context(|| format!("writing {}", dst.display()))?;
+    println!("wrote {}", dst.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -149,6 +241,9 @@ fn main() -> ExitCode {
             verify(dirs, backend, filter, json, junit, VerifyOptions { as_f32, allow_uncovered }, quiet)
         }
         Command::Inspect { file } => inspect(file),
+        Command::Convert { src, dst, from, img_size, patch_size, format, final_norm, force } => {
+            convert_cmd(src, dst, from, img_size, patch_size, format, final_norm, force)
+        }
     };
     match res {
         Ok(code) => code,
