@@ -5,7 +5,9 @@
 //! expected values, only the names that are wanted.
 
 pub mod case;
+pub mod checkpoint_cases;
 pub mod compare;
+pub mod data_cases;
 pub mod report;
 
 use std::collections::BTreeMap;
@@ -16,7 +18,7 @@ use ndarray::ArrayD;
 use crate::config::SegmentorConfig;
 use crate::reference::segmentor::EncoderDecoder;
 use crate::reference::Recorder;
-use crate::weights::{read_npz, AnyArray, WeightStore};
+use crate::weights::{AnyArray, WeightStore};
 use crate::Float;
 use case::{Case, Dtype, Tolerance};
 use compare::{compare_floats, compare_labels, Status, TensorResult};
@@ -129,13 +131,22 @@ pub fn run_case(case: &Case, backend: &dyn Backend, opts: &VerifyOptions) -> Cas
         tensors: vec![],
         seconds: 0.0,
     };
+    let other_kind = || checkpoint_cases::run(case).or_else(|| data_cases::run(case, backend, opts));
     let result = match case.kind.as_str() {
         "segmentor" => run_segmentor_case(case, backend, opts, run_dtype),
-        other => {
-            rep.status = CaseStatus::Skipped;
-            rep.message = Some(format!("kind `{other}` is not implemented by backend `{}`", backend.name()));
-            return rep;
-        }
+        other => match other_kind() {
+            // These kinds check the library itself (converter, resize, metric, pipeline), the
+            // same for every model backend.
+            Some(r) => {
+                rep.backend = "lib".into();
+                r
+            }
+            None => {
+                rep.status = CaseStatus::Skipped;
+                rep.message = Some(format!("kind `{other}` is not implemented by backend `{}`", backend.name()));
+                return rep;
+            }
+        },
     };
     match result {
         Ok(tensors) => {
@@ -171,7 +182,7 @@ pub fn run_case(case: &Case, backend: &dyn Backend, opts: &VerifyOptions) -> Cas
 fn run_segmentor_case(case: &Case, backend: &dyn Backend, opts: &VerifyOptions, run_dtype: Dtype) -> Result<Vec<TensorResult>, BackendError> {
     let model_v = case.manifest.get("model").ok_or_else(|| format!("{}: `model` is missing", case.dir.join("case.json").display()))?;
     let model = SegmentorConfig::from_value(model_v).map_err(|e| format!("{}: {e}", case.dir.join("case.json").display()))?;
-    let weights = read_npz(&case.file_field("weights")?)?;
+    let weights = load_case_weights(case, &model)?;
     let inputs = crate::weights::read_npy(&case.input_file("inputs")?)?;
     // Read every expected output first: a broken fixture is reported before any compute.
     let mut expected = Vec::with_capacity(case.outputs.len());
@@ -188,6 +199,36 @@ fn run_segmentor_case(case: &Case, backend: &dyn Backend, opts: &VerifyOptions, 
         }
     };
     Ok(compare_outputs(&expected, &produced, tol_for))
+}
+
+/// A segmentor case's weights: an `.npz` state dict in MMSegmentation names, or any checkpoint
+/// (`.pth`, `.safetensors`, `.npz`) in another dialect (official, UNILM ADE20K, HF; optional
+/// manifest field `weights_dialect`), converted to MMSegmentation names first, with rel-pos
+/// tables resized to the configured window. The latter is how a fixture checks that a model
+/// built from a converted checkpoint matches MMSegmentation built from the same source.
+pub fn load_case_weights(case: &Case, model: &SegmentorConfig) -> Result<Vec<(String, AnyArray)>, BackendError> {
+    use crate::checkpoint::{convert, detect_dialect, read_any, ConvertOptions, Dialect, ReadOptions};
+    let path = case.file_field("weights")?;
+    let state = read_any(&path, ReadOptions { widen_half: true, ..Default::default() })?;
+    let hint = case.manifest.get("weights_dialect").and_then(|v| v.as_str());
+    let dialect = match hint {
+        Some(n) => Dialect::from_name(n).ok_or_else(|| format!("{}: unknown weights_dialect `{n}`", case.dir.join("case.json").display()))?,
+        None => detect_dialect(state.iter().map(|(k, _)| k.as_str()))?,
+    };
+    if dialect == Dialect::Mmseg {
+        return Ok(state);
+    }
+    let (wh, ww) = model.backbone.window();
+    let opts = ConvertOptions {
+        dialect: Some(dialect),
+        dst_window: (wh == ww).then_some((wh, ww)),
+        final_norm: model.backbone.final_norm,
+    };
+    let (out, _report) = convert(state, &opts).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !out.iter().any(|(k, _)| k.starts_with("backbone.")) {
+        return Err(format!("{}: a backbone-only checkpoint ({dialect}) cannot build a whole segmentor", path.display()).into());
+    }
+    Ok(out)
 }
 
 /// Compares expected tensors with produced ones. Label maps named `pred` / `pred.<stem>` use
