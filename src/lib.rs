@@ -11,3 +11,5 @@ pub mod reference;
 pub mod weights;
 
 pub use float::Float;
+pub mod data;
+pub mod metrics;
