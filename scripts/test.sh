@@ -14,6 +14,9 @@ cargo bench --no-run --quiet
 if [ "${BEIT_SEG_SKIP_PY:-0}" != "1" ]; then
   venv="$(scripts/setup-venv.sh)"
   "$venv/bin/python" fixtures/generate.py --check
+  # our .pth/.safetensors/.npz writers, read back by torch.load(weights_only=True) and numpy
+  cargo build --release --quiet
+  "$venv/bin/python" fixtures/gen_checkpoint.py --check-writer "${CARGO_TARGET_DIR:-target}/release/beit-seg"
   # cases that are not bundled (other sizes, heads, depths, batch 3, slide, head variants)
   sweep="$(mktemp -d)"
   trap 'rm -rf "$sweep"' EXIT

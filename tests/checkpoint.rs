@@ -866,3 +866,222 @@ fn tridiagonal_solver_needs_pivoting() {
     let mut z = vec![0.0; 2];
     assert!(solve_tridiagonal(&mut [0.0], &mut [0.0, 0.0], &mut [0.0], &mut z).is_err());
 }
+
+// ---------------------------------------------------------------------------------------------
+// The bundled checkpoint fixtures (fixtures/ckpt-*, fixtures/relpos-*; made by
+// fixtures/gen_checkpoint.py from MMSegmentation 1.2.2's converter and resize)
+
+mod fixture_cases {
+    use std::path::{Path, PathBuf};
+
+    use beit_seg::checkpoint::{write_npz, WriteOptions};
+    use beit_seg::conformance::case::{discover, Case};
+    use beit_seg::conformance::checkpoint_cases::{compare_conversion, compare_tensor, convert_source, converter_options};
+    use beit_seg::conformance::compare::Status;
+    use beit_seg::conformance::report::CaseStatus;
+    use beit_seg::conformance::{run_case, run_case_dir, ReferenceBackend, VerifyOptions};
+    use beit_seg::weights::{read_npz, AnyArray};
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    }
+
+    fn case(name: &str) -> Case {
+        Case::load(&fixtures().join(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+    }
+
+    fn copy_case(name: &str) -> PathBuf {
+        let dst = super::tmpdir(name);
+        let src = fixtures().join(name);
+        for e in std::fs::read_dir(&src).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+            }
+        }
+        dst
+    }
+
+    #[test]
+    fn every_bundled_checkpoint_case_passes() {
+        let dirs = discover(&[fixtures()]).unwrap();
+        let ours: Vec<&PathBuf> = dirs
+            .iter()
+            .filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().starts_with("ckpt-") || n.to_string_lossy().starts_with("relpos-")))
+            .collect();
+        let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+        let mut failures = Vec::new();
+        for d in &ours {
+            let r = run_case_dir(d, &ReferenceBackend, &VerifyOptions::default());
+            *kinds.entry(r.kind.clone()).or_default() += 1;
+            if r.status != CaseStatus::Pass || r.covered() != r.tensors.len() || r.tensors.is_empty() {
+                let bad: Vec<String> = r.tensors.iter().filter(|t| t.status != Status::Pass).map(|t| format!("  {} {:?} {}", t.name, t.status, t.note.clone().unwrap_or_default())).collect();
+                failures.push(format!("{}: {:?} {}\n{}", r.name, r.status, r.message.clone().unwrap_or_default(), bad.join("\n")));
+            }
+        }
+        assert!(failures.is_empty(), "failing checkpoint cases:\n{}", failures.join("\n"));
+        assert!(kinds.get("converter").copied().unwrap_or(0) >= 7, "converter cases missing: {kinds:?}");
+        assert!(kinds.get("relpos_resize").copied().unwrap_or(0) >= 4, "relpos_resize cases missing: {kinds:?}");
+        assert!(kinds.get("segmentor").copied().unwrap_or(0) >= 1, "the unilm-ade segmentor case is missing: {kinds:?}");
+    }
+
+    #[test]
+    fn converter_case_fails_when_one_name_is_wrong() {
+        let c = case("ckpt-official");
+        let (produced, report) = convert_source(&c).unwrap();
+        let expected = read_npz(&c.file_field("expected").unwrap()).unwrap();
+        let tol = |k: &str| c.tolerance_for(k);
+        let ok = compare_conversion(&produced, &report, &expected, tol);
+        assert!(ok.iter().all(|t| t.status == Status::Pass), "the bundled case itself must pass");
+        assert_eq!(ok.len(), expected.len());
+
+        // The expected file names one key differently (as if the converter had to map fc1 to
+        // `mlp.fc1`): that key is not covered, and the produced name is unexpected.
+        let renamed: Vec<(String, AnyArray)> = expected
+            .iter()
+            .map(|(k, a)| (if k == "layers.1.ffn.layers.0.0.weight" { "layers.1.mlp.fc1.weight".to_string() } else { k.clone() }, a.clone()))
+            .collect();
+        let r = compare_conversion(&produced, &report, &renamed, tol);
+        let not_ok: Vec<(&str, Status)> = r.iter().filter(|t| t.status != Status::Pass).map(|t| (t.name.as_str(), t.status)).collect();
+        assert_eq!(not_ok, [("layers.1.mlp.fc1.weight", Status::NotCovered), ("unexpected:layers.1.ffn.layers.0.0.weight", Status::Fail)]);
+
+        // A converter that produced a wrong name: the same two findings, the other way round.
+        let mut wrong = produced.clone();
+        for (k, _) in wrong.iter_mut() {
+            if k == "layers.0.ln2.bias" {
+                *k = "layers.0.norm2.bias".into();
+            }
+        }
+        let r = compare_conversion(&wrong, &report, &expected, tol);
+        let not_ok: Vec<(&str, Status)> = r.iter().filter(|t| t.status != Status::Pass).map(|t| (t.name.as_str(), t.status)).collect();
+        assert_eq!(not_ok, [("layers.0.ln2.bias", Status::NotCovered), ("unexpected:layers.0.norm2.bias", Status::Fail)]);
+
+        // One value off by one ulp fails (the rename cases are exact).
+        let mut moved = produced.clone();
+        for (k, a) in moved.iter_mut() {
+            if k == "cls_token" {
+                if let AnyArray::F32(x) = a {
+                    let v = x.iter_mut().next().unwrap();
+                    *v = f32::from_bits(v.to_bits() + 1);
+                }
+            }
+        }
+        let r = compare_conversion(&moved, &report, &expected, tol);
+        assert_eq!(r.iter().filter(|t| t.status == Status::Fail).map(|t| t.name.as_str()).collect::<Vec<_>>(), ["cls_token"]);
+
+        // Derived index buffers and dropped keys are never "unexpected".
+        let mut extra = produced.clone();
+        extra.push(("layers.0.attn.relative_position_index".into(), AnyArray::I64(ndarray::ArrayD::zeros(ndarray::IxDyn(&[17, 17])))));
+        assert!(compare_conversion(&extra, &report, &expected, tol).iter().all(|t| t.status == Status::Pass));
+
+        // End to end: the renamed expected file written into a copy of the case fails verify.
+        let dir = copy_case("ckpt-official");
+        write_npz(&dir.join("expected.npz"), &renamed, WriteOptions { force: true, ..Default::default() }).unwrap();
+        let rep = run_case_dir(&dir, &ReferenceBackend, &VerifyOptions::default());
+        assert_eq!(rep.status, CaseStatus::Fail);
+        assert!(rep.tensors.iter().any(|t| t.name == "unexpected:layers.1.ffn.layers.0.0.weight" && t.status == Status::Fail));
+        // --allow-uncovered does not hide the unexpected key.
+        let rep = run_case_dir(&dir, &ReferenceBackend, &VerifyOptions { allow_uncovered: true, ..Default::default() });
+        assert_eq!(rep.status, CaseStatus::Fail);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn converter_case_errors_name_the_file() {
+        // A missing source.
+        let dir = copy_case("ckpt-hf");
+        std::fs::remove_file(dir.join("pytorch_model.bin")).unwrap();
+        let rep = run_case_dir(&dir, &ReferenceBackend, &VerifyOptions::default());
+        assert_eq!(rep.status, CaseStatus::Fail);
+        assert!(rep.message.as_deref().unwrap_or("").contains("pytorch_model.bin"), "{:?}", rep.message);
+        // A truncated expected file.
+        let dir2 = copy_case("ckpt-hf");
+        let p = dir2.join("expected.npz");
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+        let rep = run_case_dir(&dir2, &ReferenceBackend, &VerifyOptions::default());
+        assert_eq!(rep.status, CaseStatus::Fail);
+        assert!(rep.message.as_deref().unwrap_or("").contains("expected.npz"), "{:?}", rep.message);
+        for d in [dir, dir2] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+
+    #[test]
+    fn converter_options_and_hints() {
+        let mut c = case("ckpt-official-img640");
+        let o = converter_options(&c).unwrap();
+        assert_eq!(o.dst_window, Some((40, 40)));
+        assert_eq!(o.dialect.map(|d| d.name()), Some("beit-official"));
+        c.manifest["options"]["patch_size"] = serde_json::json!(8);
+        assert_eq!(converter_options(&c).unwrap().dst_window, Some((80, 80)));
+        c.manifest["options"]["patch_size"] = serde_json::json!([16, 32]);
+        assert_eq!(converter_options(&c).unwrap().dst_window, Some((40, 20)));
+        c.manifest["options"]["crop"] = serde_json::json!(true);
+        let e = converter_options(&c).unwrap_err().to_string();
+        assert!(e.contains("options.crop") && e.contains("case.json"), "{e}");
+        let mut c = case("ckpt-official");
+        c.manifest["dialect"] = serde_json::json!("timm");
+        let e = converter_options(&c).unwrap_err().to_string();
+        assert!(e.contains("timm") && e.contains("case.json"), "{e}");
+        // Without its hint the official case is detected and still passes.
+        let mut c = case("ckpt-official");
+        c.manifest.as_object_mut().unwrap().remove("dialect");
+        let rep = run_case(&c, &ReferenceBackend, &VerifyOptions::default());
+        assert_eq!(rep.status, CaseStatus::Pass, "{:?}", rep.message);
+        // A wrong hint is a failure, not a silent pass.
+        let mut c = case("ckpt-unilm-ade");
+        c.manifest["dialect"] = serde_json::json!("hf");
+        let rep = run_case(&c, &ReferenceBackend, &VerifyOptions::default());
+        assert_eq!(rep.status, CaseStatus::Fail);
+        // The segmentor case converts its UNILM-ADE weights with or without the hint.
+        let mut c = case("ckpt-unilm-ade-segmentor");
+        assert_eq!(c.manifest["weights_dialect"], "unilm-ade");
+        c.manifest.as_object_mut().unwrap().remove("weights_dialect");
+        let rep = run_case(&c, &ReferenceBackend, &VerifyOptions::default());
+        assert_eq!(rep.status, CaseStatus::Pass, "{:?}", rep.message);
+    }
+
+    #[test]
+    fn safetensors_from_memory_equals_from_file() {
+        let p = fixtures().join("ckpt-hf-seg/model.safetensors");
+        let from_file = beit_seg::checkpoint::read_safetensors(&p, Default::default()).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let from_mem = beit_seg::checkpoint::read_safetensors_bytes(&bytes, &p, Default::default()).unwrap();
+        super::assert_same(&from_file, &from_mem);
+        assert!(from_file.iter().any(|(k, a)| k.ends_with("num_batches_tracked") && a.shape().is_empty()), "0-d tensors read as 0-d");
+        let e = beit_seg::checkpoint::read_safetensors_bytes(&bytes[..bytes.len() - 1], Path::new("cut.safetensors"), Default::default()).unwrap_err();
+        assert!(e.to_string().contains("cut.safetensors"), "{e}");
+    }
+
+    #[test]
+    fn relpos_case_fails_when_the_table_moves() {
+        let c = case("relpos-24to32-1h");
+        let rep = run_case(&c, &ReferenceBackend, &VerifyOptions::default());
+        assert_eq!(rep.status, CaseStatus::Pass, "{:?}", rep.message);
+        let want = c.read_output(&c.outputs[0].1).unwrap();
+        let AnyArray::F32(w) = &want else { panic!("float32 table expected") };
+        // The largest interpolated value, moved by 1e-4 relative, breaks rtol 1e-5; by 1e-7 (about
+        // one float32 ulp) it does not.
+        let body = w.shape()[0] - 3;
+        let (at, v) = w.indexed_iter().filter(|(i, _)| i[0] < body).fold((None, 0.0f32), |m, (i, &x)| if x.abs() > m.1.abs() { (Some(i), x) } else { m });
+        assert!(v.abs() > 0.1, "{v}");
+        let at = at.unwrap();
+        for (rel, fails) in [(1e-4f32, true), (1e-7, false)] {
+            let mut moved = w.clone();
+            moved[&at] = v * (1.0 + rel);
+            let r = compare_tensor("table", &AnyArray::F32(moved), &want, c.tolerance_for("table"));
+            assert_eq!(r.status == Status::Fail, fails, "rel {rel}: {:?}", r.note);
+        }
+        // A wrong destination window is a shape mismatch.
+        let mut c2 = c.clone();
+        c2.manifest["dst_window"] = serde_json::json!([31, 31]);
+        let rep = run_case(&c2, &ReferenceBackend, &VerifyOptions::default());
+        assert_eq!(rep.status, CaseStatus::Fail);
+        // Non-square windows are refused with an error (as MMSegmentation).
+        let mut c3 = c.clone();
+        c3.manifest["dst_window"] = serde_json::json!([32, 30]);
+        let rep = run_case(&c3, &ReferenceBackend, &VerifyOptions::default());
+        assert!(rep.status == CaseStatus::Fail && rep.message.as_deref().unwrap_or("").contains("square"), "{:?}", rep.message);
+    }
+}

@@ -31,7 +31,7 @@ pub mod write;
 
 pub use convert::{convert, detect_dialect, ConversionReport, ConvertOptions, Dialect};
 pub use pickle::{
-    file_kind, load_pth, load_pth_bytes, read_any, read_safetensors, read_state_dict, read_state_dict_with, state_dict_of, FileKind, ReadOptions, Value,
+    file_kind, load_pth, load_pth_bytes, read_any, read_safetensors, read_safetensors_bytes, read_state_dict, read_state_dict_with, state_dict_of, FileKind, ReadOptions, Value,
 };
 pub use relpos::{resize_rel_pos_any, resize_rel_pos_table};
 pub use write::{write_any, write_npz, write_pth, write_safetensors, StoreDtype, WriteOptions};

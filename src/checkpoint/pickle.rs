@@ -1329,9 +1329,18 @@ const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
 /// Tensors are returned in data order. Dtypes F32, F64, F16/BF16 (widened when asked), I64, I32,
 /// U8, BOOL.
 pub fn read_safetensors(path: &Path, opts: ReadOptions) -> Result<Vec<(String, AnyArray)>, CheckpointError> {
-    let mut f = File::open(path).map_err(CheckpointError::io(path))?;
-    let fmt = |msg: String| CheckpointError::Format { path: path.to_path_buf(), msg: format!("not a readable .safetensors file: {msg}") };
+    let f = File::open(path).map_err(CheckpointError::io(path))?;
     let file_len = f.metadata().map_err(CheckpointError::io(path))?.len();
+    safetensors_from(BufReader::new(f), file_len, path, opts)
+}
+
+/// [`read_safetensors`] of bytes held in memory; `name` is used in error messages.
+pub fn read_safetensors_bytes(bytes: &[u8], name: &Path, opts: ReadOptions) -> Result<Vec<(String, AnyArray)>, CheckpointError> {
+    safetensors_from(Cursor::new(bytes), bytes.len() as u64, name, opts)
+}
+
+fn safetensors_from<R: Read + Seek>(mut f: R, file_len: u64, path: &Path, opts: ReadOptions) -> Result<Vec<(String, AnyArray)>, CheckpointError> {
+    let fmt = |msg: String| CheckpointError::Format { path: path.to_path_buf(), msg: format!("not a readable .safetensors file: {msg}") };
     let mut nb = [0u8; 8];
     f.read_exact(&mut nb).map_err(|_| fmt("shorter than its 8-byte header length".into()))?;
     let n = u64::from_le_bytes(nb);
