@@ -9,17 +9,26 @@
 #     pass. Set BEIT_SEG_SKIP_PY=1 to skip this step on a machine without network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --release --no-fail-fast
-cargo bench --no-run --quiet
+# Exact JPEG decoding (OpenCV's libjpeg-turbo) for the pipeline cases: the system libturbojpeg.
+features=(--features jpeg-turbo)
+if ! pkg-config --exists libturbojpeg 2>/dev/null; then
+  echo "installing libturbojpeg0-dev (exact JPEG decoding for the pipeline cases)" >&2
+  if ! { apt-get update -qq && apt-get install -y -qq libturbojpeg0-dev pkg-config; } >&2; then
+    echo "WARNING: could not install libturbojpeg0-dev: pipeline cases will be SKIPPED" >&2
+    features=()
+  fi
+fi
+cargo test --release --no-fail-fast "${features[@]}"
+cargo bench --no-run --quiet "${features[@]}"
 if [ "${BEIT_SEG_SKIP_PY:-0}" != "1" ]; then
   venv="$(scripts/setup-venv.sh)"
   "$venv/bin/python" fixtures/generate.py --check
   # our .pth/.safetensors/.npz writers, read back by torch.load(weights_only=True) and numpy
-  cargo build --release --quiet
+  cargo build --release --quiet "${features[@]}"
   "$venv/bin/python" fixtures/gen_checkpoint.py --check-writer "${CARGO_TARGET_DIR:-target}/release/beit-seg"
   # cases that are not bundled (other sizes, heads, depths, batch 3, slide, head variants)
   sweep="$(mktemp -d)"
   trap 'rm -rf "$sweep"' EXIT
   "$venv/bin/python" fixtures/sweep.py --out "$sweep/cases"
-  cargo run --release --quiet -- verify --quiet "$sweep/cases"
+  cargo run --release --quiet "${features[@]}" -- verify --quiet "$sweep/cases"
 fi

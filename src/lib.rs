@@ -11,5 +11,7 @@ pub mod reference;
 pub mod weights;
 
 pub use float::Float;
+pub mod cli_eval;
 pub mod data;
+pub mod eval;
 pub mod metrics;

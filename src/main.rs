@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use beit_seg::checkpoint::{convert, detect_dialect, read_any, write_any, ConvertOptions, Dialect, ReadOptions, WriteOptions};
+use beit_seg::cli_eval::{run_eval, run_merge, run_predict, EvalArgs, MergeArgs, PredictArgs};
 use beit_seg::conformance::case::{discover, glob_match};
 use beit_seg::conformance::report::{case_line, case_table, to_json, to_junit, CaseStatus, Summary};
 use beit_seg::conformance::{run_case_dir, Backend, ReferenceBackend, VerifyOptions};
@@ -51,6 +52,13 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Evaluate a checkpoint on an ADE20K-layout dataset (mIoU as MMSegmentation computes it);
+    /// resumable and shardable.
+    Eval(EvalArgs),
+    /// Segment images: a label PNG, a colour mask and an overlay per image.
+    Predict(PredictArgs),
+    /// Combine the results files of `eval --shard K/N` runs into the totals of one run.
+    Merge(MergeArgs),
     /// List the tensors of a checkpoint (.pth, .safetensors, .npz) or .npy file: key, dtype, shape.
     /// Nothing in a .pth is executed (restricted unpickler, like torch.load(weights_only=True)).
     Inspect {
@@ -157,7 +165,7 @@ fn inspect(file: PathBuf) -> Result<ExitCode> {
     let arrays = if is_npy {
         vec![(file.display().to_string(), beit_seg::weights::read_npy(&file)?)]
     } else {
-        let opts = ReadOptions { widen_half: true, ..Default::default() };
+        let opts = ReadOptions { widen_half: true, opaque_globals: true };
         read_any(&file, opts).with_context(|| format!("reading {}", file.display()))?
     };
     let w = arrays.iter().map(|(k, _)| k.len()).max().unwrap_or(3).max(3);
@@ -211,7 +219,7 @@ fn convert_cmd(
     if dst.exists() && !force {
         bail!("{} exists; pass --force to replace it", dst.display());
     }
-    let opts = ReadOptions { widen_half: true, ..Default::default() };
+    let opts = ReadOptions { widen_half: true, opaque_globals: true };
     let state = read_any(&src, opts).with_context(|| format!("reading {}", src.display()))?;
     let n_in = state.len();
     let (out, report) = convert(state, &ConvertOptions { dialect, dst_window, final_norm })
@@ -241,6 +249,9 @@ fn main() -> ExitCode {
             verify(dirs, backend, filter, json, junit, VerifyOptions { as_f32, allow_uncovered }, quiet)
         }
         Command::Inspect { file } => inspect(file),
+        Command::Eval(a) => run_eval(a),
+        Command::Predict(a) => run_predict(a),
+        Command::Merge(a) => run_merge(a),
         Command::Convert { src, dst, from, img_size, patch_size, format, final_norm, force } => {
             convert_cmd(src, dst, from, img_size, patch_size, format, final_norm, force)
         }

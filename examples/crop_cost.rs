@@ -1,0 +1,46 @@
+//! Wall time of one full 640x640 crop of BEiT-B (or -L) + UPerNet through the ndarray reference,
+//! with random weights: what a CPU evaluation costs per crop (an ADE20K image is 1-2 crops).
+//!
+//! `cargo run --release --example crop_cost [beit-base-640|beit-large-640]`
+
+use std::time::Instant;
+
+use beit_seg::cli_eval::preset;
+use beit_seg::config::SegmentorConfig;
+use beit_seg::reference::segmentor::EncoderDecoder;
+use beit_seg::reference::Recorder;
+use beit_seg::weights::{AnyArray, WeightStore};
+use ndarray::{Array4, ArrayD, IxDyn};
+
+fn main() -> anyhow::Result<()> {
+    let name = std::env::args().nth(1).unwrap_or_else(|| "beit-base-640".into());
+    let mut v = preset(&name).ok_or_else(|| anyhow::anyhow!("unknown preset {name}"))?;
+    v.as_object_mut().expect("object").remove("data_preprocessor");
+    let cfg = SegmentorConfig::from_value(&v)?;
+    let mut seed = 1u64;
+    let mut rnd = |shape: &[usize], scale: f32| {
+        ArrayD::from_shape_fn(IxDyn(shape), |_| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+        })
+    };
+    let arrays: Vec<(String, AnyArray)> = EncoderDecoder::<f32>::parameter_shapes(&cfg)
+        .into_iter()
+        .map(|(k, s)| {
+            let a = if k.ends_with("running_var") { rnd(&s, 0.5).mapv(|x| x + 1.0) } else { rnd(&s, 0.05) };
+            (k, AnyArray::F32(a))
+        })
+        .collect();
+    let params: usize = arrays.iter().map(|(_, a)| a.shape().iter().product::<usize>()).sum();
+    let model = EncoderDecoder::<f32>::load(&cfg, WeightStore::from_arrays(arrays))?;
+    let img = Array4::<f32>::from_shape_fn((1, 3, 640, 640), |(_, c, y, x)| ((c * 7 + y * 3 + x) % 17) as f32 / 17.0 - 0.5);
+    let t = Instant::now();
+    let out = model.encode_decode(&img, &mut Recorder::none())?;
+    println!(
+        "{name}: {params} parameters, one 640x640 crop -> {:?} logits in {:.1} s on {} rayon threads",
+        out.dim(),
+        t.elapsed().as_secs_f64(),
+        rayon::current_num_threads()
+    );
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! The `eval`, `predict` and `merge` subcommands: argument structs (clap) and their entry
+//! points. The work is in [`crate::eval`]; see docs/evaluation.md.
+//!
+//! The model comes from a checkpoint (`.pth`, `.safetensors`, `.npz`; any key dialect the
+//! converter knows) and a config: a JSON file holding MMSegmentation's `model` dict (the schema
+//! of a fixture case's `model`, with `data_preprocessor` and `test_cfg`), or an object with
+//! `model` and optionally `dataset` (as a `pipeline` fixture's `case.json`: layout, suffixes,
+//! `test_pipeline`, `classes`, `aug`), or a built-in preset matching the real configs
+//! (`beit-base-640`, `beit-large-640`, spec §1).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::{json, Value};
+
+use crate::checkpoint::{convert, detect_dialect, read_any, ConvertOptions, Dialect, ReadOptions};
+use crate::config::SegmentorConfig;
+use crate::data::ade20k::{DatasetSpec, Shard};
+use crate::data::image;
+use crate::eval::{self, EvalSettings, MsFlip, RefModel, RunOptions, SegModel, TestPipeline};
+use crate::reference::segmentor::EncoderDecoder;
+use crate::weights::{AnyArray, WeightStore};
+
+/// Where the model comes from (shared by `eval` and `predict`).
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Checkpoint (.pth, .safetensors or .npz; MMSegmentation, official BEiT, UNILM or HF key
+    /// names). Nothing in a .pth is executed.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// JSON with MMSegmentation's model dict (as a fixture case's `model`), or an object with
+    /// `model` and optionally `dataset` (e.g. a pipeline fixture's case.json).
+    #[arg(long, value_name = "FILE.json", required_unless_present = "preset", conflicts_with = "preset")]
+    pub config: Option<PathBuf>,
+    /// A built-in config matching MMSegmentation's: beit-base-640 or beit-large-640 (UPerNet,
+    /// ADE20K, 150 classes, slide 640/426).
+    #[arg(long, value_parser = ["beit-base-640", "beit-large-640"])]
+    pub preset: Option<String>,
+    /// The implementation that runs the network: `ref` (the ndarray reference, float32).
+    #[arg(long, default_value = "ref")]
+    pub backend: String,
+    /// Test-time augmentation: `ms-flip` (MMSegmentation 0.x multi-scale + flip, 12 passes).
+    #[arg(long, value_parser = ["none", "ms-flip"])]
+    pub aug: Option<String>,
+}
+
+/// `beit-seg eval`.
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Dataset root in ADE20K layout (ADEChallengeData2016: images/validation/*.jpg,
+    /// annotations/validation/*.png).
+    #[arg(long, value_name = "DIR")]
+    pub data_root: PathBuf,
+    /// Image directory below the root (default: the config's `dataset.img_dir`, else images/validation).
+    #[arg(long)]
+    pub img_dir: Option<String>,
+    /// Annotation directory below the root (default: annotations/validation).
+    #[arg(long)]
+    pub ann_dir: Option<String>,
+    /// Image file suffix (default: .jpg).
+    #[arg(long)]
+    pub img_suffix: Option<String>,
+    /// Annotation file suffix (default: .png).
+    #[arg(long)]
+    pub seg_map_suffix: Option<String>,
+    /// Only the first N images (sorted by file name).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Evaluate only images i with i % N == K (0-based); combine the shards with `beit-seg merge`.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<Shard>,
+    /// Output directory: results[.shard-K-of-N].jsonl (per image, appended as it goes; a rerun
+    /// resumes) and metrics[.shard-K-of-N].json.
+    #[arg(long, value_name = "DIR", default_value = "eval-out")]
+    pub out: PathBuf,
+    /// Also write each prediction as a label PNG <DIR>/<stem>.png (class + 1 with
+    /// reduce_zero_label, the ADE20K annotation convention).
+    #[arg(long, value_name = "DIR")]
+    pub save_pred: Option<PathBuf>,
+    /// Skip (and list) images that cannot be evaluated: missing or unreadable files, label maps
+    /// that are not 8-bit single-channel, size mismatches, images too small for the crop.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `beit-seg predict`.
+#[derive(Args, Debug, Clone)]
+pub struct PredictArgs {
+    /// Images (JPEG or PNG).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Output directory: <stem>.png (labels), <stem>_color.png (palette), <stem>_overlay.png.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Opacity of the colour mask in the overlay.
+    #[arg(long, default_value_t = 0.5)]
+    pub opacity: f32,
+}
+
+/// `beit-seg merge`.
+#[derive(Args, Debug, Clone)]
+pub struct MergeArgs {
+    /// Results files of the shards of one run (results.shard-K-of-N.jsonl).
+    #[arg(required = true)]
+    pub results: Vec<PathBuf>,
+    /// The merged result JSON (same format as an unsharded run's metrics.json).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// A model config with its optional dataset section.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub model_json: Value,
+    pub model: SegmentorConfig,
+    pub dataset: Option<Value>,
+    pub source: String,
+}
+
+/// The built-in model configs (spec §1): MMSegmentation 1.2.2
+/// `configs/beit/beit-{base,large}_upernet_*_ade20k-640x640.py`.
+pub fn preset(name: &str) -> Option<Value> {
+    let (c, layers, heads, out_indices, init_values, dpr) = match name {
+        "beit-base-640" => (768, 12, 12, json!([3, 5, 7, 11]), 0.1, 0.1),
+        "beit-large-640" => (1024, 24, 16, json!([7, 11, 15, 23]), 1e-6, 0.2),
+        _ => return None,
+    };
+    let bn = json!({"type": "SyncBN", "requires_grad": true});
+    Some(json!({
+        "type": "EncoderDecoder",
+        "data_preprocessor": {
+            "type": "SegDataPreProcessor", "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375],
+            "bgr_to_rgb": true, "pad_val": 0, "seg_pad_val": 255, "size": [640, 640]
+        },
+        "backbone": {
+            "type": "BEiT", "img_size": [640, 640], "patch_size": 16, "in_channels": 3, "embed_dims": c,
+            "num_layers": layers, "num_heads": heads, "mlp_ratio": 4, "out_indices": out_indices, "qv_bias": true,
+            "attn_drop_rate": 0.0, "drop_path_rate": dpr, "norm_cfg": {"type": "LN", "eps": 1e-6},
+            "act_cfg": {"type": "GELU"}, "norm_eval": false, "init_values": init_values
+        },
+        "neck": {"type": "Feature2Pyramid", "embed_dim": c, "rescales": [4, 2, 1, 0.5]},
+        "decode_head": {
+            "type": "UPerHead", "in_channels": [c, c, c, c], "in_index": [0, 1, 2, 3], "pool_scales": [1, 2, 3, 6],
+            "channels": c, "dropout_ratio": 0.1, "num_classes": 150, "norm_cfg": bn, "align_corners": false
+        },
+        "auxiliary_head": {
+            "type": "FCNHead", "in_channels": c, "in_index": 2, "channels": 256, "num_convs": 1, "concat_input": false,
+            "dropout_ratio": 0.1, "num_classes": 150, "norm_cfg": bn, "align_corners": false
+        },
+        "test_cfg": {"mode": "slide", "crop_size": [640, 640], "stride": [426, 426]}
+    }))
+}
+
+/// Reads `--config` or builds `--preset`.
+pub fn load_config(config: Option<&Path>, preset_name: Option<&str>) -> Result<LoadedConfig> {
+    let (v, source) = match (config, preset_name) {
+        (Some(p), _) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))?;
+            (v, p.display().to_string())
+        }
+        (None, Some(n)) => (preset(n).with_context(|| format!("unknown preset `{n}`"))?, format!("preset {n}")),
+        (None, None) => bail!("give --config FILE.json or --preset NAME"),
+    };
+    let (model_json, dataset) = match v.get("model") {
+        Some(m) => (m.clone(), v.get("dataset").cloned()),
+        None => (v, None),
+    };
+    let model = SegmentorConfig::from_value(&model_json).with_context(|| format!("model config from {source}"))?;
+    Ok(LoadedConfig { model_json, model, dataset, source })
+}
+
+/// Loads a checkpoint in any supported dialect as an MMSegmentation state dict (converting and
+/// resizing rel-pos tables to the model's window when needed).
+pub fn load_weights(path: &Path, model: &SegmentorConfig) -> Result<Vec<(String, AnyArray)>> {
+    let state = read_any(path, ReadOptions { widen_half: true, opaque_globals: true }).with_context(|| format!("reading {}", path.display()))?;
+    let dialect = detect_dialect(state.iter().map(|(k, _)| k.as_str())).with_context(|| format!("{}", path.display()))?;
+    if dialect == Dialect::Mmseg {
+        return Ok(state);
+    }
+    let (wh, ww) = model.backbone.window();
+    let opts = ConvertOptions { dialect: Some(dialect), dst_window: (wh == ww).then_some((wh, ww)), final_norm: model.backbone.final_norm };
+    let (out, _) = convert(state, &opts).with_context(|| format!("converting {} ({dialect})", path.display()))?;
+    if !out.iter().any(|(k, _)| k.starts_with("backbone.")) {
+        bail!("{}: a backbone-only checkpoint ({dialect}) cannot build a whole segmentor", path.display());
+    }
+    Ok(out)
+}
+
+/// Builds the network for `--backend`.
+pub fn build_model(backend: &str, cfg: &SegmentorConfig, checkpoint: &Path) -> Result<Box<dyn SegModel>> {
+    match backend {
+        "ref" | "reference" => {
+            let weights = load_weights(checkpoint, cfg)?;
+            let m = EncoderDecoder::<f32>::load(cfg, WeightStore::from_arrays(weights)).with_context(|| format!("building the model from {}", checkpoint.display()))?;
+            Ok(Box::new(RefModel(m)))
+        }
+        other => bail!("backend `{other}` is not available for eval/predict (available: ref)"),
+    }
+}
+
+fn dataset_str(ds: Option<&Value>, key: &str) -> Result<Option<String>> {
+    match ds.and_then(|d| d.get(key)) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => bail!("dataset.{key}: expected a string, got {v}"),
+    }
+}
+
+/// The evaluation settings of a config (+ `--aug`).
+pub fn settings_for(cfg: &LoadedConfig, aug: Option<&str>) -> Result<EvalSettings> {
+    let ds = cfg.dataset.as_ref();
+    let reduce = match ds.and_then(|d| d.get("reduce_zero_label")) {
+        None | Some(Value::Null) => ds.is_none(), // ADE20K default when no dataset section
+        Some(Value::Bool(b)) => *b,
+        Some(v) => bail!("dataset.reduce_zero_label: expected true/false, got {v}"),
+    };
+    let pipeline = match ds.and_then(|d| d.get("test_pipeline")) {
+        Some(tp) => TestPipeline::from_value(tp, reduce).map_err(|e| anyhow::anyhow!("{}: dataset.{e}", cfg.source))?,
+        None => TestPipeline { reduce_zero_label: reduce, ..TestPipeline::ade20k() },
+    };
+    let aug = match aug {
+        None | Some("none") => None,
+        Some("ms-flip") => Some(match ds.and_then(|d| d.get("aug")) {
+            Some(a) => MsFlip::from_value(a).map_err(|e| anyhow::anyhow!("{}: {e}", cfg.source))?,
+            None => {
+                // The 0.x recipe, scaled to this model: base scale of the Resize, min_size = crop.
+                let base = match pipeline.resize {
+                    eval::ResizeSpec::KeepRatio { scale } => scale,
+                    eval::ResizeSpec::Exact { .. } => bail!("--aug ms-flip needs a keep-ratio Resize in the test pipeline"),
+                };
+                let min_size = match cfg.model.test {
+                    crate::config::TestMode::Slide { crop, .. } => Some(crop.0.min(crop.1)),
+                    crate::config::TestMode::Whole => None,
+                };
+                MsFlip { img_scale: base, min_size, ..MsFlip::ade20k() }
+            }
+        }),
+        Some(other) => bail!("unknown --aug `{other}` (none, ms-flip)"),
+    };
+    EvalSettings::new(&cfg.model, &cfg.model_json, pipeline, aug).map_err(|e| anyhow::anyhow!("{}: {e}", cfg.source))
+}
+
+/// The `dataset.classes` of a config, if any.
+pub fn class_names(cfg: &LoadedConfig) -> Option<Vec<String>> {
+    let list = cfg.dataset.as_ref()?.get("classes")?.as_array()?;
+    list.iter().map(|v| v.as_str().map(str::to_string)).collect()
+}
+
+fn file_identity(p: &Path) -> Value {
+    let bytes = std::fs::metadata(p).map(|m| m.len()).ok();
+    json!({"name": p.file_name().map(|n| n.to_string_lossy().into_owned()), "bytes": bytes})
+}
+
+/// `beit-seg eval`.
+pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
+    let cfg = load_config(args.model.config.as_deref(), args.model.preset.as_deref())?;
+    let settings = settings_for(&cfg, args.model.aug.as_deref())?;
+    let ds = cfg.dataset.as_ref();
+    let def = DatasetSpec::ade20k_val(&args.data_root);
+    let spec = DatasetSpec {
+        root: args.data_root.clone(),
+        img_dir: args.img_dir.clone().or(dataset_str(ds, "img_dir")?).unwrap_or(def.img_dir),
+        ann_dir: args.ann_dir.clone().or(dataset_str(ds, "ann_dir")?).unwrap_or(def.ann_dir),
+        img_suffix: args.img_suffix.clone().or(dataset_str(ds, "img_suffix")?).unwrap_or(def.img_suffix),
+        seg_map_suffix: args.seg_map_suffix.clone().or(dataset_str(ds, "seg_map_suffix")?).unwrap_or(def.seg_map_suffix),
+    };
+    if let Some(w) = image::jpeg_decoder_warning() {
+        eprintln!("{w}");
+    }
+    let model = build_model(&args.model.backend, &cfg.model, &args.model.checkpoint)?;
+    let identity = json!({
+        "model": cfg.model_json,
+        "checkpoint": file_identity(&args.model.checkpoint),
+        "backend": model.describe(),
+        "jpeg_decoder": image::jpeg_decoder_name(),
+    });
+    let opts = RunOptions {
+        limit: args.limit,
+        shard: args.shard,
+        out_dir: args.out.clone(),
+        save_pred: args.save_pred.clone(),
+        skip_bad: args.skip_bad,
+        progress: !args.quiet,
+        stop_after: None,
+        class_names: class_names(&cfg),
+    };
+    if !args.quiet {
+        let aug = if settings.aug.is_some() { "ms+flip (MMSegmentation 0.x, 12 passes)" } else { "single scale" };
+        eprintln!("eval: {} on {} ({aug}); backend {}; results in {}", cfg.source, spec.root.display(), model.describe(), args.out.display());
+    }
+    let out = eval::evaluate(&settings, model.as_ref(), &spec, identity, &opts)?;
+    println!("{}", out.report);
+    println!("images evaluated: {}, skipped: {}", out.evaluated, out.skipped.len());
+    for s in &out.skipped {
+        println!("  skipped {}: {}", s.stem, s.reason);
+    }
+    if let Some(s) = args.shard {
+        println!("shard {s}: partial result; combine all shards with `beit-seg merge {}/results.shard-*-of-{}.jsonl --out FILE`", args.out.display(), s.n);
+    }
+    println!("results: {}", out.results_path.display());
+    if let Some(p) = &out.metrics_path {
+        println!("metrics: {}", p.display());
+    }
+    if let Some(w) = image::jpeg_decoder_warning() {
+        println!("{w}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `beit-seg predict`.
+pub fn run_predict(args: PredictArgs) -> Result<ExitCode> {
+    let cfg = load_config(args.model.config.as_deref(), args.model.preset.as_deref())?;
+    let settings = settings_for(&cfg, args.model.aug.as_deref())?;
+    if let Some(w) = image::jpeg_decoder_warning() {
+        eprintln!("{w}");
+    }
+    let model = build_model(&args.model.backend, &cfg.model, &args.model.checkpoint)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let palette = image::palette(settings.num_classes);
+    for path in &args.images {
+        let img = image::read_bgr(path)?;
+        let p = eval::predict(&settings, model.as_ref(), img.view(), &path.display().to_string())?;
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+        let labels = image::labels_to_png_values(p.pred.view(), settings.pipeline.reduce_zero_label);
+        let color = image::colorize(p.pred.view(), &palette);
+        let over = image::overlay(img.view(), color.view(), args.opacity);
+        let files = [
+            args.out.join(format!("{stem}.png")),
+            args.out.join(format!("{stem}_color.png")),
+            args.out.join(format!("{stem}_overlay.png")),
+        ];
+        image::write_label_png(&files[0], labels.view())?;
+        image::write_rgb_png(&files[1], color.view())?;
+        image::write_rgb_png(&files[2], over.view())?;
+        let (h, w) = p.pred.dim();
+        let mut counts = vec![0usize; settings.num_classes];
+        p.pred.iter().for_each(|&c| counts[c as usize] += 1);
+        let mut top: Vec<(usize, usize)> = counts.into_iter().enumerate().filter(|(_, n)| *n > 0).collect();
+        top.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
+        let names = class_names(&cfg).unwrap_or_else(|| {
+            if settings.num_classes == 150 {
+                crate::metrics::ADE20K_CLASSES.iter().map(|s| s.to_string()).collect()
+            } else {
+                (0..settings.num_classes).map(|i| i.to_string()).collect()
+            }
+        });
+        let summary: Vec<String> = top
+            .iter()
+            .take(5)
+            .map(|(c, n)| format!("{} {:.1}%", names.get(*c).map(String::as_str).unwrap_or("?"), 100.0 * *n as f64 / (h * w) as f64))
+            .collect();
+        println!("{}: {h}x{w}: {} -> {}", path.display(), summary.join(", "), files[0].display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `beit-seg merge`.
+pub fn run_merge(args: MergeArgs) -> Result<ExitCode> {
+    let out = eval::merge(&args.results, &args.out, None)?;
+    println!("{}", out.report);
+    println!("images evaluated: {}, skipped: {}", out.evaluated, out.skipped.len());
+    println!("merged {} files -> {}", args.results.len(), args.out.display());
+    Ok(ExitCode::SUCCESS)
+}

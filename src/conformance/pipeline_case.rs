@@ -1,0 +1,185 @@
+//! Runner of the `pipeline` fixture kind (docs/fixture-format.md): a small dataset in ADE20K
+//! layout goes through the whole evaluation of [`crate::eval`] — decode, the case's
+//! `test_pipeline` (`LoadImageFromFile`, `Resize`, `LoadAnnotations`, `PackSegInputs`; any
+//! other transform is refused by name), the `data_preprocessor`, the model on the given
+//! [`Backend`] (slide or whole, per `test_cfg`), the resize back to the original size, the
+//! argmax and `IoUMetric` — optionally with the MMSegmentation 0.x ms+flip augmentation of
+//! `dataset.aug`.
+//!
+//! Outputs compared (per image stem):
+//! * `resized_input.<stem>` (3×H×W uint8 BGR after the test transforms): exactly;
+//!   with `aug`, `resized_input.<stem>.<k>` for (unflipped) augmentation `k`;
+//! * `seg_logits.<stem>` (classes×H0×W0; with `aug`, the mean softmax probabilities): with the
+//!   case's float tolerance;
+//! * `pred.<stem>` (H0×W0 int64): exactly, except near-ties of `seg_logits.<stem>`;
+//! * `metrics`: by the format's rule, allowing what the counted near-tie flips imply.
+//!
+//! A build whose JPEG decoder is not bit-identical to OpenCV's (no `jpeg-turbo` feature)
+//! reports the outputs that depend on a JPEG image, and the metrics, as *not covered* (with
+//! the reason) instead of comparing them: a ±1 pixel difference would fail them for a reason
+//! that is not the implementation under test.
+
+use std::collections::{BTreeMap, BTreeSet};
+use serde_json::Value;
+
+use super::case::{Case, Dtype, Tolerance};
+use super::compare::TensorResult;
+use super::data_cases::compare_metrics;
+use super::{compare_outputs, load_case_weights, Backend, BackendError, OutTensor, VerifyOptions};
+use crate::config::SegmentorConfig;
+use crate::data::ade20k::{self, DatasetSpec};
+use crate::data::image::{self, Format};
+use crate::eval::{image_areas, predict, BackendModel, EvalError, EvalSettings, MsFlip, TestPipeline};
+use crate::metrics::{compute_metrics, AreaTotals};
+
+const EXACT: Tolerance = Tolerance { rtol: 0.0, atol: 0.0 };
+
+/// Runs a `pipeline` case; `None` for other kinds.
+pub fn run(case: &Case, backend: &dyn Backend, opts: &VerifyOptions) -> Option<Result<Vec<TensorResult>, BackendError>> {
+    if case.kind != "pipeline" {
+        return None;
+    }
+    let _ = opts;
+    Some(run_pipeline(case, backend))
+}
+
+fn manifest_err(case: &Case, msg: impl std::fmt::Display) -> BackendError {
+    format!("{}: {msg}", case.dir.join("case.json").display()).into()
+}
+
+/// The `dataset` object of a pipeline case: layout, test pipeline and optional `aug`.
+pub fn dataset_from_case(case: &Case) -> Result<(DatasetSpec, TestPipeline, Option<MsFlip>), BackendError> {
+    let ds = case.manifest.get("dataset").and_then(Value::as_object).ok_or_else(|| manifest_err(case, "`dataset` (an object) is missing"))?;
+    let s = |k: &str, default: &str| -> Result<String, BackendError> {
+        match ds.get(k) {
+            None => Ok(default.to_string()),
+            Some(Value::String(v)) => Ok(v.clone()),
+            Some(v) => Err(manifest_err(case, format!("`dataset.{k}` must be a string, got {v}"))),
+        }
+    };
+    let spec = DatasetSpec {
+        root: case.dir.join(s("data_root", ".")?),
+        img_dir: s("img_dir", "images/validation")?,
+        ann_dir: s("ann_dir", "annotations/validation")?,
+        img_suffix: s("img_suffix", ".jpg")?,
+        seg_map_suffix: s("seg_map_suffix", ".png")?,
+    };
+    let reduce = match ds.get("reduce_zero_label") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => return Err(manifest_err(case, format!("`dataset.reduce_zero_label` must be true/false, got {v}"))),
+    };
+    let tp = ds.get("test_pipeline").ok_or_else(|| manifest_err(case, "`dataset.test_pipeline` is missing"))?;
+    let pipeline = TestPipeline::from_value(tp, reduce).map_err(|e| manifest_err(case, format!("dataset.{e}")))?;
+    let aug = match ds.get("aug") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(MsFlip::from_value(v).map_err(|e| manifest_err(case, e))?),
+    };
+    Ok((spec, pipeline, aug))
+}
+
+fn run_pipeline(case: &Case, backend: &dyn Backend) -> Result<Vec<TensorResult>, BackendError> {
+    if case.dtype != Dtype::F32 {
+        return Err(manifest_err(case, "pipeline cases run in float32 (the images are uint8 and MMSegmentation's test runs in fp32)"));
+    }
+    let model_v = case.manifest.get("model").ok_or_else(|| manifest_err(case, "`model` is missing"))?;
+    let model = SegmentorConfig::from_value(model_v).map_err(|e| manifest_err(case, e))?;
+    let (spec, pipeline, aug) = dataset_from_case(case)?;
+    let settings = EvalSettings::new(&model, model_v, pipeline, aug).map_err(|e| manifest_err(case, e))?;
+    let expected_metrics = case.manifest.get("metrics");
+    let weights = load_case_weights(case, &model)?;
+    let mut expected = Vec::with_capacity(case.outputs.len());
+    for (name, file) in &case.outputs {
+        expected.push((name.clone(), case.read_output(file)?));
+    }
+    let listing = ade20k::list(&spec, false)?;
+    let exact_jpeg = image::jpeg_decoder_is_exact();
+    if !exact_jpeg {
+        // A case with JPEG images cannot be checked without OpenCV's exact decoder: skip it
+        // (reported, never passed) rather than fail or half-check it.
+        for s in &listing.samples {
+            let bytes = std::fs::read(&s.img_path).map_err(|e| format!("{}: {e}", s.img_path.display()))?;
+            if image::sniff(&bytes) == Some(Format::Jpeg) {
+                return Err(Box::new(super::SkipCase(format!(
+                    "needs OpenCV's exact JPEG decoder for {} (this build decodes JPEG with {}; build with --features jpeg-turbo)",
+                    s.img_path.display(),
+                    image::jpeg_decoder_name()
+                ))));
+            }
+        }
+    }
+    let model_run = BackendModel { backend, model: &model, weights };
+
+    let mut produced: BTreeMap<String, OutTensor> = BTreeMap::new();
+    // Output-name prefixes that depend on an inexactly decoded JPEG.
+    let mut inexact: BTreeSet<String> = BTreeSet::new();
+    let mut totals = AreaTotals::zeros(settings.num_classes);
+    for s in &listing.samples {
+        let bytes = std::fs::read(&s.img_path).map_err(|e| format!("{}: {e}", s.img_path.display()))?;
+        if !exact_jpeg && image::sniff(&bytes) == Some(Format::Jpeg) {
+            inexact.insert(s.stem.clone());
+        }
+        let img = image::decode_bgr(&bytes, &s.img_path)?;
+        let label = image::read_label(&s.ann_path)?;
+        let (h, w, _) = img.dim();
+        let (lh, lw) = label.dim();
+        if (lh, lw) != (h, w) {
+            return Err(EvalError::LabelShape { img: s.img_path.clone(), ann: s.ann_path.clone(), h, w, lh, lw }.into());
+        }
+        let p = predict(&settings, &model_run, img.view(), &s.img_path.display().to_string())?;
+        totals.add(&image_areas(&p.pred, &label, settings.pipeline.reduce_zero_label, settings.num_classes))?;
+        let chw = |r: &ndarray::Array3<u8>| r.view().permuted_axes([2, 0, 1]).mapv(|v| v as f64).into_dyn();
+        if settings.aug.is_none() {
+            produced.insert(format!("resized_input.{}", s.stem), OutTensor::Float(chw(&p.resized[0])));
+        } else {
+            for (k, (r, (_, flipped))) in p.resized.iter().zip(settings.plan((h, w))).enumerate() {
+                if !flipped {
+                    produced.insert(format!("resized_input.{}.{k}", s.stem), OutTensor::Float(chw(r)));
+                }
+            }
+        }
+        produced.insert(format!("seg_logits.{}", s.stem), OutTensor::Float(p.seg.mapv(|v| v as f64).into_dyn()));
+        produced.insert(format!("pred.{}", s.stem), OutTensor::Label(p.pred.into_dyn()));
+    }
+    // Every expected per-image output must name an image of the dataset.
+    let stems: BTreeSet<&str> = listing.samples.iter().map(|s| s.stem.as_str()).collect();
+    for (name, _) in &expected {
+        let stem = name.split_once('.').map(|(_, rest)| rest).unwrap_or("");
+        let known = stems.contains(stem) || stem.rsplit_once('.').is_some_and(|(st, k)| stems.contains(st) && k.parse::<usize>().is_ok());
+        if !known {
+            return Err(manifest_err(case, format!("output `{name}` does not name an image of the dataset ({} images)", stems.len())));
+        }
+    }
+
+    let tol_for = |name: &str| if name.starts_with("resized_input.") { EXACT } else { case.tolerance_for(name) };
+    let mut results = compare_outputs(&expected, &produced, tol_for);
+    let why_inexact = format!(
+        "not compared: the JPEG decoder of this build ({}) is not bit-identical to OpenCV's; build with --features jpeg-turbo",
+        image::jpeg_decoder_name()
+    );
+    let depends_on_inexact = |name: &str| {
+        let stem = name.split_once('.').map(|(_, rest)| rest).unwrap_or("");
+        inexact.contains(stem) || stem.rsplit_once('.').is_some_and(|(st, _)| inexact.contains(st))
+    };
+    for r in results.iter_mut() {
+        if depends_on_inexact(&r.name) {
+            let mut nc = TensorResult::not_covered(&r.name, &r.expected_shape, r.tolerance);
+            nc.note = Some(why_inexact.clone());
+            *r = nc;
+        }
+    }
+    let flips: usize = results.iter().filter(|r| r.name.starts_with("pred.")).filter_map(|r| r.flips).sum();
+    if let Some(m) = expected_metrics {
+        let actual = compute_metrics(&totals);
+        let mut mres = compare_metrics(&actual, m, flips).map_err(|e| manifest_err(case, e))?;
+        if !inexact.is_empty() {
+            for r in mres.iter_mut() {
+                let mut nc = TensorResult::not_covered(&r.name, &r.expected_shape, r.tolerance);
+                nc.note = Some(why_inexact.clone());
+                *r = nc;
+            }
+        }
+        results.extend(mres);
+    }
+    Ok(results)
+}
