@@ -287,13 +287,11 @@ fn pipeline_fixture_cases_run() {
         if image::jpeg_decoder_is_exact() {
             assert_eq!(rep.status, CaseStatus::Pass, "{case}: {:?}", rep.message);
         } else {
-            // Outputs of JPEG images are reported as not covered (never failed); the PNG image
-            // of pipeline-ade-tiny is still compared.
-            assert!(rep.tensors.iter().all(|t| t.status != Status::Fail), "{case}: {:?}", rep.message);
-            if case == "pipeline-ade-tiny" {
-                let png_ok = rep.tensors.iter().filter(|t| t.name.ends_with("ade_0003") && t.status == Status::Pass).count();
-                assert_eq!(png_ok, 3, "{case}");
-            }
+            // Without OpenCV's exact JPEG decoder a case with JPEG images cannot be checked: it
+            // is skipped with the reason, never passed or half-checked.
+            assert_eq!(rep.status, CaseStatus::Skipped, "{case}: {:?}", rep.message);
+            assert!(rep.message.as_deref().unwrap_or("").contains("jpeg-turbo"), "{case}: {:?}", rep.message);
+            assert!(rep.tensors.iter().all(|t| t.status != Status::Fail), "{case}");
         }
     }
 }
