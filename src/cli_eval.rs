@@ -38,9 +38,16 @@ pub struct ModelArgs {
     /// ADE20K, 150 classes, slide 640/426).
     #[arg(long, value_parser = ["beit-base-640", "beit-large-640"])]
     pub preset: Option<String>,
-    /// The implementation that runs the network: `ref` (the ndarray reference, float32).
+    /// The implementation that runs the network: `ref` (the ndarray reference, float32) or `tch`
+    /// (libtorch; builds with `--features tch`).
     #[arg(long, default_value = "ref")]
     pub backend: String,
+    /// Device of the `tch` backend: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Precision of the `tch` backend: fp32 (conformant), fp16 or bf16 (faster, not conformant).
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
     /// Test-time augmentation: `ms-flip` (MMSegmentation 0.x multi-scale + flip, 12 passes).
     #[arg(long, value_parser = ["none", "ms-flip"])]
     pub aug: Option<String>,
@@ -198,13 +205,28 @@ pub fn load_weights(path: &Path, model: &SegmentorConfig) -> Result<Vec<(String,
 
 /// Builds the network for `--backend`.
 pub fn build_model(backend: &str, cfg: &SegmentorConfig, checkpoint: &Path) -> Result<Box<dyn SegModel>> {
+    build_model_on(backend, "cpu", "fp32", cfg, checkpoint)
+}
+
+/// [`build_model`] with the `tch` backend's device and precision.
+pub fn build_model_on(backend: &str, device: &str, precision: &str, cfg: &SegmentorConfig, checkpoint: &Path) -> Result<Box<dyn SegModel>> {
+    let _ = (device, precision);
     match backend {
+        #[cfg(feature = "tch")]
+        "tch" => Ok(Box::new(crate::fast::eval::TchModel::load(
+            cfg,
+            load_weights(checkpoint, cfg)?,
+            crate::fast::parse_device(device)?,
+            crate::fast::Precision::parse(precision)?,
+        )?)),
+        #[cfg(not(feature = "tch"))]
+        "tch" => bail!("backend `tch` needs a build with `--features tch` (libtorch; see docs/fast-path.md)"),
         "ref" | "reference" => {
             let weights = load_weights(checkpoint, cfg)?;
             let m = EncoderDecoder::<f32>::load(cfg, WeightStore::from_arrays(weights)).with_context(|| format!("building the model from {}", checkpoint.display()))?;
             Ok(Box::new(RefModel(m)))
         }
-        other => bail!("backend `{other}` is not available for eval/predict (available: ref)"),
+        other => bail!("unknown backend `{other}` for eval/predict (available: ref, tch)"),
     }
 }
 
@@ -277,7 +299,7 @@ pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
     if let Some(w) = image::jpeg_decoder_warning() {
         eprintln!("{w}");
     }
-    let model = build_model(&args.model.backend, &cfg.model, &args.model.checkpoint)?;
+    let model = build_model_on(&args.model.backend, &args.model.device, &args.model.precision, &cfg.model, &args.model.checkpoint)?;
     let identity = json!({
         "model": cfg.model_json,
         "checkpoint": file_identity(&args.model.checkpoint),
@@ -324,7 +346,7 @@ pub fn run_predict(args: PredictArgs) -> Result<ExitCode> {
     if let Some(w) = image::jpeg_decoder_warning() {
         eprintln!("{w}");
     }
-    let model = build_model(&args.model.backend, &cfg.model, &args.model.checkpoint)?;
+    let model = build_model_on(&args.model.backend, &args.model.device, &args.model.precision, &cfg.model, &args.model.checkpoint)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let palette = image::palette(settings.num_classes);
     for path in &args.images {

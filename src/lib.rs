@@ -14,4 +14,6 @@ pub use float::Float;
 pub mod cli_eval;
 pub mod data;
 pub mod eval;
+#[cfg(feature = "tch")]
+pub mod fast;
 pub mod metrics;

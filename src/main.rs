@@ -30,9 +30,17 @@ enum Command {
         /// Case directories, or directories containing cases.
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
-        /// The implementation under test: `ref` (the ndarray reference).
+        /// The implementation under test: `ref` (the ndarray reference) or `tch` (libtorch fast
+        /// path; builds with `--features tch`).
         #[arg(long, default_value = "ref")]
         backend: String,
+        /// Device of the `tch` backend: cpu, cuda, cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Precision of the `tch` backend for float32 cases: fp32 (conformant, TF32 off), fp16,
+        /// bf16 (reported, not conformant). float64 cases run in float64 with fp32.
+        #[arg(long, default_value = "fp32")]
+        precision: String,
         /// Only run cases whose name matches this glob (`*`, `?`); may be repeated.
         #[arg(long)]
         filter: Vec<String>,
@@ -90,14 +98,105 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Time the libtorch fast path on BEiT-B + UPerNet at 640 with random weights: crops/s
+    /// (640x640) and images/s (640x854, slide, 2 windows) per precision, fp16/bf16 compared
+    /// with fp32; plus MMSegmentation's PyTorch eager model when a Python with mmseg is found.
+    Bench {
+        /// Only `tch`.
+        #[arg(long, default_value = "tch")]
+        backend: String,
+        /// cpu, cuda, cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Comma-separated precisions: fp32,fp16,bf16.
+        #[arg(long, default_value = "fp32", value_delimiter = ',')]
+        precision: Vec<String>,
+        /// Intra-op threads (libtorch and the PyTorch run); default: libtorch's.
+        #[arg(long)]
+        threads: Option<i32>,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+        /// Python with MMSegmentation for the eager comparison (default: $BEIT_SEG_PYTHON or
+        /// the project venv under ~/.cache/beit-seg).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Skip the PyTorch eager comparison.
+        #[arg(long)]
+        no_pytorch: bool,
+        /// Also write the report to FILE.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
-fn backend_by_name(name: &str) -> Result<Box<dyn Backend>> {
+fn backend_by_name(name: &str, device: &str, precision: &str) -> Result<Box<dyn Backend>> {
     match name {
         "ref" | "reference" => Ok(Box::new(ReferenceBackend)),
-        "tch" => bail!("backend `tch` is not available in this build (the libtorch backend is not implemented yet)"),
-        other => bail!("unknown backend `{other}` (available: ref)"),
+        #[cfg(feature = "tch")]
+        "tch" => Ok(Box::new(beit_seg::fast::TchBackend::from_names(device, precision)?)),
+        #[cfg(not(feature = "tch"))]
+        "tch" => {
+            let _ = (device, precision);
+            bail!("backend `tch` is not available in this build (rebuild with `--features tch`)")
+        }
+        other => bail!("unknown backend `{other}` (available: ref, tch)"),
     }
+}
+
+#[cfg(feature = "tch")]
+#[allow(clippy::too_many_arguments)]
+fn bench_cmd(
+    backend: String,
+    device: String,
+    precision: Vec<String>,
+    threads: Option<i32>,
+    warmup: usize,
+    iters: usize,
+    python: Option<PathBuf>,
+    no_pytorch: bool,
+    out: Option<PathBuf>,
+) -> Result<ExitCode> {
+    use beit_seg::fast::bench::{bench, BenchOptions};
+    use beit_seg::fast::{parse_device, Precision};
+    if backend != "tch" {
+        bail!("bench: only --backend tch is supported");
+    }
+    let precisions = precision.iter().map(|p| Precision::parse(p)).collect::<Result<Vec<_>, _>>()?;
+    let opts = BenchOptions {
+        device: parse_device(&device)?,
+        precisions,
+        threads,
+        warmup,
+        iters,
+        python,
+        pytorch: !no_pytorch,
+        ..Default::default()
+    };
+    let report = bench(&opts)?;
+    let text = report.to_text();
+    print!("{text}");
+    if let Some(p) = out {
+        write_new_or_replace(&p, &text)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "tch"))]
+#[allow(clippy::too_many_arguments)]
+fn bench_cmd(
+    _backend: String,
+    _device: String,
+    _precision: Vec<String>,
+    _threads: Option<i32>,
+    _warmup: usize,
+    _iters: usize,
+    _python: Option<PathBuf>,
+    _no_pytorch: bool,
+    _out: Option<PathBuf>,
+) -> Result<ExitCode> {
+    bail!("bench needs the libtorch backend: rebuild with `--features tch`")
 }
 
 fn write_new_or_replace(path: &PathBuf, text: &str) -> Result<()> {
@@ -109,16 +208,19 @@ fn write_new_or_replace(path: &PathBuf, text: &str) -> Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn verify(
     dirs: Vec<PathBuf>,
     backend: String,
+    device: String,
+    precision: String,
     filter: Vec<String>,
     json: Option<PathBuf>,
     junit: Option<PathBuf>,
     opts: VerifyOptions,
     quiet: bool,
 ) -> Result<ExitCode> {
-    let backend = backend_by_name(&backend)?;
+    let backend = backend_by_name(&backend, &device, &precision)?;
     let mut cases = discover(&dirs)?;
     if !filter.is_empty() {
         cases.retain(|d| {
@@ -245,8 +347,11 @@ fn convert_cmd(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
-        Command::Verify { dirs, backend, filter, json, junit, as_f32, allow_uncovered, quiet } => {
-            verify(dirs, backend, filter, json, junit, VerifyOptions { as_f32, allow_uncovered }, quiet)
+        Command::Verify { dirs, backend, device, precision, filter, json, junit, as_f32, allow_uncovered, quiet } => {
+            verify(dirs, backend, device, precision, filter, json, junit, VerifyOptions { as_f32, allow_uncovered }, quiet)
+        }
+        Command::Bench { backend, device, precision, threads, warmup, iters, python, no_pytorch, out } => {
+            bench_cmd(backend, device, precision, threads, warmup, iters, python, no_pytorch, out)
         }
         Command::Inspect { file } => inspect(file),
         Command::Eval(a) => run_eval(a),

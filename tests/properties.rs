@@ -852,3 +852,49 @@ proptest! {
         assert_all_close("slide vs per-pixel window mean", &got, &want, 1e-12 * (1.0 + max_abs(&want)))?;
     }
 }
+
+// ------------------------------------------------------------------------------- flip TTA
+
+/// The float64 reference behind the evaluation's model interface.
+struct F64Model(EncoderDecoder<f64>);
+
+impl beit_seg::eval::SegModel for F64Model {
+    fn describe(&self) -> String {
+        "ref f64".into()
+    }
+    fn seg_logits(&self, input: Array4<f32>) -> Result<Array4<f32>, String> {
+        let x = input.mapv(|v| v as f64);
+        let out = self.0.forward(&x, &mut Recorder::none()).map_err(|e| e.to_string())?;
+        Ok(out.seg_logits.mapv(|v| v as f32))
+    }
+}
+
+proptest! {
+    #![proptest_config(config(24))]
+
+    /// With a flip augmentation the TTA averages P(x) and flip(P(flip x)); evaluating the
+    /// flipped image gives the same two terms, so TTA(flip x) = flip(TTA(x)) exactly (scale 1:
+    /// the resize is the identity) and the predictions are mirror images.
+    #[test]
+    fn flip_tta_of_a_flipped_image_is_the_flipped_tta(m in tiny_model(), seed in any::<u64>()) {
+        let model = F64Model(m.build());
+        let (h, w) = m.img;
+        let mut rng = Rng::new(seed);
+        let img = ndarray::Array3::<u8>::from_shape_fn((h, w, 3), |_| (rng.next_u64() % 256) as u8);
+        let settings = beit_seg::eval::EvalSettings {
+            pipeline: beit_seg::eval::TestPipeline::ade20k(),
+            preprocess: beit_seg::eval::Preprocess::ade20k(),
+            aug: Some(beit_seg::eval::MsFlip { img_scale: (h.max(w), h.min(w)), ratios: vec![1.0], flip: true, min_size: None }),
+            crop: None,
+            align_corners: m.align_corners,
+            num_classes: m.classes,
+        };
+        prop_assert_eq!(settings.plan((h, w)), vec![((h, w), false), ((h, w), true)]);
+        let p = beit_seg::eval::predict(&settings, &model, img.view(), "x").unwrap();
+        let flipped = img.slice(ndarray::s![.., ..;-1, ..]).to_owned();
+        let q = beit_seg::eval::predict(&settings, &model, flipped.view(), "flipped x").unwrap();
+        let q_back = q.seg.slice(ndarray::s![.., .., ..;-1]).to_owned();
+        prop_assert!(q_back == p.seg, "TTA(flip x) is not flip(TTA(x))");
+        prop_assert!(q.pred.slice(ndarray::s![.., ..;-1]) == p.pred);
+    }
+}

@@ -1,0 +1,338 @@
+//! BEiT backbone on tch tensors; mirrors [`crate::reference::beit`] (same structure, weight keys
+//! and recorded names: `backbone.patch_embed.projection`, `backbone.layers.{i}.{ln1,attn,
+//! attn.qkv,attn.proj,ln2,ffn,ffn.layers.*,ffn.activate}`, `backbone.ln1`, `backbone.{k}`).
+
+use tch::{Kind, Tensor};
+
+use super::params::Source;
+use super::{join, ops, Ctx, FastError, Recorder, Result};
+use crate::config::BeitConfig;
+use crate::reference::beit::relative_position_index;
+
+/// `nn.LayerNorm(C, eps)`; parameters held in the wide kind (float32 for half precisions).
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+    wide: Kind,
+}
+
+impl LayerNorm {
+    pub fn load(src: &mut dyn Source, ctx: &Ctx, prefix: &str, c: usize, eps: f64) -> Result<Self> {
+        let wide = ctx.wide_kind();
+        Ok(LayerNorm { weight: src.get(&join(prefix, "weight"), &[c], wide)?, bias: src.get(&join(prefix, "bias"), &[c], wide)?, eps, wide })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::layer_norm(x, &self.weight, &self.bias, self.eps, self.wide)
+    }
+}
+
+/// `nn.Linear(in, out)`.
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(src: &mut dyn Source, ctx: &Ctx, prefix: &str, inp: usize, out: usize, bias: bool) -> Result<Self> {
+        let k = ctx.kind();
+        Ok(Linear {
+            weight: src.get(&join(prefix, "weight"), &[out, inp], k)?,
+            bias: if bias { Some(src.get(&join(prefix, "bias"), &[out], k)?) } else { None },
+        })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+/// `BEiTAttention` with its per-layer relative-position bias table.
+pub struct BeitAttention {
+    /// `qkv.weight` (3C, C) with the bias `cat(q_bias, 0, v_bias)` when `qv_bias`.
+    pub qkv: Linear,
+    pub qv_bias: bool,
+    pub proj: Linear,
+    /// `relative_position_bias_table` (T, nH).
+    pub table: Tensor,
+    /// The computed `relative_position_index`, flattened ((N+1)², int64, on the device).
+    pub index: Tensor,
+    pub tokens: i64,
+    pub num_heads: i64,
+    pub scale: f64,
+    /// fp16/bf16: fused `scaled_dot_product_attention` (softmax accumulated in fp32).
+    fused: bool,
+    wide: Kind,
+}
+
+impl BeitAttention {
+    pub fn load(src: &mut dyn Source, ctx: &Ctx, prefix: &str, cfg: &BeitConfig) -> Result<Self> {
+        let c = cfg.embed_dims;
+        let k = ctx.kind();
+        let (wh, ww) = cfg.window();
+        let rows = (2 * wh - 1) * (2 * ww - 1) + 3;
+        let mut qkv = Linear { weight: src.get(&join(prefix, "qkv.weight"), &[3 * c, c], k)?, bias: None };
+        if cfg.qv_bias {
+            let q = src.get(&join(prefix, "q_bias"), &[c], k)?;
+            let v = src.get(&join(prefix, "v_bias"), &[c], k)?;
+            let zeros = Tensor::f_zeros([c as i64], (k, ctx.device))?;
+            qkv.bias = Some(Tensor::f_cat(&[q, zeros, v], 0)?);
+        }
+        let table = src.get(&join(prefix, "relative_position_bias_table"), &[rows, cfg.num_heads], k)?;
+        let index = relative_position_index((wh, ww));
+        let key = join(prefix, "relative_position_index");
+        if let Some(stored) = src.get_int_opt(&key) {
+            if stored.shape() != index.shape() {
+                src.problem(format!(
+                    "`{key}` has shape {:?}, but the configured window gives {:?} (img_size // patch_size does not match the checkpoint)",
+                    stored.shape(),
+                    index.shape()
+                ));
+            } else if let Some((pos, (s, c))) = stored.iter().zip(index.iter()).enumerate().find(|(_, (s, c))| **s != **c as i64) {
+                let n = index.ncols();
+                src.problem(format!("`{key}`[{}, {}] is {s}, the computed index is {c}", pos / n, pos % n));
+            }
+        }
+        let tokens = index.nrows() as i64;
+        let flat: Vec<i64> = index.iter().map(|&v| v as i64).collect();
+        let head_dim = c / cfg.num_heads;
+        Ok(BeitAttention {
+            qkv,
+            qv_bias: cfg.qv_bias,
+            proj: Linear::load(src, ctx, &join(prefix, "proj"), c, c, true)?,
+            table,
+            index: Tensor::f_from_slice(&flat)?.f_to_device(ctx.device)?,
+            tokens,
+            num_heads: cfg.num_heads as i64,
+            scale: (head_dim as f64).powf(-0.5),
+            fused: ctx.precision.is_reduced(),
+            wide: ctx.wide_kind(),
+        })
+    }
+
+    /// `rel_pos_bias[h, i, j] = table[index[i, j], h]`, (nH, N+1, N+1).
+    fn relative_position_bias(&self) -> Result<Tensor> {
+        let n = self.tokens;
+        Ok(self.table.f_index_select(0, &self.index)?.f_reshape([n, n, self.num_heads])?.f_permute([2, 0, 1])?.f_contiguous()?)
+    }
+
+    /// (B, N+1, C) → (B, N+1, C).
+    pub fn forward(&self, x: &Tensor, prefix: &str, rec: &mut Recorder) -> Result<Tensor> {
+        let s = x.size();
+        let (b, n, c) = (s[0], s[1], s[2]);
+        let nh = self.num_heads;
+        let hd = c / nh;
+        let qkv = self.qkv.forward(x)?; // (B, N, 3C)
+        if !self.qv_bias {
+            rec.put(&join(prefix, "qkv"), &qkv);
+        }
+        // [B, N, 3C] -> [3, B, nH, N, hd]
+        let qkv = qkv.f_reshape([b, n, 3, nh, hd])?.f_permute([2, 0, 3, 1, 4])?;
+        let (q, k, v) = (qkv.f_select(0, 0)?, qkv.f_select(0, 1)?, qkv.f_select(0, 2)?);
+        let bias = self.relative_position_bias()?.f_unsqueeze(0)?; // (1, nH, N, N)
+        let out = if self.fused {
+            Tensor::f_scaled_dot_product_attention(&q, &k, &v, Some(&bias), 0.0, false, self.scale, false)?
+        } else {
+            // The explicit path of BEiTAttention.forward: q * scale, q @ kᵀ, + bias, softmax, @ v.
+            let q = q.f_mul_scalar(self.scale)?;
+            let attn = q.f_matmul(&k.f_transpose(-2, -1)?)?.f_add(&bias)?;
+            let attn = attn.f_softmax(-1, self.wide)?.f_to_kind(v.kind())?;
+            attn.f_matmul(&v)?
+        };
+        // [B, nH, N, hd] -> [B, N, C]
+        let out = out.f_transpose(1, 2)?.f_reshape([b, n, c])?;
+        let y = self.proj.forward(&out)?;
+        rec.put(&join(prefix, "proj"), &y);
+        rec.put(&join(prefix, "proj_drop"), &y);
+        Ok(y)
+    }
+}
+
+/// mmcv `FFN`: `layers.{i}` = (Linear, GELU, Dropout) for i < num_fcs-1, then a Linear.
+pub struct Ffn {
+    pub fcs: Vec<Linear>,
+}
+
+impl Ffn {
+    pub fn load(src: &mut dyn Source, ctx: &Ctx, prefix: &str, cfg: &BeitConfig) -> Result<Self> {
+        let (c, f) = (cfg.embed_dims, cfg.feedforward_channels);
+        let mut fcs = Vec::new();
+        let mut inp = c;
+        for i in 0..cfg.num_fcs - 1 {
+            fcs.push(Linear::load(src, ctx, &join(prefix, &format!("layers.{i}.0")), inp, f, true)?);
+            inp = f;
+        }
+        fcs.push(Linear::load(src, ctx, &join(prefix, &format!("layers.{}", cfg.num_fcs - 1)), f, c, true)?);
+        Ok(Ffn { fcs })
+    }
+
+    pub fn forward(&self, x: &Tensor, prefix: &str, rec: &mut Recorder) -> Result<Tensor> {
+        let last = self.fcs.len() - 1;
+        let mut h = x.shallow_clone();
+        for (i, fc) in self.fcs[..last].iter().enumerate() {
+            h = fc.forward(&h)?;
+            rec.put(&join(prefix, &format!("layers.{i}.0")), &h);
+            h = ops::gelu(&h)?;
+            // One shared activation module (`ffn.activate`), as in the reference.
+            rec.put(&join(prefix, "activate"), &h);
+            rec.put(&join(prefix, &format!("layers.{i}.1")), &h);
+            rec.put(&join(prefix, &format!("layers.{i}.2")), &h);
+            rec.put(&join(prefix, &format!("layers.{i}")), &h);
+        }
+        let y = self.fcs[last].forward(&h)?;
+        for name in [format!("layers.{last}"), format!("layers.{}", last + 1), "layers".into(), "gamma2".into(), "dropout_layer".into()] {
+            rec.put(&join(prefix, &name), &y);
+        }
+        Ok(y)
+    }
+}
+
+/// `BEiTTransformerEncoderLayer`: pre-norm, layer scale.
+pub struct BeitLayer {
+    pub ln1: LayerNorm,
+    pub attn: BeitAttention,
+    pub ln2: LayerNorm,
+    pub ffn: Ffn,
+    pub gamma_1: Tensor,
+    pub gamma_2: Tensor,
+}
+
+impl BeitLayer {
+    pub fn load(src: &mut dyn Source, ctx: &Ctx, prefix: &str, cfg: &BeitConfig) -> Result<Self> {
+        let c = cfg.embed_dims;
+        Ok(BeitLayer {
+            gamma_1: src.get(&join(prefix, "gamma_1"), &[c], ctx.kind())?,
+            gamma_2: src.get(&join(prefix, "gamma_2"), &[c], ctx.kind())?,
+            ln1: LayerNorm::load(src, ctx, &join(prefix, "ln1"), c, cfg.norm.eps)?,
+            attn: BeitAttention::load(src, ctx, &join(prefix, "attn"), cfg)?,
+            ln2: LayerNorm::load(src, ctx, &join(prefix, "ln2"), c, cfg.norm.eps)?,
+            ffn: Ffn::load(src, ctx, &join(prefix, "ffn"), cfg)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, prefix: &str, rec: &mut Recorder) -> Result<Tensor> {
+        let h = self.ln1.forward(x)?;
+        rec.put(&join(prefix, "ln1"), &h);
+        let a = self.attn.forward(&h, &join(prefix, "attn"), rec)?;
+        rec.put(&join(prefix, "attn"), &a);
+        let x = x.f_add(&a.f_mul(&self.gamma_1)?)?; // gamma_1 * attn(...) rounded first
+        let h = self.ln2.forward(&x)?;
+        rec.put(&join(prefix, "ln2"), &h);
+        let f = self.ffn.forward(&h, &join(prefix, "ffn"), rec)?;
+        rec.put(&join(prefix, "ffn"), &f);
+        let f = f.f_mul(&self.gamma_2)?;
+        rec.put(&join(prefix, "drop_path"), &f);
+        let x = x.f_add(&f)?;
+        rec.put(prefix, &x);
+        Ok(x)
+    }
+}
+
+/// `PatchEmbed(kernel_size = stride = patch, padding = 0)` (+ LN if `patch_norm`).
+pub struct PatchEmbed {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub norm: Option<LayerNorm>,
+    pub patch: i64,
+}
+
+impl PatchEmbed {
+    pub fn load(src: &mut dyn Source, ctx: &Ctx, prefix: &str, cfg: &BeitConfig) -> Result<Self> {
+        let (c, p) = (cfg.embed_dims, cfg.patch_size);
+        Ok(PatchEmbed {
+            weight: src.get(&join(prefix, "projection.weight"), &[c, cfg.in_channels, p, p], ctx.kind())?,
+            bias: src.get(&join(prefix, "projection.bias"), &[c], ctx.kind())?,
+            norm: if cfg.patch_norm { Some(LayerNorm::load(src, ctx, &join(prefix, "norm"), c, cfg.norm.eps)?) } else { None },
+            patch: p as i64,
+        })
+    }
+
+    /// (B, Cin, H, W) → tokens (B, Hp·Wp, C) and the grid (Hp, Wp).
+    pub fn forward(&self, x: &Tensor, prefix: &str, rec: &mut Recorder) -> Result<(Tensor, (i64, i64))> {
+        let y = ops::conv2d(x, &self.weight, Some(&self.bias), self.patch, 0, 1)?;
+        rec.put(&join(prefix, "projection"), &y);
+        let (hp, wp) = ops::hw(&y);
+        // flatten(2).transpose(1, 2): [B, C, Hp, Wp] -> [B, Hp·Wp, C]
+        let mut tokens = y.f_flatten(2, -1)?.f_transpose(1, 2)?;
+        if let Some(ln) = &self.norm {
+            tokens = ln.forward(&tokens)?;
+            rec.put(&join(prefix, "norm"), &tokens);
+        }
+        rec.put(&join(prefix, "0"), &tokens);
+        Ok((tokens, (hp, wp)))
+    }
+}
+
+/// The BEiT backbone.
+pub struct Beit {
+    pub cfg: BeitConfig,
+    pub patch_embed: PatchEmbed,
+    /// `cls_token` (1, 1, C).
+    pub cls_token: Tensor,
+    pub layers: Vec<BeitLayer>,
+    /// The final norm `ln1` (`final_norm=True`).
+    pub ln1: Option<LayerNorm>,
+}
+
+impl Beit {
+    pub fn load(src: &mut dyn Source, ctx: &Ctx, prefix: &str, cfg: &BeitConfig) -> Result<Self> {
+        let c = cfg.embed_dims;
+        Ok(Beit {
+            cls_token: src.get(&join(prefix, "cls_token"), &[1, 1, c], ctx.kind())?,
+            patch_embed: PatchEmbed::load(src, ctx, &join(prefix, "patch_embed"), cfg)?,
+            layers: (0..cfg.num_layers).map(|i| BeitLayer::load(src, ctx, &join(prefix, &format!("layers.{i}")), cfg)).collect::<Result<_>>()?,
+            ln1: if cfg.final_norm { Some(LayerNorm::load(src, ctx, &join(prefix, "ln1"), c, cfg.norm.eps)?) } else { None },
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// (B, Cin, H, W) normalised images → the `out_indices` feature maps (B, C, Hp, Wp).
+    pub fn forward(&self, img: &Tensor, prefix: &str, rec: &mut Recorder) -> Result<Vec<Tensor>> {
+        let s = img.size();
+        let (b, cin, h, w) = (s[0], s[1] as usize, s[2] as usize, s[3] as usize);
+        let p = self.cfg.patch_size;
+        if cin != self.cfg.in_channels {
+            return Err(FastError::Input(format!("input has {cin} channels, the backbone expects {}", self.cfg.in_channels)));
+        }
+        let grid = (h / p, w / p);
+        if grid != self.cfg.window() {
+            return Err(FastError::Input(format!(
+                "input {h}x{w} gives a {}x{} patch grid, but BEiT's relative-position window is fixed by img_size {:?} to {}x{} \
+                 (MMSegmentation fails on this input too: use slide inference with crop_size = img_size)",
+                grid.0,
+                grid.1,
+                self.cfg.img_size,
+                self.cfg.window().0,
+                self.cfg.window().1
+            )));
+        }
+        let (tokens, (hp, wp)) = self.patch_embed.forward(img, &join(prefix, "patch_embed"), rec)?;
+        let c = self.cfg.embed_dims as i64;
+        // cls token prepended: [B, N, C] -> [B, N+1, C]
+        let cls = self.cls_token.f_expand([b, 1, c], false)?;
+        let mut x = Tensor::f_cat(&[cls, tokens], 1)?;
+        let mut outs = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &join(prefix, &format!("layers.{i}")), rec)?;
+            if i + 1 == self.layers.len() {
+                if let Some(ln) = &self.ln1 {
+                    x = ln.forward(&x)?;
+                    rec.put(&join(prefix, "ln1"), &x);
+                }
+            }
+            if self.cfg.out_indices.contains(&(i as i64)) {
+                outs.push(tokens_to_map(&x, hp, wp)?);
+            }
+        }
+        for (k, o) in outs.iter().enumerate() {
+            rec.put(&join(prefix, &k.to_string()), o);
+        }
+        Ok(outs)
+    }
+}
+
+/// `x[:, 1:].reshape(B, Hp, Wp, C).permute(0, 3, 1, 2).contiguous()`.
+pub fn tokens_to_map(x: &Tensor, hp: i64, wp: i64) -> Result<Tensor> {
+    let s = x.size();
+    let (b, n, c) = (s[0], s[1], s[2]);
+    Ok(x.f_narrow(1, 1, n - 1)?.f_reshape([b, hp, wp, c])?.f_permute([0, 3, 1, 2])?.f_contiguous()?)
+}

@@ -1,0 +1,329 @@
+//! The libtorch fast path (feature `tch`): the same `EncoderDecoder` as [`crate::reference`], on
+//! tch tensors, on the CPU or a CUDA device.
+//!
+//! It mirrors the reference module by module ([`beit`], [`neck`], [`heads`], [`segmentor`]), is
+//! built from the same [`SegmentorConfig`](crate::config::SegmentorConfig) and the same
+//! MMSegmentation weight names (through the same strict [`WeightStore`](crate::weights::WeightStore),
+//! so missing, wrong-shape and unexpected keys are reported the same way), and records the same
+//! module output names, so `beit-seg verify --backend tch` checks it against the very fixtures the
+//! reference passes. Whole and slide inference stay on the device: the windows of an image run as
+//! one batch, and the window sum, the count division and the resizes are device ops.
+//!
+//! Precisions ([`Precision`]):
+//! * `fp32` (and `fp64` for the float64 twin fixtures): conformant. On CUDA, TF32 is off: every
+//!   convolution goes through `at::_convolution` with `allow_tf32 = false` (per call, whatever the
+//!   global cuDNN flag says); matmuls use PyTorch's default `highest` float32 precision (no TF32),
+//!   and [`TchBackend::new`] also sets `NVIDIA_TF32_OVERRIDE=0` for the process before CUDA is first
+//!   used. See `docs/fast-path.md`.
+//! * `fp16` / `bf16`: weights and activations in half precision, LayerNorm and softmax in fp32
+//!   (attention through `scaled_dot_product_attention`, which accumulates its softmax in fp32),
+//!   logits resized, window-averaged and argmax'ed in fp32. Not conformant: [`bench`] reports
+//!   their logit error and prediction agreement against fp32 on the same weights.
+//!
+//! No library path panics on bad input: every libtorch call uses tch's fallible `f_*` form and
+//! errors come back as [`FastError`].
+
+pub mod beit;
+pub mod bench;
+pub mod eval;
+pub mod heads;
+pub mod neck;
+pub mod ops;
+pub mod params;
+pub mod segmentor;
+
+use std::collections::{BTreeMap, HashSet};
+
+use ndarray::{ArrayD, IxDyn};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::ConfigError;
+use crate::conformance::case::Dtype;
+use crate::conformance::{Backend, BackendError, OutTensor, SegmentorRequest};
+use crate::weights::{AnyArray, WeightsError};
+
+pub use segmentor::{FastSegmentor, SegOutput};
+
+/// Errors of building or running the fast path.
+#[derive(Debug, thiserror::Error)]
+pub enum FastError {
+    /// An error raised by libtorch (shape mismatch, out of memory, unsupported kernel, ...).
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// An input the configured model cannot run (MMSegmentation would fail too).
+    #[error("{0}")]
+    Input(String),
+    /// A device or precision that is not available.
+    #[error("{0}")]
+    Device(String),
+}
+
+pub type Result<T, E = FastError> = std::result::Result<T, E>;
+
+/// The arithmetic a model runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// float64 everywhere (the float64 twin fixtures).
+    Fp64,
+    /// float32 everywhere, TF32 off.
+    Fp32,
+    /// float16 weights and activations; LayerNorm, softmax and logits in float32.
+    Fp16,
+    /// bfloat16 weights and activations; LayerNorm, softmax and logits in float32.
+    Bf16,
+}
+
+impl Precision {
+    /// `fp64`, `fp32`, `fp16`, `bf16` (also `float64`, `float32`, `float16`/`half`, `bfloat16`).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "fp64" | "f64" | "float64" | "double" => Ok(Precision::Fp64),
+            "fp32" | "f32" | "float32" | "float" => Ok(Precision::Fp32),
+            "fp16" | "f16" | "float16" | "half" => Ok(Precision::Fp16),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            o => Err(FastError::Device(format!("unknown precision `{o}` (fp32, fp16, bf16, fp64)"))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp64 => "fp64",
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// The kind of weights and activations.
+    pub fn kind(self) -> Kind {
+        match self {
+            Precision::Fp64 => Kind::Double,
+            Precision::Fp32 => Kind::Float,
+            Precision::Fp16 => Kind::Half,
+            Precision::Bf16 => Kind::BFloat16,
+        }
+    }
+
+    /// The kind LayerNorm, softmax and the final logits are computed in.
+    pub fn wide_kind(self) -> Kind {
+        match self {
+            Precision::Fp64 => Kind::Double,
+            _ => Kind::Float,
+        }
+    }
+
+    /// Whether this precision is a half type (not claimed conformant).
+    pub fn is_reduced(self) -> bool {
+        matches!(self, Precision::Fp16 | Precision::Bf16)
+    }
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" | "gpu" => Ok(Device::Cuda(0)),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => Ok(Device::Cuda(i)),
+            _ => Err(FastError::Device(format!("unknown device `{s}` (cpu, cuda, cuda:N)"))),
+        },
+    }
+}
+
+/// A short name of a device (`cpu`, `cuda:0`).
+pub fn device_name(d: Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// Checks that `device` can be used (for CUDA: libtorch sees that many GPUs) and, for CUDA,
+/// turns TF32 off for the whole process before CUDA is initialised (see the module docs).
+pub fn check_device(device: Device) -> Result<()> {
+    if let Device::Cuda(i) = device {
+        // cuBLAS and cuDNN read NVIDIA_TF32_OVERRIDE when they initialise; "0" disables TF32
+        // whatever the framework asks for. A value set by the user is left alone.
+        if std::env::var_os("NVIDIA_TF32_OVERRIDE").is_none() {
+            std::env::set_var("NVIDIA_TF32_OVERRIDE", "0");
+        }
+        if std::env::var("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE").is_ok_and(|v| v != "0") {
+            return Err(FastError::Device(
+                "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE is set: it forces TF32 matmuls, which breaks fp32 conformance; unset it".into(),
+            ));
+        }
+        if !tch::Cuda::is_available() {
+            return Err(FastError::Device(format!(
+                "device cuda:{i} requested, but libtorch sees no CUDA device (no GPU, no driver, or a binary not linked to libtorch_cuda)"
+            )));
+        }
+        let n = tch::Cuda::device_count();
+        if i as i64 >= n {
+            return Err(FastError::Device(format!("device cuda:{i} requested, but libtorch sees {n} CUDA device(s)")));
+        }
+    }
+    Ok(())
+}
+
+/// Where and in what precision a model runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    pub device: Device,
+    pub precision: Precision,
+}
+
+impl Ctx {
+    pub fn new(device: Device, precision: Precision) -> Self {
+        Ctx { device, precision }
+    }
+    pub fn kind(&self) -> Kind {
+        self.precision.kind()
+    }
+    pub fn wide_kind(&self) -> Kind {
+        self.precision.wide_kind()
+    }
+}
+
+/// Collects module outputs by name, like [`crate::reference::Recorder`]. Recorded tensors are
+/// shallow clones (no copy): the model code never modifies a tensor in place after it may
+/// have been recorded.
+pub struct Recorder {
+    wanted: Option<HashSet<String>>,
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+impl Recorder {
+    /// Records every module output.
+    pub fn all() -> Self {
+        Recorder { wanted: None, tensors: BTreeMap::new() }
+    }
+
+    /// Records only the given names.
+    pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Self {
+        Recorder { wanted: Some(names.into_iter().map(Into::into).collect()), tensors: BTreeMap::new() }
+    }
+
+    /// Records nothing.
+    pub fn none() -> Self {
+        Self::only(Vec::<String>::new())
+    }
+
+    pub fn wants(&self, name: &str) -> bool {
+        self.wanted.as_ref().map_or(true, |w| w.contains(name))
+    }
+
+    /// Whether any wanted name is `prefix` or starts with `prefix.`.
+    pub fn wants_prefix(&self, prefix: &str) -> bool {
+        match &self.wanted {
+            None => true,
+            Some(w) => w.iter().any(|n| n == prefix || (n.starts_with(prefix) && n[prefix.len()..].starts_with('.'))),
+        }
+    }
+
+    pub fn put(&mut self, name: &str, t: &Tensor) {
+        if self.wants(name) {
+            self.tensors.insert(name.to_string(), t.shallow_clone());
+        }
+    }
+}
+
+/// `prefix.name`, or `name` for an empty prefix.
+pub(crate) fn join(prefix: &str, name: &str) -> String {
+    crate::reference::join(prefix, name)
+}
+
+/// A host copy of a tensor as an f64 array (exact for every float kind used here).
+pub fn to_f64_array(t: &Tensor) -> Result<ArrayD<f64>> {
+    let t = t.f_to_device(Device::Cpu)?.f_to_kind(Kind::Double)?.f_contiguous()?;
+    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+    let n = t.numel();
+    let mut v = vec![0f64; n];
+    t.f_copy_data(&mut v, n)?;
+    ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| FastError::Input(format!("tensor to array: {e}")))
+}
+
+/// A host copy of an integer tensor as an i64 array.
+pub fn to_i64_array(t: &Tensor) -> Result<ArrayD<i64>> {
+    let t = t.f_to_device(Device::Cpu)?.f_to_kind(Kind::Int64)?.f_contiguous()?;
+    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+    let n = t.numel();
+    let mut v = vec![0i64; n];
+    t.f_copy_data(&mut v, n)?;
+    ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| FastError::Input(format!("tensor to array: {e}")))
+}
+
+/// A float array (f32 or f64) as a tensor of `kind` on `device`. The values pass through host
+/// slices (tch links ndarray 0.16, this crate 0.17).
+pub fn from_any_array(a: &AnyArray, kind: Kind, device: Device) -> Result<Tensor> {
+    let shape: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
+    let t = match a {
+        AnyArray::F32(x) => Tensor::f_from_slice(x.as_standard_layout().as_slice().expect("standard layout"))?,
+        AnyArray::F64(x) => Tensor::f_from_slice(x.as_standard_layout().as_slice().expect("standard layout"))?,
+        other => return Err(FastError::Input(format!("expected a float array, got {}", other.dtype_name()))),
+    };
+    Ok(t.f_reshape(&shape)?.f_to_device(device)?.f_to_kind(kind)?)
+}
+
+/// The libtorch backend of the conformance runner: `beit-seg verify --backend tch`.
+///
+/// float32 cases run in `precision` (fp32: conformant; fp16/bf16: for reports only), float64
+/// cases run in float64 on the same device when `precision` is fp32.
+pub struct TchBackend {
+    pub device: Device,
+    pub precision: Precision,
+}
+
+impl TchBackend {
+    /// Checks the device (see [`check_device`]); fp64 is only chosen per case.
+    pub fn new(device: Device, precision: Precision) -> Result<Self> {
+        check_device(device)?;
+        Ok(TchBackend { device, precision })
+    }
+
+    /// From the CLI strings (`cpu`/`cuda`/`cuda:N`, `fp32`/`fp16`/`bf16`).
+    pub fn from_names(device: &str, precision: &str) -> Result<Self> {
+        Self::new(parse_device(device)?, Precision::parse(precision)?)
+    }
+
+    /// The precision a case of `dtype` runs in.
+    pub fn precision_for(&self, dtype: Dtype) -> Precision {
+        match (dtype, self.precision) {
+            (Dtype::F64, Precision::Fp32 | Precision::Fp64) => Precision::Fp64,
+            (Dtype::F32, Precision::Fp64) => Precision::Fp32,
+            (_, p) => p,
+        }
+    }
+
+    fn run(&self, req: SegmentorRequest<'_>) -> Result<BTreeMap<String, OutTensor>> {
+        let _no_grad = tch::no_grad_guard();
+        let ctx = Ctx::new(self.device, self.precision_for(req.dtype));
+        let model = FastSegmentor::load(req.model, req.weights, ctx)?;
+        let inputs = from_any_array(&req.inputs, ctx.kind(), ctx.device)
+            .map_err(|e| FastError::Input(format!("inputs: {e}")))?;
+        if inputs.dim() != 4 {
+            return Err(FastError::Input(format!("inputs: expected an NCHW array (4 dimensions), got shape {:?}", req.inputs.shape())));
+        }
+        let mut rec = Recorder::only(req.wanted);
+        model.forward(&inputs, &mut rec)?;
+        let mut out = BTreeMap::new();
+        for (k, t) in rec.tensors {
+            let v = if t.kind() == Kind::Int64 { OutTensor::Label(to_i64_array(&t)?) } else { OutTensor::Float(to_f64_array(&t)?) };
+            out.insert(k, v);
+        }
+        Ok(out)
+    }
+}
+
+impl Backend for TchBackend {
+    fn name(&self) -> String {
+        "tch".into()
+    }
+    fn run_segmentor(&self, req: SegmentorRequest<'_>) -> Result<BTreeMap<String, OutTensor>, BackendError> {
+        Ok(self.run(req)?)
+    }
+}

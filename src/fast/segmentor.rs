@@ -1,0 +1,163 @@
+//! `EncoderDecoder` on tch tensors; mirrors [`crate::reference::segmentor`].
+//!
+//! Whole inference: `encode_decode(img)`. Slide inference: every window of the batch is cut on
+//! the device and run as **one** batch (all windows have the same size: `crop`, or the image
+//! size on an axis where the image is smaller than the crop); the window logits are then summed
+//! into the output in row-major window order, as MMSegmentation does, and divided by the
+//! per-pixel window count, all on the device. For fp16/bf16 the decode-head logits are widened
+//! to fp32 before the final resize, the window average and the argmax.
+
+use tch::{Kind, Tensor};
+
+use super::beit::Beit;
+use super::heads::DecodeHead;
+use super::neck::Feature2Pyramid;
+use super::params::{store_source, RandomSource, Source};
+use super::{ops, Ctx, FastError, Recorder, Result};
+use crate::config::{SegmentorConfig, TestMode};
+use crate::weights::AnyArray;
+
+/// The segmentor on one device, in one precision.
+pub struct FastSegmentor {
+    pub cfg: SegmentorConfig,
+    pub ctx: Ctx,
+    pub backbone: Beit,
+    pub neck: Option<Feature2Pyramid>,
+    pub decode_head: DecodeHead,
+    pub auxiliary_heads: Vec<DecodeHead>,
+}
+
+/// What one run returns (on the model's device).
+pub struct SegOutput {
+    /// (B, classes, H, W) logits at input resolution (fp32 for half precisions).
+    pub seg_logits: Tensor,
+    /// (B, H, W) int64 argmax labels (first index on ties).
+    pub pred: Tensor,
+}
+
+impl FastSegmentor {
+    /// Builds the model from a state dict in MMSegmentation naming; every missing, wrong-shape or
+    /// unexpected key is reported in one error (the reference's `WeightStore` rules).
+    pub fn load(cfg: &SegmentorConfig, weights: Vec<(String, AnyArray)>, ctx: Ctx) -> Result<Self> {
+        let src = store_source(weights, ctx.kind(), ctx.device);
+        Self::build(cfg, ctx, src)
+    }
+
+    /// A model with random weights (see [`RandomSource`]) drawn from `seed`.
+    pub fn random(cfg: &SegmentorConfig, ctx: Ctx, seed: i64) -> Result<Self> {
+        Self::build(cfg, ctx, Box::new(RandomSource::new(seed, ctx.device)))
+    }
+
+    fn build(cfg: &SegmentorConfig, ctx: Ctx, mut src: Box<dyn Source>) -> Result<Self> {
+        let _no_grad = tch::no_grad_guard();
+        let s = src.as_mut();
+        let model = FastSegmentor {
+            backbone: Beit::load(s, &ctx, "backbone", &cfg.backbone)?,
+            neck: match &cfg.neck {
+                Some(n) => Some(Feature2Pyramid::load(s, &ctx, "neck", n)?),
+                None => None,
+            },
+            decode_head: DecodeHead::load(s, &ctx, "decode_head", &cfg.decode_head)?,
+            auxiliary_heads: cfg
+                .auxiliary_heads
+                .iter()
+                .enumerate()
+                .map(|(k, h)| DecodeHead::load(s, &ctx, &cfg.aux_prefix(k), h))
+                .collect::<Result<_>>()?,
+            cfg: cfg.clone(),
+            ctx,
+        };
+        src.finish()?;
+        Ok(model)
+    }
+
+    /// `extract_feat`: backbone (+ neck) maps.
+    pub fn extract_feat(&self, img: &Tensor, rec: &mut Recorder) -> Result<Vec<Tensor>> {
+        let feats = self.backbone.forward(img, "backbone", rec)?;
+        match &self.neck {
+            Some(neck) => {
+                if feats.len() != 4 {
+                    return Err(FastError::Input(format!(
+                        "Feature2Pyramid needs 4 backbone maps, out_indices {:?} gives {}",
+                        self.cfg.backbone.out_indices,
+                        feats.len()
+                    )));
+                }
+                neck.forward(&feats, "neck", rec)
+            }
+            None => Ok(feats),
+        }
+    }
+
+    /// `encode_decode`: decode-head logits (widened to the wide kind) resized to the image size.
+    pub fn encode_decode(&self, img: &Tensor, rec: &mut Recorder) -> Result<Tensor> {
+        let feats = self.extract_feat(img, rec)?;
+        let logits = self.decode_head.forward(&feats, "decode_head", rec)?;
+        let logits = logits.f_to_kind(self.ctx.wide_kind())?;
+        let out = ops::resize_bilinear(&logits, ops::hw(img), self.cfg.align_corners())?;
+        for (k, head) in self.auxiliary_heads.iter().enumerate() {
+            let p = self.cfg.aux_prefix(k);
+            if rec.wants_prefix(&p) {
+                let _ = head.forward(&feats, &p, rec)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Slide inference over `crop`-sized windows every `stride`, all windows in one batch.
+    pub fn slide_inference(&self, img: &Tensor, crop: (usize, usize), stride: (usize, usize)) -> Result<Tensor> {
+        let s = img.size();
+        let (b, h, w) = (s[0], s[2] as usize, s[3] as usize);
+        let (hc, wc) = crop;
+        let (hs, ws) = stride;
+        let h_grids = (h + hs).saturating_sub(hc + 1) / hs + 1;
+        let w_grids = (w + ws).saturating_sub(wc + 1) / ws + 1;
+        let mut windows = Vec::with_capacity(h_grids * w_grids);
+        for hi in 0..h_grids {
+            for wi in 0..w_grids {
+                let y2 = (hi * hs + hc).min(h);
+                let x2 = (wi * ws + wc).min(w);
+                windows.push((y2.saturating_sub(hc), y2, x2.saturating_sub(wc), x2));
+            }
+        }
+        // [B, C, H, W] -> [K·B, C, hw, ww], window-major.
+        let crops = windows
+            .iter()
+            .map(|&(y1, y2, x1, x2)| Ok(img.f_narrow(2, y1 as i64, (y2 - y1) as i64)?.f_narrow(3, x1 as i64, (x2 - x1) as i64)?))
+            .collect::<Result<Vec<Tensor>>>()?;
+        let batch = Tensor::f_cat(&crops, 0)?;
+        let logits = self.encode_decode(&batch, &mut Recorder::none())?;
+        let classes = logits.size()[1];
+        let wide = self.ctx.wide_kind();
+        let preds = Tensor::f_zeros([b, classes, h as i64, w as i64], (wide, self.ctx.device))?;
+        let count = Tensor::f_zeros([1, 1, h as i64, w as i64], (wide, self.ctx.device))?;
+        for (k, &(y1, y2, x1, x2)) in windows.iter().enumerate() {
+            let (y1, hh, x1, ww) = (y1 as i64, (y2 - y1) as i64, x1 as i64, (x2 - x1) as i64);
+            let logit = logits.f_narrow(0, k as i64 * b, b)?;
+            // In-place adds through views of `preds` / `count` (never recorded).
+            let _ = preds.f_narrow(2, y1, hh)?.f_narrow(3, x1, ww)?.f_add_(&logit)?;
+            let _ = count.f_narrow(2, y1, hh)?.f_narrow(3, x1, ww)?.f_add_scalar_(1.0)?;
+        }
+        // Every pixel is covered at least once by construction of the grid.
+        Ok(preds.f_div(&count)?)
+    }
+
+    /// `inference` + argmax on a batch of normalised images (any float kind, any device: moved
+    /// and cast to the model's).
+    pub fn forward(&self, img: &Tensor, rec: &mut Recorder) -> Result<SegOutput> {
+        let _no_grad = tch::no_grad_guard();
+        if img.dim() != 4 {
+            return Err(FastError::Input(format!("expected an NCHW image batch, got shape {:?}", img.size())));
+        }
+        let img = img.f_to_device(self.ctx.device)?.f_to_kind(self.ctx.kind())?;
+        let seg_logits = match self.cfg.test {
+            TestMode::Whole => self.encode_decode(&img, rec)?,
+            TestMode::Slide { crop, stride } => self.slide_inference(&img, crop, stride)?,
+        };
+        rec.put("seg_logits", &seg_logits);
+        let pred = seg_logits.f_argmax(1, false)?;
+        debug_assert_eq!(pred.kind(), Kind::Int64);
+        rec.put("pred", &pred);
+        Ok(SegOutput { seg_logits, pred })
+    }
+}
