@@ -7,6 +7,7 @@
 #     created on first use, ~6 min) regenerates every fixture and must reproduce the committed
 #     files; then fixtures/sweep.py writes unseen MMSegmentation cases that verify must
 #     pass. Set BEIT_SEG_SKIP_PY=1 to skip this step on a machine without network.
+#  4. the libtorch backend (--features tch) against every bundled case, and its differential tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Exact JPEG decoding (OpenCV's libjpeg-turbo) for the pipeline cases: the system libturbojpeg.
@@ -32,3 +33,12 @@ if [ "${BEIT_SEG_SKIP_PY:-0}" != "1" ]; then
   "$venv/bin/python" fixtures/sweep.py --out "$sweep/cases"
   cargo run --release --quiet "${features[@]}" -- verify --quiet "$sweep/cases"
 fi
+# 4. the libtorch fast path (feature tch, torch 2.11.0 from the venv, its own target dir; the
+#    first build takes ~5 min). BEIT_SEG_SKIP_TCH=1 skips it.
+if [ "${BEIT_SEG_SKIP_TCH:-0}" != "1" ] && [ "${BEIT_SEG_SKIP_PY:-0}" != "1" ]; then
+  LIBTORCH_USE_PYTORCH=1 PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="${BEIT_SEG_TCH_TARGET:-target/tch}" \
+    cargo test --release --features tch "${features[@]}" --test fast
+  LIBTORCH_USE_PYTORCH=1 PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="${BEIT_SEG_TCH_TARGET:-target/tch}" \
+    cargo run --release --quiet --features tch "${features[@]}" -- verify --quiet --backend tch --device cpu fixtures/
+fi
+
