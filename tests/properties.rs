@@ -24,25 +24,11 @@ use beit_seg::weights::{AnyArray, WeightStore};
 
 // ------------------------------------------------------------------------------- helpers
 
-/// SplitMix64: a small deterministic generator for bulk data keyed by a proptest seed.
-struct Rng(u64);
+mod common;
+use common::Rng;
 
+/// Tensor constructors on the shared generator.
 impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [lo, hi).
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        lo + (hi - lo) * u
-    }
     fn t4(&mut self, shape: (usize, usize, usize, usize), lo: f64, hi: f64) -> Array4<f64> {
         Array4::from_shape_simple_fn(shape, || self.uniform(lo, hi))
     }

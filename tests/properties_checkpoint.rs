@@ -27,28 +27,11 @@ use beit_seg::weights::AnyArray;
 
 // ------------------------------------------------------------------------------- helpers
 
-/// SplitMix64: a small deterministic generator for bulk data keyed by a proptest seed.
-struct Rng(u64);
+mod common;
+use common::Rng;
 
+/// Tensor constructors on the shared generator.
 impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    /// Uniform in [lo, hi).
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        lo + (hi - lo) * u
-    }
     /// A float32 from a mix of regimes: raw bit patterns (NaNs with payloads, infinities,
     /// subnormals), ordinary values, values around float16's range and its subnormals.
     fn f32_any(&mut self) -> f32 {
