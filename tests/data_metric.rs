@@ -29,21 +29,8 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
-/// SplitMix64, for bulk data keyed by a proptest seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
+mod common;
+use common::Rng;
 
 fn random_image(rng: &mut Rng, h: usize, w: usize, c: usize) -> Array3<u8> {
     Array3::from_shape_fn((h, w, c), |_| rng.below(256) as u8)
@@ -272,13 +259,13 @@ fn random_images(seed: u64, n: usize, count: usize) -> Vec<(Array2<i64>, Array2<
         .map(|_| {
             let h = 1 + rng.below(9) as usize;
             let w = 1 + rng.below(9) as usize;
-            let label = Array2::from_shape_fn((h, w), |_| if rng.below(8) == 0 { 255 } else { rng.below(n as u64) as u8 });
+            let label = Array2::from_shape_fn((h, w), |_| if rng.below(8) == 0 { 255 } else { rng.below(n) as u8 });
             let pred = Array2::from_shape_fn((h, w), |(y, x)| {
                 let r = rng.below(10);
                 if r < 5 && label[[y, x]] != 255 {
                     label[[y, x]] as i64
                 } else {
-                    rng.below(n as u64 + 3) as i64 - 1
+                    rng.below(n + 3) as i64 - 1
                 }
             });
             (pred, label)
@@ -308,7 +295,7 @@ proptest! {
         let mut rng = Rng(seed ^ 0xABCD);
         let mut perm: Vec<usize> = (0..n).collect();
         for i in (1..n).rev() {
-            perm.swap(i, rng.below(i as u64 + 1) as usize);
+            perm.swap(i, rng.below(i + 1));
         }
         let relabelled: Vec<(Array2<i64>, Array2<u8>)> = images
             .iter()

@@ -160,20 +160,10 @@ fn eval_model_matches_the_reference_model() {
 
 // ------------------------------------------------------------------------------- differential
 
-/// SplitMix64 for bulk data keyed by a proptest seed.
-struct Rng(u64);
+mod common;
+use common::Rng;
 
 impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
-    }
     fn array(&mut self, shape: &[usize], lo: f64, hi: f64) -> ArrayD<f64> {
         ArrayD::from_shape_simple_fn(IxDyn(shape), || self.uniform(lo, hi))
     }
