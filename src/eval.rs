@@ -790,9 +790,7 @@ fn fmt_duration(secs: f64) -> String {
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<(), EvalError> {
-    let tmp = path.with_extension("json.tmp-beit-seg");
-    std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    crate::fsutil::replace_file_atomic(path, text.as_bytes()).map_err(io_err(path))
 }
 
 /// Builds the final JSON (the fixture format's `metrics` plus run information).

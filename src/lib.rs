@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod conformance;
 pub mod float;
+pub mod fsutil;
 pub mod reference;
 pub mod weights;
 

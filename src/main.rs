@@ -200,15 +200,11 @@ fn bench_cmd(
 }
 
 fn write_new_or_replace(path: &PathBuf, text: &str) -> Result<()> {
-    // Reports are outputs the user asked for by name; write atomically so a crash never leaves
+    // Reports are outputs the user asked for by name; written atomically so a crash never leaves
     // half a file.
-    let tmp = path.with_extension("tmp-beit-seg");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    beit_seg::fsutil::replace_file_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn verify(
     dirs: Vec<PathBuf>,
     backend: String,

@@ -15,10 +15,9 @@
 //! synced, then moved into place; an existing file is never replaced unless
 //! [`WriteOptions::force`] is set.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
@@ -170,8 +169,6 @@ fn check_keys(path: &Path, tensors: &[(String, AnyArray)]) -> Result<(), Checkpo
 // ---------------------------------------------------------------------------------------------
 // Atomic writes
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// Writes `path` through a temporary file in the same directory, then moves it into place.
 /// Without `force`, an existing `path` is an error (checked before writing and again, without a
 /// race, when moving into place).
@@ -183,16 +180,10 @@ fn atomic_write(path: &Path, force: bool, body: impl FnOnce(File) -> Result<File
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().ok_or_else(|| CheckpointError::Write { path: path.to_path_buf(), msg: "not a file path".into() })?;
-    let (tmp, file) = loop {
-        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".{}.tmp-{}-{n}", name.to_string_lossy(), std::process::id()));
-        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
-            Ok(f) => break (tmp, f),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(CheckpointError::Io { path: tmp, source: e }),
-        }
-    };
+    let (tmp, file) = crate::fsutil::create_staging(path).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidInput => CheckpointError::Write { path: path.to_path_buf(), msg: "not a file path".into() },
+        _ => CheckpointError::Io { path: path.to_path_buf(), source: e },
+    })?;
     let result = (|| {
         let file = body(file)?;
         file.sync_all().map_err(CheckpointError::io(&tmp))?;
