@@ -11,11 +11,12 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use ndarray::{Array3, Array4, ArrayD, IxDyn};
 
+use beit_seg::array::AnyArray;
 use beit_seg::config::{BeitConfig, HeadConfig, LnConfig};
 use beit_seg::reference::beit::BeitLayer;
 use beit_seg::reference::heads::ConvModule;
 use beit_seg::reference::Recorder;
-use beit_seg::weights::{AnyArray, WeightStore};
+use beit_seg::weights::WeightStore;
 
 /// Deterministic pseudo-random values in [-scale, scale).
 fn rand(shape: &[usize], seed: u64, scale: f32) -> ArrayD<f32> {
@@ -65,7 +66,8 @@ fn bench_beit_layer(c: &mut Criterion) {
         ("ffn.layers.1.weight", vec![768, 3072]),
         ("ffn.layers.1.bias", vec![768]),
     ];
-    let arrays = shapes.iter().enumerate().map(|(i, (k, s))| (format!("{p}.{k}"), AnyArray::F32(rand(s, i as u64, 0.05))));
+    let arrays =
+        shapes.iter().enumerate().map(|(i, (k, s))| (format!("{p}.{k}"), AnyArray::F32(rand(s, i as u64, 0.05))));
     let mut ws = WeightStore::<f32>::from_arrays(arrays);
     let layer = BeitLayer::load(&mut ws, p, &cfg);
     ws.finish().expect("complete layer");
@@ -95,7 +97,9 @@ fn bench_fpn_conv(c: &mut Criterion) {
     let x: Array4<f32> = rand(&[1, 768, 160, 160], 7, 1.0).into_dimensionality().expect("4-D");
     let mut g = c.benchmark_group("reference");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(60));
-    g.bench_function("uperhead fpn conv 3x3 768->768 @160x160 (f32)", |b| b.iter(|| conv.forward(x.view(), p, &mut Recorder::none())));
+    g.bench_function("uperhead fpn conv 3x3 768->768 @160x160 (f32)", |b| {
+        b.iter(|| conv.forward(x.view(), p, &mut Recorder::none()))
+    });
     g.finish();
 }
 

@@ -5,11 +5,12 @@
 
 use std::time::Instant;
 
+use beit_seg::array::AnyArray;
 use beit_seg::cli_eval::preset;
 use beit_seg::config::SegmentorConfig;
 use beit_seg::reference::segmentor::EncoderDecoder;
 use beit_seg::reference::Recorder;
-use beit_seg::weights::{AnyArray, WeightStore};
+use beit_seg::weights::WeightStore;
 use ndarray::{Array4, ArrayD, IxDyn};
 
 fn main() -> anyhow::Result<()> {
@@ -33,7 +34,8 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let params: usize = arrays.iter().map(|(_, a)| a.shape().iter().product::<usize>()).sum();
     let model = EncoderDecoder::<f32>::load(&cfg, WeightStore::from_arrays(arrays))?;
-    let img = Array4::<f32>::from_shape_fn((1, 3, 640, 640), |(_, c, y, x)| ((c * 7 + y * 3 + x) % 17) as f32 / 17.0 - 0.5);
+    let img =
+        Array4::<f32>::from_shape_fn((1, 3, 640, 640), |(_, c, y, x)| ((c * 7 + y * 3 + x) % 17) as f32 / 17.0 - 0.5);
     let t = Instant::now();
     let out = model.encode_decode(&img, &mut Recorder::none())?;
     println!(

@@ -15,13 +15,14 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 
+use crate::array::AnyArray;
 use crate::checkpoint::{convert, detect_dialect, read_any, ConvertOptions, Dialect, ReadOptions};
 use crate::config::SegmentorConfig;
 use crate::data::ade20k::{DatasetSpec, Shard};
 use crate::data::image;
 use crate::eval::{self, EvalSettings, MsFlip, RefModel, RunOptions, SegModel, TestPipeline};
 use crate::reference::segmentor::EncoderDecoder;
-use crate::weights::{AnyArray, WeightStore};
+use crate::weights::WeightStore;
 
 /// Where the model comes from (shared by `eval` and `predict`).
 #[derive(Args, Debug, Clone)]
@@ -189,13 +190,19 @@ pub fn load_config(config: Option<&Path>, preset_name: Option<&str>) -> Result<L
 /// Loads a checkpoint in any supported dialect as an MMSegmentation state dict (converting and
 /// resizing rel-pos tables to the model's window when needed).
 pub fn load_weights(path: &Path, model: &SegmentorConfig) -> Result<Vec<(String, AnyArray)>> {
-    let state = read_any(path, ReadOptions { widen_half: true, opaque_globals: true }).with_context(|| format!("reading {}", path.display()))?;
-    let dialect = detect_dialect(state.iter().map(|(k, _)| k.as_str())).with_context(|| format!("{}", path.display()))?;
+    let state = read_any(path, ReadOptions { widen_half: true, opaque_globals: true })
+        .with_context(|| format!("reading {}", path.display()))?;
+    let dialect =
+        detect_dialect(state.iter().map(|(k, _)| k.as_str())).with_context(|| format!("{}", path.display()))?;
     if dialect == Dialect::Mmseg {
         return Ok(state);
     }
     let (wh, ww) = model.backbone.window();
-    let opts = ConvertOptions { dialect: Some(dialect), dst_window: (wh == ww).then_some((wh, ww)), final_norm: model.backbone.final_norm };
+    let opts = ConvertOptions {
+        dialect: Some(dialect),
+        dst_window: (wh == ww).then_some((wh, ww)),
+        final_norm: model.backbone.final_norm,
+    };
     let (out, _) = convert(state, &opts).with_context(|| format!("converting {} ({dialect})", path.display()))?;
     if !out.iter().any(|(k, _)| k.starts_with("backbone.")) {
         bail!("{}: a backbone-only checkpoint ({dialect}) cannot build a whole segmentor", path.display());
@@ -209,7 +216,13 @@ pub fn build_model(backend: &str, cfg: &SegmentorConfig, checkpoint: &Path) -> R
 }
 
 /// [`build_model`] with the `tch` backend's device and precision.
-pub fn build_model_on(backend: &str, device: &str, precision: &str, cfg: &SegmentorConfig, checkpoint: &Path) -> Result<Box<dyn SegModel>> {
+pub fn build_model_on(
+    backend: &str,
+    device: &str,
+    precision: &str,
+    cfg: &SegmentorConfig,
+    checkpoint: &Path,
+) -> Result<Box<dyn SegModel>> {
     let _ = (device, precision);
     match backend {
         #[cfg(feature = "tch")]
@@ -223,7 +236,8 @@ pub fn build_model_on(backend: &str, device: &str, precision: &str, cfg: &Segmen
         "tch" => bail!("backend `tch` needs a build with `--features tch` (libtorch; see docs/fast-path.md)"),
         "ref" | "reference" => {
             let weights = load_weights(checkpoint, cfg)?;
-            let m = EncoderDecoder::<f32>::load(cfg, WeightStore::from_arrays(weights)).with_context(|| format!("building the model from {}", checkpoint.display()))?;
+            let m = EncoderDecoder::<f32>::load(cfg, WeightStore::from_arrays(weights))
+                .with_context(|| format!("building the model from {}", checkpoint.display()))?;
             Ok(Box::new(RefModel(m)))
         }
         other => bail!("unknown backend `{other}` for eval/predict (available: ref, tch)"),
@@ -258,7 +272,9 @@ pub fn settings_for(cfg: &LoadedConfig, aug: Option<&str>) -> Result<EvalSetting
                 // The 0.x recipe, scaled to this model: base scale of the Resize, min_size = crop.
                 let base = match pipeline.resize {
                     eval::ResizeSpec::KeepRatio { scale } => scale,
-                    eval::ResizeSpec::Exact { .. } => bail!("--aug ms-flip needs a keep-ratio Resize in the test pipeline"),
+                    eval::ResizeSpec::Exact { .. } => {
+                        bail!("--aug ms-flip needs a keep-ratio Resize in the test pipeline")
+                    }
                 };
                 let min_size = match cfg.model.test {
                     crate::config::TestMode::Slide { crop, .. } => Some(crop.0.min(crop.1)),
@@ -294,12 +310,22 @@ pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
         img_dir: args.img_dir.clone().or(dataset_str(ds, "img_dir")?).unwrap_or(def.img_dir),
         ann_dir: args.ann_dir.clone().or(dataset_str(ds, "ann_dir")?).unwrap_or(def.ann_dir),
         img_suffix: args.img_suffix.clone().or(dataset_str(ds, "img_suffix")?).unwrap_or(def.img_suffix),
-        seg_map_suffix: args.seg_map_suffix.clone().or(dataset_str(ds, "seg_map_suffix")?).unwrap_or(def.seg_map_suffix),
+        seg_map_suffix: args
+            .seg_map_suffix
+            .clone()
+            .or(dataset_str(ds, "seg_map_suffix")?)
+            .unwrap_or(def.seg_map_suffix),
     };
     if let Some(w) = image::jpeg_decoder_warning() {
         eprintln!("{w}");
     }
-    let model = build_model_on(&args.model.backend, &args.model.device, &args.model.precision, &cfg.model, &args.model.checkpoint)?;
+    let model = build_model_on(
+        &args.model.backend,
+        &args.model.device,
+        &args.model.precision,
+        &cfg.model,
+        &args.model.checkpoint,
+    )?;
     let identity = json!({
         "model": cfg.model_json,
         "checkpoint": file_identity(&args.model.checkpoint),
@@ -318,7 +344,13 @@ pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
     };
     if !args.quiet {
         let aug = if settings.aug.is_some() { "ms+flip (MMSegmentation 0.x, 12 passes)" } else { "single scale" };
-        eprintln!("eval: {} on {} ({aug}); backend {}; results in {}", cfg.source, spec.root.display(), model.describe(), args.out.display());
+        eprintln!(
+            "eval: {} on {} ({aug}); backend {}; results in {}",
+            cfg.source,
+            spec.root.display(),
+            model.describe(),
+            args.out.display()
+        );
     }
     let out = eval::evaluate(&settings, model.as_ref(), &spec, identity, &opts)?;
     println!("{}", out.report);
@@ -346,7 +378,13 @@ pub fn run_predict(args: PredictArgs) -> Result<ExitCode> {
     if let Some(w) = image::jpeg_decoder_warning() {
         eprintln!("{w}");
     }
-    let model = build_model_on(&args.model.backend, &args.model.device, &args.model.precision, &cfg.model, &args.model.checkpoint)?;
+    let model = build_model_on(
+        &args.model.backend,
+        &args.model.device,
+        &args.model.precision,
+        &cfg.model,
+        &args.model.checkpoint,
+    )?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let palette = image::palette(settings.num_classes);
     for path in &args.images {
@@ -379,7 +417,13 @@ pub fn run_predict(args: PredictArgs) -> Result<ExitCode> {
         let summary: Vec<String> = top
             .iter()
             .take(5)
-            .map(|(c, n)| format!("{} {:.1}%", names.get(*c).map(String::as_str).unwrap_or("?"), 100.0 * *n as f64 / (h * w) as f64))
+            .map(|(c, n)| {
+                format!(
+                    "{} {:.1}%",
+                    names.get(*c).map(String::as_str).unwrap_or("?"),
+                    100.0 * *n as f64 / (h * w) as f64
+                )
+            })
             .collect();
         println!("{}: {h}x{w}: {} -> {}", path.display(), summary.join(", "), files[0].display());
     }

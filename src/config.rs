@@ -48,7 +48,9 @@ impl<'a> Dict<'a> {
     fn usize(&mut self, k: &'static str, default: Option<usize>) -> Result<usize, ConfigError> {
         match self.raw(k) {
             None => default.map_or_else(|| err(self.key(k), "required"), Ok),
-            Some(v) => as_usize(v).ok_or(()).or_else(|_| err(self.key(k), format!("expected a non-negative integer, got {v}"))),
+            Some(v) => {
+                as_usize(v).ok_or(()).or_else(|_| err(self.key(k), format!("expected a non-negative integer, got {v}")))
+            }
         }
     }
     fn f64(&mut self, k: &'static str, default: f64) -> Result<f64, ConfigError> {
@@ -74,7 +76,9 @@ impl<'a> Dict<'a> {
     fn pair(&mut self, k: &'static str, default: Option<(usize, usize)>) -> Result<(usize, usize), ConfigError> {
         match self.raw(k) {
             None => default.map_or_else(|| err(self.key(k), "required"), Ok),
-            Some(v) => as_pair(v).ok_or(()).or_else(|_| err(self.key(k), format!("expected an int or [h, w], got {v}"))),
+            Some(v) => {
+                as_pair(v).ok_or(()).or_else(|_| err(self.key(k), format!("expected an int or [h, w], got {v}")))
+            }
         }
     }
     fn usize_list(&mut self, k: &'static str) -> Result<Option<Vec<usize>>, ConfigError> {
@@ -251,7 +255,11 @@ impl BeitConfig {
             }
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|x| x.as_i64().ok_or(()).or_else(|_| err(format!("{path}.out_indices"), format!("expected integers, got {x}"))))
+                .map(|x| {
+                    x.as_i64()
+                        .ok_or(())
+                        .or_else(|_| err(format!("{path}.out_indices"), format!("expected integers, got {x}")))
+                })
                 .collect::<Result<_, _>>()?,
             Some(o) => return err(d.key("out_indices"), format!("expected an int or a list, got {o}")),
         };
@@ -268,10 +276,16 @@ impl BeitConfig {
         d.ignore(&["attn_drop_rate", "drop_path_rate", "norm_eval", "pretrained", "init_values", "init_cfg"]);
         d.finish()?;
         if embed_dims == 0 || num_heads == 0 || embed_dims % num_heads != 0 {
-            return err(format!("{path}.num_heads"), format!("embed_dims {embed_dims} is not divisible by num_heads {num_heads}"));
+            return err(
+                format!("{path}.num_heads"),
+                format!("embed_dims {embed_dims} is not divisible by num_heads {num_heads}"),
+            );
         }
         if patch_size == 0 || img_size.0 < patch_size || img_size.1 < patch_size {
-            return err(format!("{path}.img_size"), format!("img_size {img_size:?} is smaller than patch_size {patch_size}"));
+            return err(
+                format!("{path}.img_size"),
+                format!("img_size {img_size:?} is smaller than patch_size {patch_size}"),
+            );
         }
         Ok(BeitConfig {
             img_size,
@@ -323,7 +337,11 @@ impl NeckConfig {
             None => vec![4.0, 2.0, 1.0, 0.5],
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|x| x.as_f64().ok_or(()).or_else(|_| err(format!("{path}.rescales"), format!("expected numbers, got {x}"))))
+                .map(|x| {
+                    x.as_f64()
+                        .ok_or(())
+                        .or_else(|_| err(format!("{path}.rescales"), format!("expected numbers, got {x}")))
+                })
                 .collect::<Result<_, _>>()?,
             Some(o) => return err(d.key("rescales"), format!("expected a list, got {o}")),
         };
@@ -333,7 +351,10 @@ impl NeckConfig {
             }
         }
         if rescales.len() != 4 {
-            return err(d.key("rescales"), format!("Feature2Pyramid applies exactly four ops; got {} rescales", rescales.len()));
+            return err(
+                d.key("rescales"),
+                format!("Feature2Pyramid applies exactly four ops; got {} rescales", rescales.len()),
+            );
         }
         let with_upsample_4x = rescales.contains(&4.0);
         let needed: &[f64] = if with_upsample_4x { &[4.0, 2.0, 1.0, 0.5] } else { &[2.0, 1.0, 0.5, 0.25] };
@@ -423,27 +444,45 @@ impl HeadConfig {
             match v {
                 Some(Value::Array(a)) => a
                     .iter()
-                    .map(|x| x.as_i64().ok_or(()).or_else(|_| err(format!("{path}.in_index"), format!("expected integers, got {x}"))))
+                    .map(|x| {
+                        x.as_i64()
+                            .ok_or(())
+                            .or_else(|_| err(format!("{path}.in_index"), format!("expected integers, got {x}")))
+                    })
                     .collect(),
-                other => err(format!("{path}.in_index"), format!("expected a list for a multi-input transform, got {other:?}")),
+                other => err(
+                    format!("{path}.in_index"),
+                    format!("expected a list for a multi-input transform, got {other:?}"),
+                ),
             }
         };
         let ch_list = |v: &Value| -> Result<Vec<usize>, ConfigError> {
             match v {
                 Value::Array(a) => a
                     .iter()
-                    .map(|x| as_usize(x).ok_or(()).or_else(|_| err(format!("{path}.in_channels"), format!("expected integers, got {x}"))))
+                    .map(|x| {
+                        as_usize(x)
+                            .ok_or(())
+                            .or_else(|_| err(format!("{path}.in_channels"), format!("expected integers, got {x}")))
+                    })
                     .collect(),
-                _ => err(format!("{path}.in_channels"), format!("expected a list for a multi-input transform, got {v}")),
+                _ => {
+                    err(format!("{path}.in_channels"), format!("expected a list for a multi-input transform, got {v}"))
+                }
             }
         };
         let (input_transform, in_channels) = match transform_name {
             None => {
                 let idx = match in_index_raw {
                     None => -1,
-                    Some(v) => v.as_i64().ok_or(()).or_else(|_| err(format!("{path}.in_index"), format!("expected an integer, got {v}")))?,
+                    Some(v) => v
+                        .as_i64()
+                        .ok_or(())
+                        .or_else(|_| err(format!("{path}.in_index"), format!("expected an integer, got {v}")))?,
                 };
-                let ch = as_usize(in_ch_raw).ok_or(()).or_else(|_| err(format!("{path}.in_channels"), format!("expected an integer, got {in_ch_raw}")))?;
+                let ch = as_usize(in_ch_raw)
+                    .ok_or(())
+                    .or_else(|_| err(format!("{path}.in_channels"), format!("expected an integer, got {in_ch_raw}")))?;
                 (InputTransform::Select(idx), vec![ch])
             }
             Some("multiple_select") => {
@@ -501,7 +540,17 @@ impl HeadConfig {
                 return err(format!("{path}.channels"), "FCNHead with num_convs=0 needs in_channels == channels");
             }
         }
-        Ok(HeadConfig { kind, in_channels, channels, num_classes, out_channels, input_transform, norm, relu, align_corners })
+        Ok(HeadConfig {
+            kind,
+            in_channels,
+            channels,
+            num_classes,
+            out_channels,
+            input_transform,
+            norm,
+            relu,
+            align_corners,
+        })
     }
 }
 
@@ -554,12 +603,18 @@ impl SegmentorConfig {
             None | Some("EncoderDecoder") => {}
             Some(o) => return err(d.key("type"), format!("only EncoderDecoder is supported, got {o:?}")),
         }
-        let backbone = BeitConfig::from_value(d.raw("backbone").ok_or(()).or_else(|_| err("model.backbone", "required"))?, "model.backbone")?;
+        let backbone = BeitConfig::from_value(
+            d.raw("backbone").ok_or(()).or_else(|_| err("model.backbone", "required"))?,
+            "model.backbone",
+        )?;
         let neck = match d.raw("neck") {
             None => None,
             Some(n) => Some(NeckConfig::from_value(n, "model.neck")?),
         };
-        let decode_head = HeadConfig::from_value(d.raw("decode_head").ok_or(()).or_else(|_| err("model.decode_head", "required"))?, "model.decode_head")?;
+        let decode_head = HeadConfig::from_value(
+            d.raw("decode_head").ok_or(()).or_else(|_| err("model.decode_head", "required"))?,
+            "model.decode_head",
+        )?;
         let (auxiliary_heads, auxiliary_is_list) = match d.raw("auxiliary_head") {
             None => (vec![], false),
             Some(Value::Array(a)) => (
@@ -578,7 +633,10 @@ impl SegmentorConfig {
         d.finish()?;
         if let Some(n) = &neck {
             if n.embed_dim != backbone.embed_dims {
-                return err("model.neck.embed_dim", format!("{} != backbone embed_dims {}", n.embed_dim, backbone.embed_dims));
+                return err(
+                    "model.neck.embed_dim",
+                    format!("{} != backbone embed_dims {}", n.embed_dim, backbone.embed_dims),
+                );
             }
         }
         Ok(SegmentorConfig { backbone, neck, decode_head, auxiliary_heads, auxiliary_is_list, test })

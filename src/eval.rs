@@ -48,17 +48,19 @@ use ndarray::{Array2, Array3, Array4, ArrayView3, Axis};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::array::AnyArray;
 use crate::config::{SegmentorConfig, TestMode};
 use crate::conformance::case::Dtype;
 use crate::conformance::{Backend, OutTensor, SegmentorRequest};
 use crate::data::ade20k::{self, DatasetSpec, Shard, Skipped};
 use crate::data::image::{self, ImageError};
 use crate::data::transforms::{normalize, rescale_size, resize_bilinear_u8};
-use crate::metrics::{compute_metrics, intersect_and_union, reduce_zero_label, AreaTotals, Metrics, ADE20K_CLASSES, IGNORE_INDEX};
+use crate::metrics::{
+    compute_metrics, intersect_and_union, reduce_zero_label, AreaTotals, Metrics, ADE20K_CLASSES, IGNORE_INDEX,
+};
 use crate::reference::ops::{argmax_channels, interpolate_bilinear};
 use crate::reference::segmentor::EncoderDecoder;
 use crate::reference::Recorder;
-use crate::weights::AnyArray;
 
 /// Errors of an evaluation. [`EvalError::is_bad_input`] tells which ones `--skip-bad` may skip.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +132,9 @@ impl Preprocess {
     /// training (`size`, `pad_val`, `seg_pad_val`, `batch_augments`) are accepted; a `test_cfg`
     /// (test-time padding) or `size_divisor` is refused.
     pub fn from_value(v: &Value) -> Result<Self, EvalError> {
-        let obj = v.as_object().ok_or_else(|| EvalError::Config(format!("model.data_preprocessor: expected an object, got {v}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| EvalError::Config(format!("model.data_preprocessor: expected an object, got {v}")))?;
         let mut flip = false;
         let mut mean = None;
         let mut std = None;
@@ -182,7 +186,11 @@ impl Preprocess {
             _ => return cfg_err("model.data_preprocessor: mean and std must be given together"),
         };
         if mean.len() != 3 || std.len() != 3 {
-            return cfg_err(format!("model.data_preprocessor: expected 3 means and stds, got {} and {}", mean.len(), std.len()));
+            return cfg_err(format!(
+                "model.data_preprocessor: expected 3 means and stds, got {} and {}",
+                mean.len(),
+                std.len()
+            ));
         }
         Ok(Preprocess { mean, std, flip_channels: flip })
     }
@@ -216,7 +224,10 @@ pub struct TestPipeline {
 impl TestPipeline {
     /// ADE20K's: `Resize(scale=(2560, 640), keep_ratio=True)`, `reduce_zero_label=True`.
     pub fn ade20k() -> Self {
-        TestPipeline { resize: ResizeSpec::KeepRatio { scale: crate::data::transforms::ADE20K_SCALE }, reduce_zero_label: true }
+        TestPipeline {
+            resize: ResizeSpec::KeepRatio { scale: crate::data::transforms::ADE20K_SCALE },
+            reduce_zero_label: true,
+        }
     }
 
     /// From MMSegmentation transform configs. Only `LoadImageFromFile`, one `Resize`,
@@ -224,14 +235,21 @@ impl TestPipeline {
     /// `PackSegInputs` are accepted; any other transform is refused by name.
     /// `dataset_reduce_zero_label` applies when `LoadAnnotations` does not set it.
     pub fn from_value(v: &Value, dataset_reduce_zero_label: bool) -> Result<Self, EvalError> {
-        let list = v.as_array().ok_or_else(|| EvalError::Config(format!("test_pipeline: expected a list of transforms, got {v}")))?;
+        let list = v
+            .as_array()
+            .ok_or_else(|| EvalError::Config(format!("test_pipeline: expected a list of transforms, got {v}")))?;
         let mut resize = None;
         let mut reduce = None;
         let mut loaded_image = false;
         for (i, t) in list.iter().enumerate() {
             let key = |k: &str| format!("test_pipeline[{i}].{k}");
-            let obj = t.as_object().ok_or_else(|| EvalError::Config(format!("test_pipeline[{i}]: expected a transform dict, got {t}")))?;
-            let ty = obj.get("type").and_then(Value::as_str).ok_or_else(|| EvalError::Config(format!("{}: missing", key("type"))))?;
+            let obj = t
+                .as_object()
+                .ok_or_else(|| EvalError::Config(format!("test_pipeline[{i}]: expected a transform dict, got {t}")))?;
+            let ty = obj
+                .get("type")
+                .and_then(Value::as_str)
+                .ok_or_else(|| EvalError::Config(format!("{}: missing", key("type"))))?;
             let check_keys = |allowed: &[&str]| -> Result<(), EvalError> {
                 for k in obj.keys() {
                     if k != "type" && !allowed.contains(&k.as_str()) {
@@ -330,14 +348,20 @@ pub struct MsFlip {
 impl MsFlip {
     /// The BEiT ADE20K ms+flip recipe of MMSegmentation 0.x (spec §5.5).
     pub fn ade20k() -> Self {
-        MsFlip { img_scale: (2560, 640), ratios: vec![0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip: true, min_size: Some(640) }
+        MsFlip {
+            img_scale: (2560, 640),
+            ratios: vec![0.5, 0.75, 1.0, 1.25, 1.5, 1.75],
+            flip: true,
+            min_size: Some(640),
+        }
     }
 
     /// From a case's `aug` object: `{"type": "MultiScaleFlipAug", "semantics": "mmseg-0.x",
     /// "img_scale": [w, h], "img_ratios": [...], "flip": true, "flip_direction": "horizontal",
     /// "min_size": 640}`.
     pub fn from_value(v: &Value) -> Result<Self, EvalError> {
-        let obj = v.as_object().ok_or_else(|| EvalError::Config(format!("dataset.aug: expected an object, got {v}")))?;
+        let obj =
+            v.as_object().ok_or_else(|| EvalError::Config(format!("dataset.aug: expected an object, got {v}")))?;
         let mut out = MsFlip::ade20k();
         for (k, x) in obj {
             let bad = || EvalError::Config(format!("dataset.aug.{k}: unexpected value {x}"));
@@ -346,10 +370,19 @@ impl MsFlip {
                 "semantics" if x == "mmseg-0.x" => {}
                 "img_scale" => {
                     let a = x.as_array().filter(|a| a.len() == 2).ok_or_else(bad)?;
-                    let p: Vec<usize> = a.iter().map(|e| e.as_u64().map(|u| u as usize)).collect::<Option<_>>().ok_or_else(bad)?;
+                    let p: Vec<usize> =
+                        a.iter().map(|e| e.as_u64().map(|u| u as usize)).collect::<Option<_>>().ok_or_else(bad)?;
                     out.img_scale = (p[0], p[1]);
                 }
-                "img_ratios" => out.ratios = x.as_array().ok_or_else(bad)?.iter().map(Value::as_f64).collect::<Option<_>>().ok_or_else(bad)?,
+                "img_ratios" => {
+                    out.ratios = x
+                        .as_array()
+                        .ok_or_else(bad)?
+                        .iter()
+                        .map(Value::as_f64)
+                        .collect::<Option<_>>()
+                        .ok_or_else(bad)?
+                }
                 "flip" => out.flip = x.as_bool().ok_or_else(bad)?,
                 "flip_direction" => {
                     let ok = x == "horizontal" || x.as_array().is_some_and(|a| a.len() == 1 && a[0] == "horizontal");
@@ -357,7 +390,9 @@ impl MsFlip {
                         return cfg_err(format!("dataset.aug.flip_direction: only 'horizontal' is supported, got {x}"));
                     }
                 }
-                "min_size" => out.min_size = if x.is_null() { None } else { Some(x.as_u64().ok_or_else(bad)? as usize) },
+                "min_size" => {
+                    out.min_size = if x.is_null() { None } else { Some(x.as_u64().ok_or_else(bad)? as usize) }
+                }
                 "description" => {}
                 _ => return Err(bad()),
             }
@@ -370,7 +405,10 @@ impl MsFlip {
 
     /// The scales `(int(long * r), int(short * r))`.
     pub fn scales(&self) -> Vec<(usize, usize)> {
-        self.ratios.iter().map(|r| ((self.img_scale.0 as f64 * r) as usize, (self.img_scale.1 as f64 * r) as usize)).collect()
+        self.ratios
+            .iter()
+            .map(|r| ((self.img_scale.0 as f64 * r) as usize, (self.img_scale.1 as f64 * r) as usize))
+            .collect()
     }
 
     /// The augmentations of an `h0`×`w0` image in 0.x order: per scale, unflipped then flipped:
@@ -396,7 +434,11 @@ pub fn ms0_resize(hw: (usize, usize), scale: (usize, usize), min_size: Option<us
     let Some(m) = min_size else { return rescale_size(hw, scale) };
     let s = scale.0.min(scale.1);
     let short = if s < m { m } else { s };
-    let target = if h > w { ((short * h) as f64 / w as f64, short as f64) } else { (short as f64, (short * w) as f64 / h as f64) };
+    let target = if h > w {
+        ((short * h) as f64 / w as f64, short as f64)
+    } else {
+        (short as f64, (short * w) as f64 / h as f64)
+    };
     let long = target.0.max(target.1);
     let shorter = target.0.min(target.1);
     let sf = f64::min(long / h.max(w) as f64, shorter / h.min(w) as f64);
@@ -418,7 +460,12 @@ pub struct EvalSettings {
 
 impl EvalSettings {
     /// From a model config (and its JSON, for the `data_preprocessor`) with a test pipeline.
-    pub fn new(model: &SegmentorConfig, model_json: &Value, pipeline: TestPipeline, aug: Option<MsFlip>) -> Result<Self, EvalError> {
+    pub fn new(
+        model: &SegmentorConfig,
+        model_json: &Value,
+        pipeline: TestPipeline,
+        aug: Option<MsFlip>,
+    ) -> Result<Self, EvalError> {
         let preprocess = match model_json.get("data_preprocessor") {
             None | Some(Value::Null) => Preprocess::ade20k(),
             Some(v) => Preprocess::from_value(v)?,
@@ -427,7 +474,14 @@ impl EvalSettings {
             TestMode::Slide { crop, .. } => Some(crop),
             TestMode::Whole => None,
         };
-        Ok(EvalSettings { pipeline, preprocess, aug, crop, align_corners: model.align_corners(), num_classes: model.decode_head.num_classes })
+        Ok(EvalSettings {
+            pipeline,
+            preprocess,
+            aug,
+            crop,
+            align_corners: model.align_corners(),
+            num_classes: model.decode_head.num_classes,
+        })
     }
 
     /// The network input sizes of an `h0`×`w0` image: (size, flipped) per augmentation.
@@ -538,7 +592,12 @@ fn softmax_classes(x: &mut Array4<f32>) {
 
 /// Runs the test pipeline and the model on a decoded BGR image (see the module docs). `name`
 /// names the image in errors. Checks the sizes against the crop before any computation.
-pub fn predict(settings: &EvalSettings, model: &dyn SegModel, img: ArrayView3<u8>, name: &str) -> Result<Prediction, EvalError> {
+pub fn predict(
+    settings: &EvalSettings,
+    model: &dyn SegModel,
+    img: ArrayView3<u8>,
+    name: &str,
+) -> Result<Prediction, EvalError> {
     let (h0, w0, _) = img.dim();
     settings.check_size(name, (h0, w0))?;
     let p = &settings.preprocess;
@@ -670,13 +729,18 @@ pub fn read_results(path: &Path) -> Result<(ResultsHeader, Vec<ImageRecord>, Opt
         match parsed {
             Ok(v) if complete => {
                 if header.is_none() {
-                    let h: ResultsHeader = serde_json::from_value(v).map_err(|e| bad(format!("line 1 is not a beit-seg results header: {e}")))?;
+                    let h: ResultsHeader = serde_json::from_value(v)
+                        .map_err(|e| bad(format!("line 1 is not a beit-seg results header: {e}")))?;
                     if h.beit_seg_results != RESULTS_VERSION {
-                        return Err(bad(format!("results format version {} is not supported (expected {RESULTS_VERSION})", h.beit_seg_results)));
+                        return Err(bad(format!(
+                            "results format version {} is not supported (expected {RESULTS_VERSION})",
+                            h.beit_seg_results
+                        )));
                     }
                     header = Some(h);
                 } else {
-                    let r: ImageRecord = serde_json::from_value(v).map_err(|e| bad(format!("line {line_no}: not an image record: {e}")))?;
+                    let r: ImageRecord = serde_json::from_value(v)
+                        .map_err(|e| bad(format!("line {line_no}: not an image record: {e}")))?;
                     records.push(r);
                 }
                 good_len = next;
@@ -687,7 +751,9 @@ pub fn read_results(path: &Path) -> Result<(ResultsHeader, Vec<ImageRecord>, Opt
                 break;
             }
             Ok(_) => unreachable!(),
-            Err(e) => return Err(bad(format!("line {line_no}: invalid JSON ({e}); only the last line may be incomplete"))),
+            Err(e) => {
+                return Err(bad(format!("line {line_no}: invalid JSON ({e}); only the last line may be incomplete")))
+            }
         }
         pos = next;
     }
@@ -778,7 +844,10 @@ fn class_names(opts_names: Option<&Vec<String>>, n: usize) -> Vec<String> {
 pub fn format_report(metrics: &Metrics, names: &[String]) -> String {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let table = metrics.table(&refs);
-    format!("per class results:\n{table}\naAcc: {:.2}  mIoU: {:.2}  mAcc: {:.2}", metrics.a_acc, metrics.m_iou, metrics.m_acc)
+    format!(
+        "per class results:\n{table}\naAcc: {:.2}  mIoU: {:.2}  mAcc: {:.2}",
+        metrics.a_acc, metrics.m_iou, metrics.m_acc
+    )
 }
 
 fn fmt_duration(secs: f64) -> String {
@@ -794,7 +863,14 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), EvalError> {
 }
 
 /// Builds the final JSON (the fixture format's `metrics` plus run information).
-fn result_json(metrics: &Metrics, header: &ResultsHeader, evaluated: usize, skipped: &[Skipped], names: &[String], partial: Option<&str>) -> Value {
+fn result_json(
+    metrics: &Metrics,
+    header: &ResultsHeader,
+    evaluated: usize,
+    skipped: &[Skipped],
+    names: &[String],
+    partial: Option<&str>,
+) -> Value {
     json!({
         "format": "beit-seg-eval/1",
         "metrics": metrics,
@@ -810,7 +886,13 @@ fn result_json(metrics: &Metrics, header: &ResultsHeader, evaluated: usize, skip
 /// Evaluates (the shard of) a dataset, resuming from an existing results file (see the module
 /// docs). `run_identity` is recorded in the header and must match on resume; it should hold
 /// everything that determines the numbers (model config, checkpoint, settings, decoder...).
-pub fn evaluate(settings: &EvalSettings, model: &dyn SegModel, spec: &DatasetSpec, run_identity: Value, opts: &RunOptions) -> Result<Outcome, EvalError> {
+pub fn evaluate(
+    settings: &EvalSettings,
+    model: &dyn SegModel,
+    spec: &DatasetSpec,
+    run_identity: Value,
+    opts: &RunOptions,
+) -> Result<Outcome, EvalError> {
     let listing = ade20k::list(spec, opts.skip_bad)?;
     let total = listing.samples.len() + listing.skipped.len();
     let num_images = opts.limit.map_or(total, |l| l.min(total));
@@ -865,7 +947,10 @@ pub fn evaluate(settings: &EvalSettings, model: &dyn SegModel, spec: &DatasetSpe
         }
         for r in &recs {
             if !in_run(r.index) {
-                return Err(EvalError::Results { path: rpath.clone(), msg: format!("image index {} ({}) does not belong to this run", r.index, r.stem) });
+                return Err(EvalError::Results {
+                    path: rpath.clone(),
+                    msg: format!("image index {} ({}) does not belong to this run", r.index, r.stem),
+                });
             }
         }
         records = recs;
@@ -902,7 +987,9 @@ pub fn evaluate(settings: &EvalSettings, model: &dyn SegModel, spec: &DatasetSpe
         }
         let t0 = Instant::now();
         let rec = match w {
-            Work::Missing(s) => ImageRecord { index: *index, stem: s.stem.clone(), skipped: Some(s.reason.clone()), ..empty_record() },
+            Work::Missing(s) => {
+                ImageRecord { index: *index, stem: s.stem.clone(), skipped: Some(s.reason.clone()), ..empty_record() }
+            }
             Work::Image(s) => match eval_one(settings, model, s, opts) {
                 Ok((shape, a)) => ImageRecord {
                     index: *index,
@@ -946,11 +1033,19 @@ pub fn evaluate(settings: &EvalSettings, model: &dyn SegModel, spec: &DatasetSpe
     }
     drop(file);
 
-    let totals = sum_records(&records, settings.num_classes).map_err(|msg| EvalError::Results { path: rpath.clone(), msg })?;
+    let totals =
+        sum_records(&records, settings.num_classes).map_err(|msg| EvalError::Results { path: rpath.clone(), msg })?;
     let metrics = compute_metrics(&totals);
     let mut skipped: Vec<Skipped> = records
         .iter()
-        .filter_map(|r| r.skipped.as_ref().map(|why| Skipped { index: r.index, stem: r.stem.clone(), path: PathBuf::new(), reason: why.clone() }))
+        .filter_map(|r| {
+            r.skipped.as_ref().map(|why| Skipped {
+                index: r.index,
+                stem: r.stem.clone(),
+                path: PathBuf::new(),
+                reason: why.clone(),
+            })
+        })
         .collect();
     skipped.sort_by_key(|s| s.index);
     let evaluated = records.iter().filter(|r| r.skipped.is_none()).count();
@@ -985,11 +1080,26 @@ fn as_written(v: Value) -> Value {
 }
 
 fn empty_record() -> ImageRecord {
-    ImageRecord { index: 0, stem: String::new(), skipped: None, shape: None, intersect: None, union: None, pred_label: None, label: None, seconds: None }
+    ImageRecord {
+        index: 0,
+        stem: String::new(),
+        skipped: None,
+        shape: None,
+        intersect: None,
+        union: None,
+        pred_label: None,
+        label: None,
+        seconds: None,
+    }
 }
 
 /// Decodes, predicts and scores one sample.
-fn eval_one(settings: &EvalSettings, model: &dyn SegModel, s: &ade20k::Sample, opts: &RunOptions) -> Result<([usize; 2], AreaTotals), EvalError> {
+fn eval_one(
+    settings: &EvalSettings,
+    model: &dyn SegModel,
+    s: &ade20k::Sample,
+    opts: &RunOptions,
+) -> Result<([usize; 2], AreaTotals), EvalError> {
     let img = image::read_bgr(&s.img_path)?;
     let label = image::read_label(&s.ann_path)?;
     let (h, w, _) = img.dim();
@@ -1016,7 +1126,10 @@ pub fn merge(files: &[PathBuf], out: &Path, class_names_opt: Option<Vec<String>>
     for f in files {
         let (h, recs, torn) = read_results(f)?;
         if torn.is_some() {
-            return Err(EvalError::Results { path: f.clone(), msg: "the last line is incomplete: this run was interrupted; resume it first".into() });
+            return Err(EvalError::Results {
+                path: f.clone(),
+                msg: "the last line is incomplete: this run was interrupted; resume it first".into(),
+            });
         }
         match &header0 {
             None => header0 = Some(h),
@@ -1025,7 +1138,10 @@ pub fn merge(files: &[PathBuf], out: &Path, class_names_opt: Option<Vec<String>>
                 if !same {
                     return Err(EvalError::Results {
                         path: f.clone(),
-                        msg: format!("not from the same run as {} (different settings, model, data or limit)", first.display()),
+                        msg: format!(
+                            "not from the same run as {} (different settings, model, data or limit)",
+                            first.display()
+                        ),
                     });
                 }
             }
@@ -1037,12 +1153,20 @@ pub fn merge(files: &[PathBuf], out: &Path, class_names_opt: Option<Vec<String>>
     for r in &records {
         match seen.get_mut(r.index) {
             Some(c) => *c += 1,
-            None => return Err(EvalError::Results { path: first.clone(), msg: format!("image index {} is outside the run ({} images)", r.index, header.num_images) }),
+            None => {
+                return Err(EvalError::Results {
+                    path: first.clone(),
+                    msg: format!("image index {} is outside the run ({} images)", r.index, header.num_images),
+                })
+            }
         }
     }
     let dup: Vec<usize> = seen.iter().enumerate().filter(|(_, &c)| c > 1).map(|(i, _)| i).collect();
     if !dup.is_empty() {
-        return Err(EvalError::Results { path: first.clone(), msg: format!("images recorded more than once over the files: indices {:?}", &dup[..dup.len().min(10)]) });
+        return Err(EvalError::Results {
+            path: first.clone(),
+            msg: format!("images recorded more than once over the files: indices {:?}", &dup[..dup.len().min(10)]),
+        });
     }
     let missing: Vec<usize> = seen.iter().enumerate().filter(|(_, &c)| c == 0).map(|(i, _)| i).collect();
     if !missing.is_empty() {
@@ -1056,16 +1180,27 @@ pub fn merge(files: &[PathBuf], out: &Path, class_names_opt: Option<Vec<String>>
             ),
         });
     }
-    let totals = sum_records(&records, header.num_classes).map_err(|msg| EvalError::Results { path: first.clone(), msg })?;
+    let totals =
+        sum_records(&records, header.num_classes).map_err(|msg| EvalError::Results { path: first.clone(), msg })?;
     let metrics = compute_metrics(&totals);
     let mut skipped: Vec<Skipped> = records
         .iter()
-        .filter_map(|r| r.skipped.as_ref().map(|why| Skipped { index: r.index, stem: r.stem.clone(), path: PathBuf::new(), reason: why.clone() }))
+        .filter_map(|r| {
+            r.skipped.as_ref().map(|why| Skipped {
+                index: r.index,
+                stem: r.stem.clone(),
+                path: PathBuf::new(),
+                reason: why.clone(),
+            })
+        })
         .collect();
     skipped.sort_by_key(|s| s.index);
     let evaluated = records.iter().filter(|r| r.skipped.is_none()).count();
-    let recorded: Option<Vec<String>> =
-        header.run.get("classes").and_then(Value::as_array).and_then(|a| a.iter().map(|v| v.as_str().map(str::to_string)).collect());
+    let recorded: Option<Vec<String>> = header
+        .run
+        .get("classes")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().map(|v| v.as_str().map(str::to_string)).collect());
     let names = class_names(class_names_opt.as_ref().or(recorded.as_ref()), header.num_classes);
     let merged_header = ResultsHeader { shard: None, ..header.clone() };
     let json = as_written(result_json(&metrics, &merged_header, evaluated, &skipped, &names, None));
@@ -1074,7 +1209,17 @@ pub fn merge(files: &[PathBuf], out: &Path, class_names_opt: Option<Vec<String>>
     }
     write_atomic(out, &serde_json::to_string_pretty(&json).expect("serializable"))?;
     let report = format_report(&metrics, &names);
-    Ok(Outcome { totals, metrics, evaluated, skipped, complete: true, results_path: first.clone(), metrics_path: Some(out.to_path_buf()), json, report })
+    Ok(Outcome {
+        totals,
+        metrics,
+        evaluated,
+        skipped,
+        complete: true,
+        results_path: first.clone(),
+        metrics_path: Some(out.to_path_buf()),
+        json,
+        report,
+    })
 }
 
 /// Reads the image lines of a results file (for tools and tests).

@@ -3,6 +3,7 @@
 //!
 //! Data flows one way: files → [`config`] + [`weights`] → [`reference`] model → outputs →
 //! [`conformance`] comparison and report.
+pub mod array;
 pub mod checkpoint;
 pub mod config;
 pub mod conformance;

@@ -6,14 +6,20 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use beit_seg::checkpoint::{convert, detect_dialect, read_any, write_any, ConvertOptions, Dialect, ReadOptions, WriteOptions};
+use beit_seg::checkpoint::{
+    convert, detect_dialect, read_any, write_any, ConvertOptions, Dialect, ReadOptions, WriteOptions,
+};
 use beit_seg::cli_eval::{run_eval, run_merge, run_predict, EvalArgs, MergeArgs, PredictArgs};
 use beit_seg::conformance::case::{discover, glob_match};
 use beit_seg::conformance::report::{case_line, case_table, to_json, to_junit, CaseStatus, Summary};
 use beit_seg::conformance::{run_case_dir, Backend, ReferenceBackend, VerifyOptions};
 
 #[derive(Parser)]
-#[command(name = "beit-seg", version, about = "Numerical reference and conformance suite for MMSegmentation's BEiT + UPerNet")]
+#[command(
+    name = "beit-seg",
+    version,
+    about = "Numerical reference and conformance suite for MMSegmentation's BEiT + UPerNet"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,9 +75,7 @@ enum Command {
     Merge(MergeArgs),
     /// List the tensors of a checkpoint (.pth, .safetensors, .npz) or .npy file: key, dtype, shape.
     /// Nothing in a .pth is executed (restricted unpickler, like torch.load(weights_only=True)).
-    Inspect {
-        file: PathBuf,
-    },
+    Inspect { file: PathBuf },
     /// Convert a BEiT checkpoint (official, pretrain with shared table, UNILM ADE20K, HF, mmseg)
     /// to MMSegmentation names, resizing relative-position tables for --img-size.
     ///
@@ -261,7 +265,7 @@ fn verify(
 fn inspect(file: PathBuf) -> Result<ExitCode> {
     let is_npy = file.extension().is_some_and(|e| e == "npy");
     let arrays = if is_npy {
-        vec![(file.display().to_string(), beit_seg::weights::read_npy(&file)?)]
+        vec![(file.display().to_string(), beit_seg::array::read_npy(&file)?)]
     } else {
         let opts = ReadOptions { widen_half: true, opaque_globals: true };
         read_any(&file, opts).with_context(|| format!("reading {}", file.display()))?
@@ -310,7 +314,11 @@ fn convert_cmd(
             if dst.extension().is_some_and(|e| e != f) {
                 bail!("--format {f} does not match the extension of {}", dst.display());
             }
-            if dst.extension().is_none() { dst.with_extension(f) } else { dst }
+            if dst.extension().is_none() {
+                dst.with_extension(f)
+            } else {
+                dst
+            }
         }
         Some(f) => bail!("unknown --format `{f}` (pth, safetensors, npz)"),
     };
@@ -335,7 +343,8 @@ fn convert_cmd(
     for n in &report.notes {
         println!("  note: {n}");
     }
-    write_any(&dst, &out, WriteOptions { force, ..Default::default() }).with_context(|| format!("writing {}", dst.display()))?;
+    write_any(&dst, &out, WriteOptions { force, ..Default::default() })
+        .with_context(|| format!("writing {}", dst.display()))?;
     println!("wrote {}", dst.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -344,7 +353,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Verify { dirs, backend, device, precision, filter, json, junit, as_f32, allow_uncovered, quiet } => {
-            verify(dirs, backend, device, precision, filter, json, junit, VerifyOptions { as_f32, allow_uncovered }, quiet)
+            verify(
+                dirs,
+                backend,
+                device,
+                precision,
+                filter,
+                json,
+                junit,
+                VerifyOptions { as_f32, allow_uncovered },
+                quiet,
+            )
         }
         Command::Bench { backend, device, precision, threads, warmup, iters, python, no_pytorch, out } => {
             bench_cmd(backend, device, precision, threads, warmup, iters, python, no_pytorch, out)

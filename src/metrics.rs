@@ -20,21 +20,156 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// The 150 class names of `ADE20KDataset.METAINFO['classes']` (MMSegmentation 1.2.2), in label
 /// order (after `reduce_zero_label`). Note `"bed "` with a trailing space, as in MMSegmentation.
 pub const ADE20K_CLASSES: [&str; 150] = [
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed ", "windowpane", "grass",
-    "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair",
-    "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field",
-    "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion",
-    "base", "box", "column", "signboard", "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace",
-    "refrigerator", "grandstand", "path", "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway",
-    "river", "bridge", "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench",
-    "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel",
-    "bus", "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver",
-    "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet",
-    "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool",
-    "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball",
-    "food", "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher",
-    "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan",
-    "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+    "wall",
+    "building",
+    "sky",
+    "floor",
+    "tree",
+    "ceiling",
+    "road",
+    "bed ",
+    "windowpane",
+    "grass",
+    "cabinet",
+    "sidewalk",
+    "person",
+    "earth",
+    "door",
+    "table",
+    "mountain",
+    "plant",
+    "curtain",
+    "chair",
+    "car",
+    "water",
+    "painting",
+    "sofa",
+    "shelf",
+    "house",
+    "sea",
+    "mirror",
+    "rug",
+    "field",
+    "armchair",
+    "seat",
+    "fence",
+    "desk",
+    "rock",
+    "wardrobe",
+    "lamp",
+    "bathtub",
+    "railing",
+    "cushion",
+    "base",
+    "box",
+    "column",
+    "signboard",
+    "chest of drawers",
+    "counter",
+    "sand",
+    "sink",
+    "skyscraper",
+    "fireplace",
+    "refrigerator",
+    "grandstand",
+    "path",
+    "stairs",
+    "runway",
+    "case",
+    "pool table",
+    "pillow",
+    "screen door",
+    "stairway",
+    "river",
+    "bridge",
+    "bookcase",
+    "blind",
+    "coffee table",
+    "toilet",
+    "flower",
+    "book",
+    "hill",
+    "bench",
+    "countertop",
+    "stove",
+    "palm",
+    "kitchen island",
+    "computer",
+    "swivel chair",
+    "boat",
+    "bar",
+    "arcade machine",
+    "hovel",
+    "bus",
+    "towel",
+    "light",
+    "truck",
+    "tower",
+    "chandelier",
+    "awning",
+    "streetlight",
+    "booth",
+    "television receiver",
+    "airplane",
+    "dirt track",
+    "apparel",
+    "pole",
+    "land",
+    "bannister",
+    "escalator",
+    "ottoman",
+    "bottle",
+    "buffet",
+    "poster",
+    "stage",
+    "van",
+    "ship",
+    "fountain",
+    "conveyer belt",
+    "canopy",
+    "washer",
+    "plaything",
+    "swimming pool",
+    "stool",
+    "barrel",
+    "basket",
+    "waterfall",
+    "tent",
+    "bag",
+    "minibike",
+    "cradle",
+    "oven",
+    "ball",
+    "food",
+    "step",
+    "tank",
+    "trade name",
+    "microwave",
+    "pot",
+    "animal",
+    "bicycle",
+    "lake",
+    "dishwasher",
+    "screen",
+    "blanket",
+    "sculpture",
+    "hood",
+    "sconce",
+    "vase",
+    "traffic light",
+    "tray",
+    "ashcan",
+    "fan",
+    "pier",
+    "crt screen",
+    "plate",
+    "monitor",
+    "bulletin board",
+    "shower",
+    "radiator",
+    "glass",
+    "clock",
+    "flag",
 ];
 
 /// `ignore_index` of the ADE20K configs (and `IoUMetric`'s default).
@@ -112,7 +247,10 @@ impl AreaTotals {
     }
 
     /// Totals over images in order: `sum(...)` of `IoUMetric.compute_metrics`.
-    pub fn sum<'a>(num_classes: usize, images: impl IntoIterator<Item = &'a AreaTotals>) -> Result<AreaTotals, MetricError> {
+    pub fn sum<'a>(
+        num_classes: usize,
+        images: impl IntoIterator<Item = &'a AreaTotals>,
+    ) -> Result<AreaTotals, MetricError> {
         let mut t = AreaTotals::zeros(num_classes);
         for a in images {
             t.add(a)?;
@@ -431,11 +569,16 @@ fn center(text: &str, width: usize) -> String {
 /// `class_names` shorter than the class count are completed with the class index.
 pub fn per_class_table(class_names: &[&str], iou: &[f32], acc: &[f32]) -> String {
     let n = iou.len().max(acc.len());
-    let names: Vec<String> = (0..n).map(|i| class_names.get(i).map_or_else(|| i.to_string(), |s| s.to_string())).collect();
-    let col = |v: &[f32]| (0..n).map(|i| np_str_f32(class_percent(v.get(i).copied().unwrap_or(f32::NAN)))).collect::<Vec<_>>();
+    let names: Vec<String> =
+        (0..n).map(|i| class_names.get(i).map_or_else(|| i.to_string(), |s| s.to_string())).collect();
+    let col = |v: &[f32]| {
+        (0..n).map(|i| np_str_f32(class_percent(v.get(i).copied().unwrap_or(f32::NAN)))).collect::<Vec<_>>()
+    };
     let columns = [("Class", names), ("IoU", col(iou)), ("Acc", col(acc))];
-    let widths: Vec<usize> =
-        columns.iter().map(|(h, vals)| vals.iter().map(|v| v.chars().count()).chain([h.len()]).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .map(|(h, vals)| vals.iter().map(|v| v.chars().count()).chain([h.len()]).max().unwrap_or(0))
+        .collect();
     let rule = {
         let mut s = String::from("+");
         for w in &widths {
@@ -485,7 +628,11 @@ mod tests {
 
     #[test]
     fn table_matches_prettytable_layout() {
-        let t = per_class_table(&["wall", "bed ", "chest of drawers", "a"], &[0.5, f32::NAN, 1.0, 0.123456], &[0.0, f32::NAN, 0.33333, 0.01]);
+        let t = per_class_table(
+            &["wall", "bed ", "chest of drawers", "a"],
+            &[0.5, f32::NAN, 1.0, 0.123456],
+            &[0.0, f32::NAN, 0.33333, 0.01],
+        );
         let expected = "\
 +------------------+-------+-------+
 |      Class       |  IoU  |  Acc  |

@@ -65,11 +65,11 @@
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
 
+use beit_seg::array::{read_npz, AnyArray};
 use beit_seg::checkpoint::half::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 use beit_seg::checkpoint::pickle::{file_kind, state_dict_of, FileKind};
 use beit_seg::checkpoint::relpos::{geometric_ratio, solve_tridiagonal, window_of_rows};
 use beit_seg::checkpoint::*;
-use beit_seg::weights::{read_npz, AnyArray};
 use ndarray::{arr1, arr2, Array2, ArrayD, Ix2, IxDyn};
 use proptest::prelude::*;
 
@@ -81,7 +81,11 @@ fn data(name: &str) -> PathBuf {
 fn tmpdir(tag: &str) -> PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!("beit-seg-ckpt-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let d = std::env::temp_dir().join(format!(
+        "beit-seg-ckpt-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -123,8 +127,12 @@ fn assert_same(a: &[(String, AnyArray)], b: &[(String, AnyArray)]) {
         assert_eq!(x.dtype_name(), y.dtype_name(), "{k}");
         assert_eq!(x.shape(), y.shape(), "{k}");
         match (x, y) {
-            (AnyArray::F32(p), AnyArray::F32(q)) => assert!(p.iter().zip(q).all(|(u, v)| u.to_bits() == v.to_bits()), "{k}"),
-            (AnyArray::F64(p), AnyArray::F64(q)) => assert!(p.iter().zip(q).all(|(u, v)| u.to_bits() == v.to_bits()), "{k}"),
+            (AnyArray::F32(p), AnyArray::F32(q)) => {
+                assert!(p.iter().zip(q).all(|(u, v)| u.to_bits() == v.to_bits()), "{k}")
+            }
+            (AnyArray::F64(p), AnyArray::F64(q)) => {
+                assert!(p.iter().zip(q).all(|(u, v)| u.to_bits() == v.to_bits()), "{k}")
+            }
             (AnyArray::I64(p), AnyArray::I64(q)) => assert_eq!(p, q, "{k}"),
             (AnyArray::I32(p), AnyArray::I32(q)) => assert_eq!(p, q, "{k}"),
             (AnyArray::U8(p), AnyArray::U8(q)) => assert_eq!(p, q, "{k}"),
@@ -135,7 +143,11 @@ fn assert_same(a: &[(String, AnyArray)], b: &[(String, AnyArray)]) {
 }
 
 fn no_temp_files(dir: &Path) {
-    let left: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".tmp-")).collect();
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }
 
@@ -183,7 +195,8 @@ fn half_storage_round_trip() {
     let want_bf16 = [1.0f32, 1.0, 999424.0, 3.0 * 2f32.powi(-26), 1.0703125 * 2f32.powi(-30)];
     let mut all: Vec<f32> = exact.to_vec();
     all.extend_from_slice(&rounding);
-    let sd = vec![("x".to_string(), f32a(&all, &[all.len()])), ("n".to_string(), AnyArray::I64(arr1(&[3i64]).into_dyn()))];
+    let sd =
+        vec![("x".to_string(), f32a(&all, &[all.len()])), ("n".to_string(), AnyArray::I64(arr1(&[3i64]).into_dyn()))];
     for (store, want) in [(StoreDtype::F16, want_f16), (StoreDtype::BF16, want_bf16)] {
         for ext in ["pth", "safetensors"] {
             let p = dir.join(format!("h-{store:?}.{ext}"));
@@ -201,12 +214,17 @@ fn half_storage_round_trip() {
                 expect[3] = 2f32.powi(-24); // a normal number in bfloat16
             }
             expect.extend_from_slice(&want);
-            assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), expect.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{store:?} {ext}: {got:?}");
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                expect.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{store:?} {ext}: {got:?}"
+            );
             assert!(matches!(get(&back, "n"), AnyArray::I64(_)), "integers are stored as they are");
         }
     }
     // npz has no bfloat16 and our npz reader no float16: refused.
-    let e = write_npz(&dir.join("h.npz"), &sd, WriteOptions { force: false, float_dtype: StoreDtype::F16 }).unwrap_err();
+    let e =
+        write_npz(&dir.join("h.npz"), &sd, WriteOptions { force: false, float_dtype: StoreDtype::F16 }).unwrap_err();
     assert!(e.to_string().contains(".npz"), "{e}");
     assert!(!dir.join("h.npz").exists());
     no_temp_files(&dir);
@@ -260,7 +278,13 @@ fn reads_torch_written_views_dtypes_and_meta() {
     let path = data("torch_views.pth");
     let sd = read_state_dict_with(&path, ReadOptions { widen_half: true, ..Default::default() }).unwrap();
     let keys: Vec<&str> = sd.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(keys, ["weight", "bias", "t", "sl", "step", "base", "half", "bf16", "f64", "i64", "i32", "u8", "mask", "empty", "param"]);
+    assert_eq!(
+        keys,
+        [
+            "weight", "bias", "t", "sl", "step", "base", "half", "bf16", "f64", "i64", "i32", "u8", "mask", "empty",
+            "param"
+        ]
+    );
     let base = Array2::from_shape_fn((4, 6), |(i, j)| (6 * i + j) as f32 / 8.0);
     let f = |k: &str| as_f32(get(&sd, k));
     assert_eq!(f("weight"), arr2(&[[1.0f32, -2.0, 0.5], [0.25, 3.0, -1.5]]).into_dyn());
@@ -361,7 +385,8 @@ fn forbidden_globals_are_refused_and_never_run() {
     assert!(matches!(&e, CheckpointError::ForbiddenGlobal { global, .. } if global == "os.system"), "{e}");
     assert!(e.to_string().contains("os.system") && e.to_string().contains("evil.pth"), "{e}");
     // Even with opaque globals the call is only recorded, not made.
-    let v = load_pth_bytes(&z, Path::new("evil.pth"), ReadOptions { opaque_globals: true, ..Default::default() }).unwrap();
+    let v =
+        load_pth_bytes(&z, Path::new("evil.pth"), ReadOptions { opaque_globals: true, ..Default::default() }).unwrap();
     assert!(matches!(v, Value::Opaque(ref n) if n == "os.system"), "{v:?}");
     assert!(!marker.exists(), "the command ran");
 
@@ -399,19 +424,45 @@ fn corrupt_truncated_and_oversized_files_are_errors() {
     z.start_file("foo.txt", zip::write::SimpleFileOptions::default()).unwrap();
     z.write_all(b"x").unwrap();
     let z = z.finish().unwrap().into_inner();
-    assert!(load_pth_bytes(&z, Path::new("z.pth"), ReadOptions::default()).unwrap_err().to_string().contains("data.pkl"));
+    assert!(load_pth_bytes(&z, Path::new("z.pth"), ReadOptions::default())
+        .unwrap_err()
+        .to_string()
+        .contains("data.pkl"));
 
     let four: Vec<u8> = 1.5f32.to_le_bytes().to_vec();
     // A storage claiming 2^30 elements backed by 4 bytes: refused before allocating.
-    let e = load_pth_bytes(&torch_zip(&tensor_pickle(1 << 30, 0, &[1], &[1]), &[("0", &four)]), Path::new("big.pth"), ReadOptions::default()).unwrap_err();
-    assert!(matches!(&e, CheckpointError::Storage { key, .. } if key == "0") && e.to_string().contains("4 bytes"), "{e}");
+    let e = load_pth_bytes(
+        &torch_zip(&tensor_pickle(1 << 30, 0, &[1], &[1]), &[("0", &four)]),
+        Path::new("big.pth"),
+        ReadOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, CheckpointError::Storage { key, .. } if key == "0") && e.to_string().contains("4 bytes"),
+        "{e}"
+    );
     // A missing storage entry.
-    let e = load_pth_bytes(&torch_zip(&tensor_pickle(1, 0, &[1], &[1]), &[]), Path::new("m.pth"), ReadOptions::default()).unwrap_err();
+    let e =
+        load_pth_bytes(&torch_zip(&tensor_pickle(1, 0, &[1], &[1]), &[]), Path::new("m.pth"), ReadOptions::default())
+            .unwrap_err();
     assert!(e.to_string().contains("missing archive entry"), "{e}");
     // A view reaching past its storage.
-    let e = load_pth_bytes(&torch_zip(&tensor_pickle(1, 0, &[2], &[1]), &[("0", &four)]), Path::new("v.pth"), ReadOptions::default()).unwrap_err();
-    assert!(matches!(&e, CheckpointError::Tensor { key, .. } if key == "w") && e.to_string().contains("past the end"), "{e}");
-    let e = load_pth_bytes(&torch_zip(&tensor_pickle(1, 1, &[1], &[1]), &[("0", &four)]), Path::new("v.pth"), ReadOptions::default()).unwrap_err();
+    let e = load_pth_bytes(
+        &torch_zip(&tensor_pickle(1, 0, &[2], &[1]), &[("0", &four)]),
+        Path::new("v.pth"),
+        ReadOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, CheckpointError::Tensor { key, .. } if key == "w") && e.to_string().contains("past the end"),
+        "{e}"
+    );
+    let e = load_pth_bytes(
+        &torch_zip(&tensor_pickle(1, 1, &[1], &[1]), &[("0", &four)]),
+        Path::new("v.pth"),
+        ReadOptions::default(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("past the end"), "{e}");
     // Broken pickles.
     for (pkl, what) in [
@@ -426,7 +477,8 @@ fn corrupt_truncated_and_oversized_files_are_errors() {
         assert!(matches!(e, CheckpointError::Pickle { .. }) && e.to_string().contains(what), "{what}: {e}");
     }
     // A list containing itself: an error, not a stack overflow.
-    let e = load_pth_bytes(&torch_zip(b"\x80\x02]q\x00h\x00a.", &[]), Path::new("c.pth"), ReadOptions::default()).unwrap_err();
+    let e = load_pth_bytes(&torch_zip(b"\x80\x02]q\x00h\x00a.", &[]), Path::new("c.pth"), ReadOptions::default())
+        .unwrap_err();
     assert!(e.to_string().contains("nested"), "{e}");
 
     // safetensors: header length past the end, offsets out of range, size mismatch, bad JSON.
@@ -560,7 +612,10 @@ fn unilm_block(prefix: &str, i: usize, table: bool) -> Vec<(String, AnyArray)> {
     ];
     if table {
         v.push((format!("{prefix}blocks.{i}.attn.relative_position_bias_table"), t(&[28, 2])));
-        v.push((format!("{prefix}blocks.{i}.attn.relative_position_index"), AnyArray::I64(ArrayD::zeros(IxDyn(&[10, 10])))));
+        v.push((
+            format!("{prefix}blocks.{i}.attn.relative_position_index"),
+            AnyArray::I64(ArrayD::zeros(IxDyn(&[10, 10]))),
+        ));
     }
     v.extend([
         (format!("{prefix}blocks.{i}.attn.proj.weight"), t(&[4, 4])),
@@ -601,20 +656,43 @@ fn mmseg_layer_keys(prefix: &str, i: usize) -> Vec<String> {
 
 #[test]
 fn official_checkpoint_follows_beit2mmseg() {
-    let mut sd = vec![("cls_token".to_string(), t(&[1, 1, 4])), ("patch_embed.proj.weight".into(), t(&[4, 3, 16, 16])), ("patch_embed.proj.bias".into(), t(&[4]))];
+    let mut sd = vec![
+        ("cls_token".to_string(), t(&[1, 1, 4])),
+        ("patch_embed.proj.weight".into(), t(&[4, 3, 16, 16])),
+        ("patch_embed.proj.bias".into(), t(&[4])),
+    ];
     sd.extend(unilm_block("", 0, true));
     sd.extend(unilm_block("", 1, true));
-    sd.extend([("fc_norm.weight".into(), t(&[4])), ("fc_norm.bias".into(), t(&[4])), ("head.weight".into(), t(&[10, 4])), ("head.bias".into(), t(&[10]))]);
+    sd.extend([
+        ("fc_norm.weight".into(), t(&[4])),
+        ("fc_norm.bias".into(), t(&[4])),
+        ("head.weight".into(), t(&[10, 4])),
+        ("head.bias".into(), t(&[10])),
+    ]);
     let (out, rep) = convert(sd.clone(), &ConvertOptions::default()).unwrap();
     assert_eq!(rep.dialect, Dialect::BeitOfficial);
-    let mut want = vec!["cls_token".to_string(), "patch_embed.projection.weight".into(), "patch_embed.projection.bias".into()];
+    let mut want =
+        vec!["cls_token".to_string(), "patch_embed.projection.weight".into(), "patch_embed.projection.bias".into()];
     want.extend(mmseg_layer_keys("", 0));
     want.extend(mmseg_layer_keys("", 1));
     assert_eq!(keys(&out), want.iter().map(String::as_str).collect::<Vec<_>>());
     // Values are moved, not changed.
-    assert_same(&out[..3], &sd[..3].iter().enumerate().map(|(i, (_, a))| (want[i].clone(), a.clone())).collect::<Vec<_>>());
+    assert_same(
+        &out[..3],
+        &sd[..3].iter().enumerate().map(|(i, (_, a))| (want[i].clone(), a.clone())).collect::<Vec<_>>(),
+    );
     let dropped: Vec<&str> = rep.dropped.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(dropped, ["blocks.0.attn.relative_position_index", "blocks.1.attn.relative_position_index", "fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"]);
+    assert_eq!(
+        dropped,
+        [
+            "blocks.0.attn.relative_position_index",
+            "blocks.1.attn.relative_position_index",
+            "fc_norm.weight",
+            "fc_norm.bias",
+            "head.weight",
+            "head.bias"
+        ]
+    );
     assert!(rep.renamed.contains(&("blocks.1.mlp.fc2.bias".into(), "layers.1.ffn.layers.1.bias".into())));
     assert!(rep.notes.iter().any(|n| n.contains("emitted once")));
     // The mmseg rule is literal: every `norm` becomes `ln` only in block keys.
@@ -637,15 +715,33 @@ fn pretrain_shared_table_is_copied_into_every_layer() {
     let shared = AnyArray::F32(ArrayD::from_shape_fn(IxDyn(&[28, 2]), |i| (i[0] * 2 + i[1]) as f32));
     sd.push(("rel_pos_bias.relative_position_bias_table".into(), shared.clone()));
     sd.push(("rel_pos_bias.relative_position_index".into(), AnyArray::I64(ArrayD::zeros(IxDyn(&[10, 10])))));
-    sd.extend([("norm.weight".into(), t(&[4])), ("norm.bias".into(), t(&[4])), ("lm_head.weight".into(), t(&[16, 4])), ("lm_head.bias".into(), t(&[16]))]);
+    sd.extend([
+        ("norm.weight".into(), t(&[4])),
+        ("norm.bias".into(), t(&[4])),
+        ("lm_head.weight".into(), t(&[16, 4])),
+        ("lm_head.bias".into(), t(&[16])),
+    ]);
     assert_eq!(detect_dialect(sd.iter().map(|(k, _)| k.as_str())).unwrap(), Dialect::BeitPretrainShared);
     let (out, rep) = convert(sd.clone(), &ConvertOptions::default()).unwrap();
     assert_eq!(rep.dialect, Dialect::BeitPretrainShared);
     for i in 0..2 {
-        assert_same(&[("x".into(), get(&out, &format!("layers.{i}.attn.relative_position_bias_table")).clone())], &[("x".into(), shared.clone())]);
+        assert_same(
+            &[("x".into(), get(&out, &format!("layers.{i}.attn.relative_position_bias_table")).clone())],
+            &[("x".into(), shared.clone())],
+        );
     }
     let dropped: Vec<&str> = rep.dropped.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(dropped, ["mask_token", "rel_pos_bias.relative_position_index", "norm.weight", "norm.bias", "lm_head.weight", "lm_head.bias"]);
+    assert_eq!(
+        dropped,
+        [
+            "mask_token",
+            "rel_pos_bias.relative_position_index",
+            "norm.weight",
+            "norm.bias",
+            "lm_head.weight",
+            "lm_head.bias"
+        ]
+    );
     // final_norm keeps the norm as mmseg's `ln1`.
     let (out, _) = convert(sd, &ConvertOptions { final_norm: true, ..Default::default() }).unwrap();
     assert!(keys(&out).contains(&"ln1.weight") && keys(&out).contains(&"ln1.bias"));
@@ -653,9 +749,19 @@ fn pretrain_shared_table_is_copied_into_every_layer() {
 
 #[test]
 fn unilm_ade_gets_full_segmentor_names() {
-    let mut sd = vec![("backbone.cls_token".to_string(), t(&[1, 1, 4])), ("backbone.patch_embed.proj.weight".into(), t(&[4, 3, 16, 16]))];
+    let mut sd = vec![
+        ("backbone.cls_token".to_string(), t(&[1, 1, 4])),
+        ("backbone.patch_embed.proj.weight".into(), t(&[4, 3, 16, 16])),
+    ];
     sd.extend(unilm_block("backbone.", 0, true));
-    for k in ["backbone.fpn1.0.weight", "backbone.fpn1.1.running_var", "backbone.fpn1.3.bias", "backbone.fpn2.0.weight", "decode_head.conv_seg.weight", "auxiliary_head.convs.0.bn.weight"] {
+    for k in [
+        "backbone.fpn1.0.weight",
+        "backbone.fpn1.1.running_var",
+        "backbone.fpn1.3.bias",
+        "backbone.fpn2.0.weight",
+        "decode_head.conv_seg.weight",
+        "auxiliary_head.convs.0.bn.weight",
+    ] {
         sd.push((k.into(), t(&[4])));
     }
     sd.push(("backbone.fpn1.1.num_batches_tracked".into(), AnyArray::I64(ArrayD::zeros(IxDyn(&[])))));
@@ -664,8 +770,16 @@ fn unilm_ade_gets_full_segmentor_names() {
     let mut want = vec!["backbone.cls_token".to_string(), "backbone.patch_embed.projection.weight".into()];
     want.extend(mmseg_layer_keys("backbone.", 0));
     want.extend(
-        ["neck.upsample_4x.0.weight", "neck.upsample_4x.1.running_var", "neck.upsample_4x.3.bias", "neck.upsample_2x.0.weight", "decode_head.conv_seg.weight", "auxiliary_head.convs.0.bn.weight", "neck.upsample_4x.1.num_batches_tracked"]
-            .map(String::from),
+        [
+            "neck.upsample_4x.0.weight",
+            "neck.upsample_4x.1.running_var",
+            "neck.upsample_4x.3.bias",
+            "neck.upsample_2x.0.weight",
+            "decode_head.conv_seg.weight",
+            "auxiliary_head.convs.0.bn.weight",
+            "neck.upsample_4x.1.num_batches_tracked",
+        ]
+        .map(String::from),
     );
     assert_eq!(keys(&out), want.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(rep.dropped.len(), 1);
@@ -683,7 +797,10 @@ fn hf_layer(i: usize, key_bias: Option<f32>) -> Vec<(String, AnyArray)> {
         (format!("{l}attention.attention.value.weight"), w(300.0)),
         (format!("{l}attention.attention.value.bias"), t(&[4])),
         (format!("{l}attention.attention.relative_position_bias.relative_position_bias_table"), t(&[28, 2])),
-        (format!("{l}attention.attention.relative_position_bias.relative_position_index"), AnyArray::I64(ArrayD::zeros(IxDyn(&[10, 10])))),
+        (
+            format!("{l}attention.attention.relative_position_bias.relative_position_index"),
+            AnyArray::I64(ArrayD::zeros(IxDyn(&[10, 10]))),
+        ),
         (format!("{l}attention.output.dense.weight"), t(&[4, 4])),
         (format!("{l}attention.output.dense.bias"), t(&[4])),
         (format!("{l}layernorm_before.weight"), t(&[4])),
@@ -710,12 +827,17 @@ fn hf_checkpoint_to_mmseg() {
     ];
     sd.extend(hf_layer(0, Some(0.0)));
     sd.extend(hf_layer(1, None));
-    sd.extend([("beit.pooler.layernorm.weight".into(), t(&[4])), ("classifier.weight".into(), t(&[10, 4])), ("classifier.bias".into(), t(&[10]))]);
+    sd.extend([
+        ("beit.pooler.layernorm.weight".into(), t(&[4])),
+        ("classifier.weight".into(), t(&[10, 4])),
+        ("classifier.bias".into(), t(&[10])),
+    ]);
     let (out, rep) = convert(sd.clone(), &ConvertOptions::default()).unwrap();
     assert_eq!(rep.dialect, Dialect::Hf);
     let mut got: Vec<&str> = keys(&out);
     got.sort_unstable();
-    let mut want = vec!["cls_token".to_string(), "patch_embed.projection.weight".into(), "patch_embed.projection.bias".into()];
+    let mut want =
+        vec!["cls_token".to_string(), "patch_embed.projection.weight".into(), "patch_embed.projection.bias".into()];
     want.extend(mmseg_layer_keys("", 0));
     want.extend(mmseg_layer_keys("", 1));
     want.sort_unstable();
@@ -729,25 +851,49 @@ fn hf_checkpoint_to_mmseg() {
         &[("b".into(), get(&sd, "beit.encoder.layer.0.attention.attention.query.bias").clone())],
     );
     let dropped: Vec<&str> = rep.dropped.iter().map(|(k, _)| k.as_str()).collect();
-    for k in ["beit.encoder.layer.0.attention.attention.key.bias", "beit.pooler.layernorm.weight", "classifier.weight", "beit.encoder.layer.1.attention.attention.relative_position_bias.relative_position_index"] {
+    for k in [
+        "beit.encoder.layer.0.attention.attention.key.bias",
+        "beit.pooler.layernorm.weight",
+        "classifier.weight",
+        "beit.encoder.layer.1.attention.attention.relative_position_bias.relative_position_index",
+    ] {
         assert!(dropped.contains(&k), "{k} not dropped: {dropped:?}");
     }
     // A non-zero key bias cannot be represented: an error naming it.
     let mut bad = sd.clone();
     bad.extend(hf_layer(2, Some(0.25)));
     let e = convert(bad, &ConvertOptions::default()).unwrap_err();
-    assert!(e.to_string().contains("beit.encoder.layer.2.attention.attention.key.bias") && e.to_string().contains("non-zero"), "{e}");
+    assert!(
+        e.to_string().contains("beit.encoder.layer.2.attention.attention.key.bias")
+            && e.to_string().contains("non-zero"),
+        "{e}"
+    );
     // A missing key weight: an error naming it.
-    let missing: Vec<_> = sd.iter().filter(|(k, _)| k != "beit.encoder.layer.1.attention.attention.key.weight").cloned().collect();
+    let missing: Vec<_> =
+        sd.iter().filter(|(k, _)| k != "beit.encoder.layer.1.attention.attention.key.weight").cloned().collect();
     let e = convert(missing, &ConvertOptions::default()).unwrap_err();
     assert!(e.to_string().contains("layer.1.attention.attention.key.weight"), "{e}");
 
     // Segmentation checkpoints get full names; the classifier becomes conv_seg.
     let mut seg = sd[..3].to_vec();
     seg.extend(hf_layer(0, None));
-    seg.extend([("fpn1.0.weight".into(), t(&[4])), ("fpn2.0.bias".into(), t(&[4])), ("decode_head.classifier.weight".into(), t(&[4])), ("auxiliary_head.classifier.bias".into(), t(&[4])), ("decode_head.bottleneck.conv.weight".into(), t(&[4]))]);
+    seg.extend([
+        ("fpn1.0.weight".into(), t(&[4])),
+        ("fpn2.0.bias".into(), t(&[4])),
+        ("decode_head.classifier.weight".into(), t(&[4])),
+        ("auxiliary_head.classifier.bias".into(), t(&[4])),
+        ("decode_head.bottleneck.conv.weight".into(), t(&[4])),
+    ]);
     let (out, _) = convert(seg, &ConvertOptions::default()).unwrap();
-    for k in ["backbone.cls_token", "backbone.layers.0.attn.qkv.weight", "neck.upsample_4x.0.weight", "neck.upsample_2x.0.bias", "decode_head.conv_seg.weight", "auxiliary_head.conv_seg.bias", "decode_head.bottleneck.conv.weight"] {
+    for k in [
+        "backbone.cls_token",
+        "backbone.layers.0.attn.qkv.weight",
+        "neck.upsample_4x.0.weight",
+        "neck.upsample_2x.0.bias",
+        "decode_head.conv_seg.weight",
+        "auxiliary_head.conv_seg.bias",
+        "decode_head.bottleneck.conv.weight",
+    ] {
         assert!(keys(&out).contains(&k), "{k} missing: {:?}", keys(&out));
     }
 
@@ -755,7 +901,10 @@ fn hf_checkpoint_to_mmseg() {
     let mut mim: Vec<_> = sd.iter().filter(|(k, _)| !k.contains("relative_position_bias.")).cloned().collect();
     mim.push(("beit.encoder.relative_position_bias.relative_position_bias_table".into(), t(&[28, 2])));
     let (out, _) = convert(mim, &ConvertOptions::default()).unwrap();
-    assert!(keys(&out).contains(&"layers.0.attn.relative_position_bias_table") && keys(&out).contains(&"layers.1.attn.relative_position_bias_table"));
+    assert!(
+        keys(&out).contains(&"layers.0.attn.relative_position_bias_table")
+            && keys(&out).contains(&"layers.1.attn.relative_position_bias_table")
+    );
 }
 
 #[test]
@@ -763,8 +912,14 @@ fn dialect_detection_and_mmseg_passthrough() {
     let d = |ks: &[&str]| detect_dialect(ks.iter().copied());
     assert_eq!(d(&["beit.embeddings.cls_token"]).unwrap(), Dialect::Hf);
     assert_eq!(d(&["backbone.blocks.0.norm1.weight"]).unwrap(), Dialect::UnilmAde);
-    assert_eq!(d(&["blocks.0.norm1.weight", "blocks.0.attn.relative_position_bias_table"]).unwrap(), Dialect::BeitOfficial);
-    assert_eq!(d(&["blocks.0.norm1.weight", "rel_pos_bias.relative_position_bias_table"]).unwrap(), Dialect::BeitPretrainShared);
+    assert_eq!(
+        d(&["blocks.0.norm1.weight", "blocks.0.attn.relative_position_bias_table"]).unwrap(),
+        Dialect::BeitOfficial
+    );
+    assert_eq!(
+        d(&["blocks.0.norm1.weight", "rel_pos_bias.relative_position_bias_table"]).unwrap(),
+        Dialect::BeitPretrainShared
+    );
     assert_eq!(d(&["backbone.layers.0.ln1.weight", "decode_head.conv_seg.weight"]).unwrap(), Dialect::Mmseg);
     assert_eq!(d(&["layers.0.ln1.weight"]).unwrap(), Dialect::Mmseg);
     let e = d(&["foo.bar", "baz"]).unwrap_err();
@@ -776,7 +931,10 @@ fn dialect_detection_and_mmseg_passthrough() {
     // Already mmseg: names kept, the derived index dropped; `module.` prefixes stripped.
     let sd = vec![
         ("module.backbone.layers.0.attn.relative_position_bias_table".to_string(), t(&[28, 2])),
-        ("module.backbone.layers.0.attn.relative_position_index".into(), AnyArray::I64(ArrayD::zeros(IxDyn(&[10, 10])))),
+        (
+            "module.backbone.layers.0.attn.relative_position_index".into(),
+            AnyArray::I64(ArrayD::zeros(IxDyn(&[10, 10]))),
+        ),
         ("module.decode_head.conv_seg.bias".into(), t(&[3])),
     ];
     let (out, rep) = convert(sd, &ConvertOptions::default()).unwrap();
@@ -856,7 +1014,11 @@ fn tridiagonal_solver_needs_pivoting() {
     let du0: Vec<f64> = (0..n - 1).map(|i| 2.0 - 0.3 * i as f64).collect();
     let x: Vec<f64> = (0..n).map(|i| (i as f64 * 0.7).cos()).collect();
     let b: Vec<f64> = (0..n)
-        .map(|i| d0[i] * x[i] + if i > 0 { dl0[i - 1] * x[i - 1] } else { 0.0 } + if i + 1 < n { du0[i] * x[i + 1] } else { 0.0 })
+        .map(|i| {
+            d0[i] * x[i]
+                + if i > 0 { dl0[i - 1] * x[i - 1] } else { 0.0 }
+                + if i + 1 < n { du0[i] * x[i + 1] } else { 0.0 }
+        })
         .collect();
     let (mut dl, mut d, mut du, mut sol) = (dl0, d0, du0, b);
     solve_tridiagonal(&mut dl, &mut d, &mut du, &mut sol).unwrap();
@@ -874,13 +1036,15 @@ fn tridiagonal_solver_needs_pivoting() {
 mod fixture_cases {
     use std::path::{Path, PathBuf};
 
+    use beit_seg::array::{read_npz, AnyArray};
     use beit_seg::checkpoint::{write_npz, WriteOptions};
     use beit_seg::conformance::case::{discover, Case};
-    use beit_seg::conformance::checkpoint_cases::{compare_conversion, compare_tensor, convert_source, converter_options};
+    use beit_seg::conformance::checkpoint_cases::{
+        compare_conversion, compare_tensor, convert_source, converter_options,
+    };
     use beit_seg::conformance::compare::Status;
     use beit_seg::conformance::report::CaseStatus;
     use beit_seg::conformance::{run_case, run_case_dir, ReferenceBackend, VerifyOptions};
-    use beit_seg::weights::{read_npz, AnyArray};
 
     fn fixtures() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
@@ -907,7 +1071,11 @@ mod fixture_cases {
         let dirs = discover(&[fixtures()]).unwrap();
         let ours: Vec<&PathBuf> = dirs
             .iter()
-            .filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().starts_with("ckpt-") || n.to_string_lossy().starts_with("relpos-")))
+            .filter(|d| {
+                d.file_name().is_some_and(|n| {
+                    n.to_string_lossy().starts_with("ckpt-") || n.to_string_lossy().starts_with("relpos-")
+                })
+            })
             .collect();
         let mut kinds = std::collections::BTreeMap::<String, usize>::new();
         let mut failures = Vec::new();
@@ -915,14 +1083,28 @@ mod fixture_cases {
             let r = run_case_dir(d, &ReferenceBackend, &VerifyOptions::default());
             *kinds.entry(r.kind.clone()).or_default() += 1;
             if r.status != CaseStatus::Pass || r.covered() != r.tensors.len() || r.tensors.is_empty() {
-                let bad: Vec<String> = r.tensors.iter().filter(|t| t.status != Status::Pass).map(|t| format!("  {} {:?} {}", t.name, t.status, t.note.clone().unwrap_or_default())).collect();
-                failures.push(format!("{}: {:?} {}\n{}", r.name, r.status, r.message.clone().unwrap_or_default(), bad.join("\n")));
+                let bad: Vec<String> = r
+                    .tensors
+                    .iter()
+                    .filter(|t| t.status != Status::Pass)
+                    .map(|t| format!("  {} {:?} {}", t.name, t.status, t.note.clone().unwrap_or_default()))
+                    .collect();
+                failures.push(format!(
+                    "{}: {:?} {}\n{}",
+                    r.name,
+                    r.status,
+                    r.message.clone().unwrap_or_default(),
+                    bad.join("\n")
+                ));
             }
         }
         assert!(failures.is_empty(), "failing checkpoint cases:\n{}", failures.join("\n"));
         assert!(kinds.get("converter").copied().unwrap_or(0) >= 7, "converter cases missing: {kinds:?}");
         assert!(kinds.get("relpos_resize").copied().unwrap_or(0) >= 4, "relpos_resize cases missing: {kinds:?}");
-        assert!(kinds.get("segmentor").copied().unwrap_or(0) >= 1, "the unilm-ade segmentor case is missing: {kinds:?}");
+        assert!(
+            kinds.get("segmentor").copied().unwrap_or(0) >= 1,
+            "the unilm-ade segmentor case is missing: {kinds:?}"
+        );
     }
 
     #[test]
@@ -939,11 +1121,27 @@ mod fixture_cases {
         // `mlp.fc1`): that key is not covered, and the produced name is unexpected.
         let renamed: Vec<(String, AnyArray)> = expected
             .iter()
-            .map(|(k, a)| (if k == "layers.1.ffn.layers.0.0.weight" { "layers.1.mlp.fc1.weight".to_string() } else { k.clone() }, a.clone()))
+            .map(|(k, a)| {
+                (
+                    if k == "layers.1.ffn.layers.0.0.weight" {
+                        "layers.1.mlp.fc1.weight".to_string()
+                    } else {
+                        k.clone()
+                    },
+                    a.clone(),
+                )
+            })
             .collect();
         let r = compare_conversion(&produced, &report, &renamed, tol);
-        let not_ok: Vec<(&str, Status)> = r.iter().filter(|t| t.status != Status::Pass).map(|t| (t.name.as_str(), t.status)).collect();
-        assert_eq!(not_ok, [("layers.1.mlp.fc1.weight", Status::NotCovered), ("unexpected:layers.1.ffn.layers.0.0.weight", Status::Fail)]);
+        let not_ok: Vec<(&str, Status)> =
+            r.iter().filter(|t| t.status != Status::Pass).map(|t| (t.name.as_str(), t.status)).collect();
+        assert_eq!(
+            not_ok,
+            [
+                ("layers.1.mlp.fc1.weight", Status::NotCovered),
+                ("unexpected:layers.1.ffn.layers.0.0.weight", Status::Fail)
+            ]
+        );
 
         // A converter that produced a wrong name: the same two findings, the other way round.
         let mut wrong = produced.clone();
@@ -953,8 +1151,12 @@ mod fixture_cases {
             }
         }
         let r = compare_conversion(&wrong, &report, &expected, tol);
-        let not_ok: Vec<(&str, Status)> = r.iter().filter(|t| t.status != Status::Pass).map(|t| (t.name.as_str(), t.status)).collect();
-        assert_eq!(not_ok, [("layers.0.ln2.bias", Status::NotCovered), ("unexpected:layers.0.norm2.bias", Status::Fail)]);
+        let not_ok: Vec<(&str, Status)> =
+            r.iter().filter(|t| t.status != Status::Pass).map(|t| (t.name.as_str(), t.status)).collect();
+        assert_eq!(
+            not_ok,
+            [("layers.0.ln2.bias", Status::NotCovered), ("unexpected:layers.0.norm2.bias", Status::Fail)]
+        );
 
         // One value off by one ulp fails (the rename cases are exact).
         let mut moved = produced.clone();
@@ -967,11 +1169,17 @@ mod fixture_cases {
             }
         }
         let r = compare_conversion(&moved, &report, &expected, tol);
-        assert_eq!(r.iter().filter(|t| t.status == Status::Fail).map(|t| t.name.as_str()).collect::<Vec<_>>(), ["cls_token"]);
+        assert_eq!(
+            r.iter().filter(|t| t.status == Status::Fail).map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["cls_token"]
+        );
 
         // Derived index buffers and dropped keys are never "unexpected".
         let mut extra = produced.clone();
-        extra.push(("layers.0.attn.relative_position_index".into(), AnyArray::I64(ndarray::ArrayD::zeros(ndarray::IxDyn(&[17, 17])))));
+        extra.push((
+            "layers.0.attn.relative_position_index".into(),
+            AnyArray::I64(ndarray::ArrayD::zeros(ndarray::IxDyn(&[17, 17]))),
+        ));
         assert!(compare_conversion(&extra, &report, &expected, tol).iter().all(|t| t.status == Status::Pass));
 
         // End to end: the renamed expected file written into a copy of the case fails verify.
@@ -979,7 +1187,10 @@ mod fixture_cases {
         write_npz(&dir.join("expected.npz"), &renamed, WriteOptions { force: true, ..Default::default() }).unwrap();
         let rep = run_case_dir(&dir, &ReferenceBackend, &VerifyOptions::default());
         assert_eq!(rep.status, CaseStatus::Fail);
-        assert!(rep.tensors.iter().any(|t| t.name == "unexpected:layers.1.ffn.layers.0.0.weight" && t.status == Status::Fail));
+        assert!(rep
+            .tensors
+            .iter()
+            .any(|t| t.name == "unexpected:layers.1.ffn.layers.0.0.weight" && t.status == Status::Fail));
         // --allow-uncovered does not hide the unexpected key.
         let rep = run_case_dir(&dir, &ReferenceBackend, &VerifyOptions { allow_uncovered: true, ..Default::default() });
         assert_eq!(rep.status, CaseStatus::Fail);
@@ -1049,8 +1260,16 @@ mod fixture_cases {
         let bytes = std::fs::read(&p).unwrap();
         let from_mem = beit_seg::checkpoint::read_safetensors_bytes(&bytes, &p, Default::default()).unwrap();
         super::assert_same(&from_file, &from_mem);
-        assert!(from_file.iter().any(|(k, a)| k.ends_with("num_batches_tracked") && a.shape().is_empty()), "0-d tensors read as 0-d");
-        let e = beit_seg::checkpoint::read_safetensors_bytes(&bytes[..bytes.len() - 1], Path::new("cut.safetensors"), Default::default()).unwrap_err();
+        assert!(
+            from_file.iter().any(|(k, a)| k.ends_with("num_batches_tracked") && a.shape().is_empty()),
+            "0-d tensors read as 0-d"
+        );
+        let e = beit_seg::checkpoint::read_safetensors_bytes(
+            &bytes[..bytes.len() - 1],
+            Path::new("cut.safetensors"),
+            Default::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("cut.safetensors"), "{e}");
     }
 
@@ -1064,7 +1283,13 @@ mod fixture_cases {
         // The largest interpolated value, moved by 1e-4 relative, breaks rtol 1e-5; by 1e-7 (about
         // one float32 ulp) it does not.
         let body = w.shape()[0] - 3;
-        let (at, v) = w.indexed_iter().filter(|(i, _)| i[0] < body).fold((None, 0.0f32), |m, (i, &x)| if x.abs() > m.1.abs() { (Some(i), x) } else { m });
+        let (at, v) = w.indexed_iter().filter(|(i, _)| i[0] < body).fold((None, 0.0f32), |m, (i, &x)| {
+            if x.abs() > m.1.abs() {
+                (Some(i), x)
+            } else {
+                m
+            }
+        });
         assert!(v.abs() > 0.1, "{v}");
         let at = at.unwrap();
         for (rel, fails) in [(1e-4f32, true), (1e-7, false)] {
@@ -1082,6 +1307,10 @@ mod fixture_cases {
         let mut c3 = c.clone();
         c3.manifest["dst_window"] = serde_json::json!([32, 30]);
         let rep = run_case(&c3, &ReferenceBackend, &VerifyOptions::default());
-        assert!(rep.status == CaseStatus::Fail && rep.message.as_deref().unwrap_or("").contains("square"), "{:?}", rep.message);
+        assert!(
+            rep.status == CaseStatus::Fail && rep.message.as_deref().unwrap_or("").contains("square"),
+            "{:?}",
+            rep.message
+        );
     }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array3, Array4, ArrayD, Ix4};
 
+use beit_seg::array::{read_npy, read_npz, AnyArray};
 use beit_seg::config::SegmentorConfig;
 use beit_seg::conformance::case::{discover, Case, Dtype, Tolerance};
 use beit_seg::conformance::compare::{compare_floats, Status, TensorResult};
@@ -19,7 +20,7 @@ use beit_seg::reference::beit::BeitLayer;
 use beit_seg::reference::heads::DecodeHead;
 use beit_seg::reference::neck::Feature2Pyramid;
 use beit_seg::reference::Recorder;
-use beit_seg::weights::{read_npy, read_npz, AnyArray, WeightStore};
+use beit_seg::weights::WeightStore;
 use beit_seg::Float;
 
 fn fixtures() -> PathBuf {
@@ -31,7 +32,13 @@ fn case(name: &str) -> Case {
 }
 
 fn expected(case: &Case, name: &str) -> AnyArray {
-    let file = case.outputs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{}: no expected output {name}", case.name)).1.clone();
+    let file = case
+        .outputs
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("{}: no expected output {name}", case.name))
+        .1
+        .clone();
     case.read_output(&file).unwrap()
 }
 
@@ -39,7 +46,16 @@ fn fmt_failures(results: &[TensorResult]) -> String {
     results
         .iter()
         .filter(|t| t.status != Status::Pass)
-        .map(|t| format!("  {} {:?}: max_abs {:e}, {} violations {}", t.name, t.status, t.max_abs, t.violations, t.note.clone().unwrap_or_default()))
+        .map(|t| {
+            format!(
+                "  {} {:?}: max_abs {:e}, {} violations {}",
+                t.name,
+                t.status,
+                t.max_abs,
+                t.violations,
+                t.note.clone().unwrap_or_default()
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -61,7 +77,13 @@ fn every_bundled_case_passes_with_full_coverage() {
         }
         let r = run_case(&c, &ReferenceBackend, &VerifyOptions::default());
         if r.status != CaseStatus::Pass || r.covered() != r.tensors.len() {
-            failures.push(format!("{}: {:?} {}\n{}", c.name, r.status, r.message.clone().unwrap_or_default(), fmt_failures(&r.tensors)));
+            failures.push(format!(
+                "{}: {:?} {}\n{}",
+                c.name,
+                r.status,
+                r.message.clone().unwrap_or_default(),
+                fmt_failures(&r.tensors)
+            ));
         }
     }
     assert!(f64_cases >= 3, "float64 twins are missing");
@@ -84,7 +106,15 @@ fn as4<T: Float>(a: &AnyArray) -> Array4<T> {
 fn check<T: Float>(c: &Case, name: &str, actual: &ArrayD<T>) {
     let exp = expected(c, name).to_f64();
     let r = compare_floats(name, &actual.mapv(|v| v.to_f64_exact()), &exp, c.tolerance_for(name));
-    assert_eq!(r.status, Status::Pass, "{}: module output `{name}` differs from MMSegmentation: max_abs {:e} ({} violations) {:?}", c.name, r.max_abs, r.violations, r.note);
+    assert_eq!(
+        r.status,
+        Status::Pass,
+        "{}: module output `{name}` differs from MMSegmentation: max_abs {:e} ({} violations) {:?}",
+        c.name,
+        r.max_abs,
+        r.violations,
+        r.note
+    );
 }
 
 fn check_recorded<T: Float>(c: &Case, rec: &Recorder<T>, prefix: &str) -> usize {
@@ -106,11 +136,18 @@ fn layers_in_isolation<T: Float>(name: &str, min_outputs_per_layer: usize) {
     let mut ws = store::<T>(&c);
     for i in 1..cfg.backbone.num_layers {
         let layer = BeitLayer::load(&mut ws, &format!("backbone.layers.{i}"), &cfg.backbone);
-        let input = expected(&c, &format!("backbone.layers.{}", i - 1)).to_float::<T>().unwrap().into_dimensionality::<ndarray::Ix3>().unwrap();
+        let input = expected(&c, &format!("backbone.layers.{}", i - 1))
+            .to_float::<T>()
+            .unwrap()
+            .into_dimensionality::<ndarray::Ix3>()
+            .unwrap();
         let mut rec = Recorder::all();
         let prefix = format!("backbone.layers.{i}");
         layer.forward(&input, &prefix, &mut rec);
-        assert!(check_recorded(&c, &rec, &prefix) >= min_outputs_per_layer, "{name}: too few outputs of {prefix} in the fixture");
+        assert!(
+            check_recorded(&c, &rec, &prefix) >= min_outputs_per_layer,
+            "{name}: too few outputs of {prefix} in the fixture"
+        );
     }
 }
 
@@ -184,7 +221,8 @@ fn psp_in_isolation<T: Float>(name: &str) {
     let mut ws = store::<T>(&c);
     let top = as4::<T>(&expected(&c, "neck.3"));
     let (b, ch, h, w) = top.dim();
-    let inputs: Vec<Array4<T>> = (0..3).map(|k| Array4::zeros((b, ch, h << (3 - k), w << (3 - k)))).chain([top]).collect();
+    let inputs: Vec<Array4<T>> =
+        (0..3).map(|k| Array4::zeros((b, ch, h << (3 - k), w << (3 - k)))).chain([top]).collect();
     let head = DecodeHead::load(&mut ws, "decode_head", &cfg.decode_head);
     let mut rec = Recorder::all();
     head.forward(&inputs, "decode_head", &mut rec).unwrap();
@@ -216,7 +254,13 @@ fn module_heads_fcn_concat_input() {
 fn rel_pos_index_matches_mmseg_buffer_at_640() {
     let c = case("real-640");
     let arrays = read_npz(&c.file_field("weights").unwrap()).unwrap();
-    let stored = arrays.iter().find(|(k, _)| k == "backbone.layers.0.attn.relative_position_index").expect("buffer in fixture").1.to_i64().unwrap();
+    let stored = arrays
+        .iter()
+        .find(|(k, _)| k == "backbone.layers.0.attn.relative_position_index")
+        .expect("buffer in fixture")
+        .1
+        .to_i64()
+        .unwrap();
     let computed = beit_seg::reference::beit::relative_position_index((40, 40));
     assert_eq!(stored.shape(), &[1601, 1601]);
     assert!(stored.iter().zip(computed.iter()).all(|(s, c)| *s == *c as i64));
@@ -226,7 +270,11 @@ fn rel_pos_index_matches_mmseg_buffer_at_640() {
 }
 
 /// Runs a case with modified weights/config and returns the comparison.
-fn run_modified(c: &Case, edit_weights: impl FnOnce(&mut Vec<(String, AnyArray)>), edit_model: impl FnOnce(&mut serde_json::Value)) -> Vec<TensorResult> {
+fn run_modified(
+    c: &Case,
+    edit_weights: impl FnOnce(&mut Vec<(String, AnyArray)>),
+    edit_model: impl FnOnce(&mut serde_json::Value),
+) -> Vec<TensorResult> {
     let mut weights = read_npz(&c.file_field("weights").unwrap()).unwrap();
     edit_weights(&mut weights);
     let mut model_v = c.manifest["model"].clone();
@@ -235,8 +283,9 @@ fn run_modified(c: &Case, edit_weights: impl FnOnce(&mut Vec<(String, AnyArray)>
     let inputs = read_npy(&c.input_file("inputs").unwrap()).unwrap();
     let exp: Vec<(String, AnyArray)> = c.outputs.iter().map(|(n, f)| (n.clone(), c.read_output(f).unwrap())).collect();
     let wanted = exp.iter().map(|(n, _)| n.clone()).collect();
-    let produced: BTreeMap<_, _> =
-        ReferenceBackend.run_segmentor(SegmentorRequest { model: &model, weights, inputs, dtype: c.dtype, wanted }).unwrap();
+    let produced: BTreeMap<_, _> = ReferenceBackend
+        .run_segmentor(SegmentorRequest { model: &model, weights, inputs, dtype: c.dtype, wanted })
+        .unwrap();
     compare_outputs(&exp, &produced, |n| c.tolerance_for(n))
 }
 
@@ -257,7 +306,9 @@ fn one_corrupted_v_bias_element_fails_at_that_layers_attention() {
     let first = results.iter().find(|t| t.status == Status::Fail).expect("verify must fail");
     assert!(first.name.starts_with("backbone.layers.2.attn"), "first failing module is {}", first.name);
     // Everything before layer 2 still passes.
-    for t in results.iter().filter(|t| t.name.starts_with("backbone.layers.0") || t.name.starts_with("backbone.layers.1.")) {
+    for t in
+        results.iter().filter(|t| t.name.starts_with("backbone.layers.0") || t.name.starts_with("backbone.layers.1."))
+    {
         assert_eq!(t.status, Status::Pass, "{}", t.name);
     }
 }
@@ -294,7 +345,9 @@ fn missing_and_wrong_shape_weights_are_listed_together() {
     arrays.push(("backbone.pos_embed".into(), AnyArray::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[1, 2, 3])))));
     let ws = WeightStore::<f32>::from_arrays(arrays);
     let err = beit_seg::reference::segmentor::EncoderDecoder::load(&cfg, ws).err().expect("must fail").to_string();
-    for needle in ["backbone.layers.1.gamma_2", "decode_head.conv_seg.bias", "neck.upsample_2x.0.bias", "backbone.pos_embed"] {
+    for needle in
+        ["backbone.layers.1.gamma_2", "decode_head.conv_seg.bias", "neck.upsample_2x.0.bias", "backbone.pos_embed"]
+    {
         assert!(err.contains(needle), "error does not name {needle}:\n{err}");
     }
 }

@@ -21,8 +21,8 @@ use beit_seg::conformance::report::CaseStatus;
 use beit_seg::conformance::{run_case_dir, ReferenceBackend, VerifyOptions};
 use beit_seg::data::transforms::{normalize, rescale_size, resize_bilinear_u8, ADE20K_MEAN, ADE20K_SCALE, ADE20K_STD};
 use beit_seg::metrics::{
-    compute_metrics, intersect_and_union, nanmean_f32, numpy_sum_f32, per_class_table, reduce_zero_label, summary_percent, torch_sum_f32,
-    AreaTotals, Metrics, ADE20K_CLASSES,
+    compute_metrics, intersect_and_union, nanmean_f32, numpy_sum_f32, per_class_table, reduce_zero_label,
+    summary_percent, torch_sum_f32, AreaTotals, Metrics, ADE20K_CLASSES,
 };
 
 fn fixtures() -> PathBuf {
@@ -55,7 +55,13 @@ fn rescale_size_examples_of_the_spec() {
 
 #[test]
 fn constant_images_stay_constant() {
-    for (h, w, c, oh, ow, v) in [(7, 5, 3, 13, 3, 255u8), (1, 1, 1, 9, 4, 7), (20, 30, 4, 11, 53, 128), (64, 48, 3, 640, 480, 1), (9, 1, 2, 1, 9, 254)] {
+    for (h, w, c, oh, ow, v) in [
+        (7, 5, 3, 13, 3, 255u8),
+        (1, 1, 1, 9, 4, 7),
+        (20, 30, 4, 11, 53, 128),
+        (64, 48, 3, 640, 480, 1),
+        (9, 1, 2, 1, 9, 254),
+    ] {
         let img = Array3::from_elem((h, w, c), v);
         let out = resize_bilinear_u8(img.view(), (oh, ow));
         assert_eq!(out.dim(), (oh, ow, c));
@@ -73,7 +79,8 @@ fn exact_2x_downscale_is_the_rounded_2x2_average() {
     let img = random_image(&mut rng, 8, 10, 2);
     let out = resize_bilinear_u8(img.view(), (4, 5));
     for ((y, x, c), &o) in out.indexed_iter() {
-        let s: u32 = [(0, 0), (0, 1), (1, 0), (1, 1)].iter().map(|&(dy, dx)| img[[2 * y + dy, 2 * x + dx, c]] as u32).sum();
+        let s: u32 =
+            [(0, 0), (0, 1), (1, 0), (1, 1)].iter().map(|&(dy, dx)| img[[2 * y + dy, 2 * x + dx, c]] as u32).sum();
         assert_eq!(o as u32, (s + 2) >> 2, "at {y},{x},{c}");
     }
 }
@@ -170,7 +177,15 @@ fn big_counts(n: usize) -> Vec<f32> {
 fn torch_sum_order_matches_torch() {
     // torch.from_numpy(v).sum() bits (torch 2.11, CPU); the correctly rounded sum differs for
     // n = 7, 8 and 20000, so the order is really exercised.
-    for (n, bits) in [(5, 1285613117u32), (7, 1290462288), (8, 1291843581), (150, 1325955320), (1000, 1348478730), (5000, 1368107706), (20000, 1384887668)] {
+    for (n, bits) in [
+        (5, 1285613117u32),
+        (7, 1290462288),
+        (8, 1291843581),
+        (150, 1325955320),
+        (1000, 1348478730),
+        (5000, 1368107706),
+        (20000, 1384887668),
+    ] {
         assert_eq!(torch_sum_f32(&big_counts(n)).to_bits(), bits, "n = {n}");
     }
 }
@@ -179,7 +194,9 @@ fn torch_sum_order_matches_torch() {
 fn nanmean_matches_numpy_float32() {
     // v[i] = ((i * 40503) % 65521) / 65521 as float32, NaN where i % 7 == 3: np.nanmean bits
     // (numpy 1.26; n = 150 differs from the correctly rounded mean).
-    for (n, bits, rounded) in [(5usize, 1051320564u32, 33.18), (150, 1057078794, 50.68), (1000, 1057033098, 50.41), (3000, 1056969811, 50.03)] {
+    for (n, bits, rounded) in
+        [(5usize, 1051320564u32, 33.18), (150, 1057078794, 50.68), (1000, 1057033098, 50.41), (3000, 1056969811, 50.03)]
+    {
         let v: Vec<f32> = (0..n as u64)
             .map(|i| if i % 7 == 3 { f32::NAN } else { (((i * 40503) % 65521) as f64 / 65521.0) as f32 })
             .collect();
@@ -219,7 +236,13 @@ fn every_bundled_resize_and_metric_case_passes() {
     for d in &dirs {
         let rep = run_case_dir(d, &ReferenceBackend, &VerifyOptions::default());
         if rep.status != CaseStatus::Pass || rep.tensors.iter().any(|t| t.status != Status::Pass) {
-            failures.push(format!("{}: {:?} {:?} {:?}", rep.name, rep.status, rep.message, rep.first_failure().map(|t| &t.note)));
+            failures.push(format!(
+                "{}: {:?} {:?} {:?}",
+                rep.name,
+                rep.status,
+                rep.message,
+                rep.first_failure().map(|t| &t.note)
+            ));
         }
     }
     assert!(failures.is_empty(), "failing cases:\n{}", failures.join("\n"));
@@ -232,10 +255,16 @@ fn per_class_table_equals_the_one_mmseg_logged() {
         let case = Case::load(&d).unwrap();
         let Some(file) = case.manifest.get("per_class_table").and_then(|v| v.as_str()) else { continue };
         let expected = std::fs::read_to_string(d.join(file)).unwrap();
-        let names: Vec<String> = case.manifest["classes"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        let names: Vec<String> =
+            case.manifest["classes"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let m: Metrics = serde_json::from_value(case.manifest["metrics"].clone()).unwrap();
-        assert_eq!(per_class_table(&names, &m.iou_f32(), &m.acc_f32()), expected.trim_end_matches('\n'), "{}", case.name);
+        assert_eq!(
+            per_class_table(&names, &m.iou_f32(), &m.acc_f32()),
+            expected.trim_end_matches('\n'),
+            "{}",
+            case.name
+        );
         seen += 1;
     }
     assert!(seen >= 2);
@@ -274,7 +303,8 @@ fn random_images(seed: u64, n: usize, count: usize) -> Vec<(Array2<i64>, Array2<
 }
 
 fn totals_of(images: &[(Array2<i64>, Array2<u8>)], n: usize) -> AreaTotals {
-    let per: Vec<AreaTotals> = images.iter().map(|(p, l)| intersect_and_union(p.view(), l.view(), n, 255).unwrap()).collect();
+    let per: Vec<AreaTotals> =
+        images.iter().map(|(p, l)| intersect_and_union(p.view(), l.view(), n, 255).unwrap()).collect();
     AreaTotals::sum(n, &per).unwrap()
 }
 

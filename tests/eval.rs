@@ -73,7 +73,15 @@ fn one_run_reproduces_mmsegmentation_metrics() {
     if image::jpeg_decoder_is_exact() {
         // Bit-exact decoding: the totals and summary numbers are MMSegmentation's.
         let exp = expected_metrics("pipeline-ade-tiny");
-        for k in ["aAcc", "mIoU", "mAcc", "total_area_intersect", "total_area_union", "total_area_pred_label", "total_area_label"] {
+        for k in [
+            "aAcc",
+            "mIoU",
+            "mAcc",
+            "total_area_intersect",
+            "total_area_union",
+            "total_area_pred_label",
+            "total_area_label",
+        ] {
             assert_eq!(r.json["metrics"][k], exp[k], "{k}");
         }
     }
@@ -110,7 +118,7 @@ fn resumed_run_gives_the_same_totals_as_one_run() {
     assert!(part.metrics_path.is_none());
     let rpath = eval::results_path(&dir, None);
     assert_eq!(eval::count_lines(&rpath).unwrap(), 3); // header + 2 images
-    // ... in the middle of writing the third line.
+                                                       // ... in the middle of writing the third line.
     let mut text = std::fs::read_to_string(&rpath).unwrap();
     text.push_str("{\"index\":2,\"stem\":\"ade_0003\",\"shape\":[50,9");
     std::fs::write(&rpath, text).unwrap();
@@ -126,7 +134,8 @@ fn resumed_run_gives_the_same_totals_as_one_run() {
     assert_eq!(eval::count_lines(&rpath).unwrap(), 5);
 
     // Different settings must not be mixed into the same results file.
-    let other = eval::evaluate(&s.settings, s.model.as_ref(), &spec, json!({"case": "another"}), &opts(&dir)).unwrap_err();
+    let other =
+        eval::evaluate(&s.settings, s.model.as_ref(), &spec, json!({"case": "another"}), &opts(&dir)).unwrap_err();
     assert!(other.to_string().contains("different settings"), "{other}");
 }
 
@@ -218,7 +227,10 @@ fn image_too_small_for_the_crop_is_refused_naming_it() {
     let out = tmp("small-out");
     let e = eval::evaluate(&s.settings, s.model.as_ref(), &spec, s.identity.clone(), &opts(&out)).unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("zz_long.jpg") && msg.contains("51x256") && msg.contains("64x64 slide-inference crop"), "{msg}");
+    assert!(
+        msg.contains("zz_long.jpg") && msg.contains("51x256") && msg.contains("64x64 slide-inference crop"),
+        "{msg}"
+    );
     assert!(msg.contains("--skip-bad"), "{msg}");
     // The images before it are recorded: a rerun with --skip-bad in a fresh directory
     // evaluates the others and lists the refused one.
@@ -238,7 +250,10 @@ fn bad_dataset_files_are_reported_by_name() {
     // (entry, the file the error must name)
     let cases: Vec<(Entry, &str)> = vec![
         (("c_noann", png_rgb(64, 80), None), "c_noann.png"),
-        (("d_corrupt", b"\xff\xd8\xff\xe0 this is not really a JPEG".to_vec(), Some(png_label(64, 80))), "d_corrupt.jpg"),
+        (
+            ("d_corrupt", b"\xff\xd8\xff\xe0 this is not really a JPEG".to_vec(), Some(png_label(64, 80))),
+            "d_corrupt.jpg",
+        ),
         (("e_rgbann", png_rgb(64, 80), Some(png_rgb(64, 80))), "e_rgbann.png"),
         (("f_size", png_rgb(64, 80), Some(png_label(60, 80))), "f_size.png"),
         (("g_text", b"hello".to_vec(), Some(png_label(64, 80))), "g_text.jpg"),
@@ -260,12 +275,20 @@ fn bad_dataset_files_are_reported_by_name() {
     let root = dataset_with("bad-all", &extra);
     let out = tmp("bad-all-out");
     let o = RunOptions { skip_bad: true, ..opts(&out) };
-    let r = eval::evaluate(&s.settings, s.model.as_ref(), &DatasetSpec::ade20k_val(&root), s.identity.clone(), &o).unwrap();
+    let r =
+        eval::evaluate(&s.settings, s.model.as_ref(), &DatasetSpec::ade20k_val(&root), s.identity.clone(), &o).unwrap();
     assert_eq!(r.evaluated, 2);
     let skipped: Vec<&str> = r.skipped.iter().map(|x| x.stem.as_str()).collect();
     assert_eq!(skipped, vec!["c_noann", "d_corrupt", "e_rgbann", "f_size", "g_text"]);
     let good = dataset_with("good-only", &[]);
-    let g = eval::evaluate(&s.settings, s.model.as_ref(), &DatasetSpec::ade20k_val(&good), s.identity.clone(), &opts(&tmp("good-out"))).unwrap();
+    let g = eval::evaluate(
+        &s.settings,
+        s.model.as_ref(),
+        &DatasetSpec::ade20k_val(&good),
+        s.identity.clone(),
+        &opts(&tmp("good-out")),
+    )
+    .unwrap();
     assert_eq!(r.totals, g.totals);
 }
 

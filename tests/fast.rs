@@ -19,6 +19,7 @@ use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use serde_json::{json, Value};
 
+use beit_seg::array::AnyArray;
 use beit_seg::config::SegmentorConfig;
 use beit_seg::conformance::case::{discover, Case, Dtype, Tolerance};
 use beit_seg::conformance::compare::{compare_floats, compare_labels, Status};
@@ -27,7 +28,7 @@ use beit_seg::conformance::{run_case, Backend, SegmentorRequest, VerifyOptions};
 use beit_seg::fast::{self, Ctx, FastSegmentor, Precision, TchBackend};
 use beit_seg::reference::segmentor::EncoderDecoder;
 use beit_seg::reference::Recorder;
-use beit_seg::weights::{AnyArray, WeightStore};
+use beit_seg::weights::WeightStore;
 use tch::Device;
 
 fn fixtures() -> PathBuf {
@@ -58,7 +59,15 @@ fn verify_tch_cpu_passes_every_bundled_segmentor_case_with_full_coverage() {
                 .tensors
                 .iter()
                 .filter(|t| t.status != Status::Pass)
-                .map(|t| format!("  {} {:?}: max_abs {:e} {}", t.name, t.status, t.max_abs, t.note.clone().unwrap_or_default()))
+                .map(|t| {
+                    format!(
+                        "  {} {:?}: max_abs {:e} {}",
+                        t.name,
+                        t.status,
+                        t.max_abs,
+                        t.note.clone().unwrap_or_default()
+                    )
+                })
                 .collect();
             failures.push(format!("{}: {:?} {}\n{}", c.name, r.status, r.message.unwrap_or_default(), bad.join("\n")));
         }
@@ -72,7 +81,7 @@ fn verify_tch_cpu_passes_every_bundled_segmentor_case_with_full_coverage() {
 fn weight_problems_are_reported_like_the_reference() {
     let c = Case::load(&fixtures().join("tiny-whole")).unwrap();
     let cfg = SegmentorConfig::from_value(&c.manifest["model"]).unwrap();
-    let mut weights = beit_seg::weights::read_npz(&c.file_field("weights").unwrap()).unwrap();
+    let mut weights = beit_seg::array::read_npz(&c.file_field("weights").unwrap()).unwrap();
     // Drop one key, reshape another, add an unknown one.
     weights.retain(|(k, _)| k != "backbone.layers.1.gamma_2");
     for (k, a) in weights.iter_mut() {
@@ -81,10 +90,20 @@ fn weight_problems_are_reported_like_the_reference() {
         }
     }
     weights.push(("backbone.extra".into(), AnyArray::F32(ArrayD::zeros(IxDyn(&[2])))));
-    let want = EncoderDecoder::<f32>::load(&cfg, WeightStore::from_arrays(weights.clone())).err().expect("reference rejects").to_string();
-    let got = FastSegmentor::load(&cfg, weights, Ctx::new(Device::Cpu, Precision::Fp32)).err().expect("tch rejects").to_string();
+    let want = EncoderDecoder::<f32>::load(&cfg, WeightStore::from_arrays(weights.clone()))
+        .err()
+        .expect("reference rejects")
+        .to_string();
+    let got = FastSegmentor::load(&cfg, weights, Ctx::new(Device::Cpu, Precision::Fp32))
+        .err()
+        .expect("tch rejects")
+        .to_string();
     assert_eq!(got, want);
-    for needle in ["missing: `backbone.layers.1.gamma_2`", "wrong shape: `decode_head.conv_seg.bias`", "unexpected: `backbone.extra`"] {
+    for needle in [
+        "missing: `backbone.layers.1.gamma_2`",
+        "wrong shape: `decode_head.conv_seg.bias`",
+        "unexpected: `backbone.extra`",
+    ] {
         assert!(got.contains(needle), "{needle} not in {got}");
     }
 }
@@ -93,11 +112,17 @@ fn weight_problems_are_reported_like_the_reference() {
 fn a_wrong_patch_grid_is_an_error_not_a_panic() {
     let c = Case::load(&fixtures().join("tiny-whole")).unwrap();
     let cfg = SegmentorConfig::from_value(&c.manifest["model"]).unwrap();
-    let weights = beit_seg::weights::read_npz(&c.file_field("weights").unwrap()).unwrap();
+    let weights = beit_seg::array::read_npz(&c.file_field("weights").unwrap()).unwrap();
     let backend = TchBackend::new(Device::Cpu, Precision::Fp32).unwrap();
     let inputs = AnyArray::F32(ArrayD::zeros(IxDyn(&[1, 3, 64, 64])));
     let err = backend
-        .run_segmentor(SegmentorRequest { model: &cfg, weights, inputs, dtype: Dtype::F32, wanted: vec!["seg_logits".into()] })
+        .run_segmentor(SegmentorRequest {
+            model: &cfg,
+            weights,
+            inputs,
+            dtype: Dtype::F32,
+            wanted: vec!["seg_logits".into()],
+        })
         .expect_err("a 4x4 grid on a 6x8 window fails")
         .to_string();
     assert!(err.contains("patch grid"), "{err}");
@@ -119,8 +144,8 @@ fn cuda_without_a_gpu_is_a_clear_error() {
 fn half_precisions_run_and_stay_close_to_fp32() {
     let c = Case::load(&fixtures().join("tiny-whole")).unwrap();
     let cfg = SegmentorConfig::from_value(&c.manifest["model"]).unwrap();
-    let weights = beit_seg::weights::read_npz(&c.file_field("weights").unwrap()).unwrap();
-    let inputs = beit_seg::weights::read_npy(&c.input_file("inputs").unwrap()).unwrap();
+    let weights = beit_seg::array::read_npz(&c.file_field("weights").unwrap()).unwrap();
+    let inputs = beit_seg::array::read_npy(&c.input_file("inputs").unwrap()).unwrap();
     let img = fast::from_any_array(&inputs, tch::Kind::Float, Device::Cpu).unwrap();
     let run = |p: Precision| {
         let m = FastSegmentor::load(&cfg, weights.clone(), Ctx::new(Device::Cpu, p)).unwrap();
@@ -145,8 +170,8 @@ fn eval_model_matches_the_reference_model() {
     use beit_seg::fast::eval::TchModel;
     let c = Case::load(&fixtures().join("slide-b2")).unwrap();
     let cfg = SegmentorConfig::from_value(&c.manifest["model"]).unwrap();
-    let weights = beit_seg::weights::read_npz(&c.file_field("weights").unwrap()).unwrap();
-    let inputs = beit_seg::weights::read_npy(&c.input_file("inputs").unwrap()).unwrap();
+    let weights = beit_seg::array::read_npz(&c.file_field("weights").unwrap()).unwrap();
+    let inputs = beit_seg::array::read_npy(&c.input_file("inputs").unwrap()).unwrap();
     let x: ndarray::Array4<f32> = inputs.to_float::<f32>().unwrap().into_dimensionality().unwrap();
     let x = x.slice(ndarray::s![0..1, .., .., ..]).to_owned();
     let tch_model = TchModel::load(&cfg, weights.clone(), Device::Cpu, Precision::Fp32).unwrap();
@@ -191,7 +216,8 @@ fn model() -> impl Strategy<Value = Model> {
     );
     let neck = prop::option::of(any::<bool>()); // Some(quarter rescales?) or no neck
     let head = (prop::sample::subsequence(vec![1usize, 2, 3, 6], 1..=3), 3usize..=6, 2usize..=4, any::<bool>());
-    let aux = prop::option::of((0usize..=2, any::<bool>(), prop::sample::select(vec![1usize, 3]), 1usize..=2, -2i64..=-1));
+    let aux =
+        prop::option::of((0usize..=2, any::<bool>(), prop::sample::select(vec![1usize, 3]), 1usize..=2, -2i64..=-1));
     let test = (prop::option::of((1usize..=40, 1usize..=40)), 0usize..=20, 0usize..=20);
     (backbone, neck, head, aux, test, 1usize..=2, any::<u64>()).prop_map(
         |((embed, heads, mlp, num_fcs, (qv_bias, final_norm, patch_norm), in_ch), neck, (pool, channels, classes, align), aux, (slide, eh, ew), batch, seed)| {
@@ -244,7 +270,8 @@ fn model() -> impl Strategy<Value = Model> {
 
 impl Model {
     fn config(&self) -> SegmentorConfig {
-        SegmentorConfig::from_value(&self.model).unwrap_or_else(|e| panic!("generated config invalid: {e}\n{}", self.model))
+        SegmentorConfig::from_value(&self.model)
+            .unwrap_or_else(|e| panic!("generated config invalid: {e}\n{}", self.model))
     }
 
     /// Random weights for every parameter (the fixture generator's scales), as f64 arrays.
@@ -258,7 +285,8 @@ impl Model {
                     rng.array(&shape, 0.5, 2.0)
                 } else if shape.len() == 1 && k.ends_with(".weight") {
                     rng.array(&shape, 0.5, 1.5)
-                } else if shape.len() >= 2 && !k.ends_with("relative_position_bias_table") && !k.ends_with("cls_token") {
+                } else if shape.len() >= 2 && !k.ends_with("relative_position_bias_table") && !k.ends_with("cls_token")
+                {
                     let s = (3.0 / fan_in as f64).sqrt();
                     rng.array(&shape, -s, s)
                 } else {
@@ -317,7 +345,14 @@ fn differential(m: &Model, precision: Precision, tol: Tolerance) -> Result<(), T
     for (name, want) in &ref_floats {
         let got = fast::to_f64_array(&rec.tensors[name]).unwrap();
         let r = compare_floats(name, &got, want, tol);
-        prop_assert!(r.status == Status::Pass, "{}: max_abs {:e}, {} violations, {:?}", name, r.max_abs, r.violations, r.note);
+        prop_assert!(
+            r.status == Status::Pass,
+            "{}: max_abs {:e}, {} violations, {:?}",
+            name,
+            r.max_abs,
+            r.violations,
+            r.note
+        );
     }
     for (name, want) in &ref_ints {
         let got = fast::to_i64_array(&rec.tensors[name]).unwrap();

@@ -15,12 +15,13 @@ use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use serde_json::json;
 
+use beit_seg::array::AnyArray;
 use beit_seg::config::{BeitConfig, SegmentorConfig};
 use beit_seg::reference::beit::{relative_position_index, BeitAttention};
 use beit_seg::reference::ops;
 use beit_seg::reference::segmentor::EncoderDecoder;
 use beit_seg::reference::Recorder;
-use beit_seg::weights::{AnyArray, WeightStore};
+use beit_seg::weights::WeightStore;
 
 // ------------------------------------------------------------------------------- helpers
 
@@ -92,22 +93,18 @@ fn conv_axis() -> impl Strategy<Value = (usize, usize, usize, usize, usize)> {
 /// One axis of a transposed convolution: (kernel, stride, padding, input length) with a
 /// positive output length `(n - 1)·s - 2p + k`.
 fn conv_t_axis() -> impl Strategy<Value = (usize, usize, usize, usize)> {
-    (1usize..=4, 1usize..=3)
-        .prop_flat_map(|(k, s)| (Just(k), Just(s), 0usize..=k))
-        .prop_flat_map(|(k, s, p)| {
-            let nmin = if k > 2 * p { 1 } else { (2 * p - k) / s + 2 };
-            (Just(k), Just(s), Just(p), nmin..=nmin + 4)
-        })
+    (1usize..=4, 1usize..=3).prop_flat_map(|(k, s)| (Just(k), Just(s), 0usize..=k)).prop_flat_map(|(k, s, p)| {
+        let nmin = if k > 2 * p { 1 } else { (2 * p - k) / s + 2 };
+        (Just(k), Just(s), Just(p), nmin..=nmin + 4)
+    })
 }
 
 /// One axis of a max pool: (kernel, stride, padding ≤ k/2, input length ≥ k - 2p).
 fn pool_axis() -> impl Strategy<Value = (usize, usize, usize, usize)> {
-    (1usize..=4, 1usize..=3)
-        .prop_flat_map(|(k, s)| (Just(k), Just(s), 0usize..=k / 2))
-        .prop_flat_map(|(k, s, p)| {
-            let nmin = k.saturating_sub(2 * p).max(1);
-            (Just(k), Just(s), Just(p), nmin..=nmin + 6)
-        })
+    (1usize..=4, 1usize..=3).prop_flat_map(|(k, s)| (Just(k), Just(s), 0usize..=k / 2)).prop_flat_map(|(k, s, p)| {
+        let nmin = k.saturating_sub(2 * p).max(1);
+        (Just(k), Just(s), Just(p), nmin..=nmin + 6)
+    })
 }
 
 /// Direct 6-loop convolution (`torch.nn.functional.conv2d`, groups = 1, zero padding).
@@ -133,10 +130,8 @@ fn naive_conv2d(
                     for c in 0..cin {
                         for u in 0..kh {
                             for v in 0..kw {
-                                let ih =
-                                    (i * stride.0 + u * dilation.0) as isize - padding.0 as isize;
-                                let iw =
-                                    (j * stride.1 + v * dilation.1) as isize - padding.1 as isize;
+                                let ih = (i * stride.0 + u * dilation.0) as isize - padding.0 as isize;
+                                let iw = (j * stride.1 + v * dilation.1) as isize - padding.1 as isize;
                                 if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < wd {
                                     acc += w[[o, c, u, v]] * x[[n, c, ih as usize, iw as usize]];
                                 }
@@ -157,9 +152,7 @@ fn naive_conv2d(
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
         cases,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "proptest-regressions/properties.txt",
-        ))),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/properties.txt"))),
         ..ProptestConfig::default()
     }
 }
@@ -544,38 +537,21 @@ fn attention_store(cfg: &BeitConfig, seed: u64, zero_table: bool) -> WeightStore
 }
 
 /// A window, embed dims divisible by the heads, a batch, and a permutation of the patch tokens.
-fn attention_case(
-) -> impl Strategy<Value = ((usize, usize), usize, usize, usize, bool, Vec<usize>, u64)> {
-    (
-        1usize..=4,
-        1usize..=4,
-        1usize..=4,
-        1usize..=4,
-        1usize..=2,
-        any::<bool>(),
-        any::<u64>(),
-    )
-        .prop_flat_map(|(wh, ww, heads, head_dim, batch, qv, seed)| {
+fn attention_case() -> impl Strategy<Value = ((usize, usize), usize, usize, usize, bool, Vec<usize>, u64)> {
+    (1usize..=4, 1usize..=4, 1usize..=4, 1usize..=4, 1usize..=2, any::<bool>(), any::<u64>()).prop_flat_map(
+        |(wh, ww, heads, head_dim, batch, qv, seed)| {
             let n = wh * ww;
             let perm = Just((1..=n).collect::<Vec<usize>>()).prop_shuffle();
-            (
-                Just((wh, ww)),
-                Just(heads * head_dim),
-                Just(heads),
-                Just(batch),
-                Just(qv),
-                perm,
-                Just(seed),
-            )
-        })
+            (Just((wh, ww)), Just(heads * head_dim), Just(heads), Just(batch), Just(qv), perm, Just(seed))
+        },
+    )
 }
 
 /// `x` with its patch tokens reordered: `out[:, 1 + i] = x[:, perm[i]]`, `out[:, 0] = x[:, 0]`.
 fn permute_tokens(x: &Array3<f64>, perm: &[usize]) -> Array3<f64> {
     let mut out = x.clone();
     for (i, &p) in perm.iter().enumerate() {
-        out.slice_mut(s![.., 1 + i, ..])
-            .assign(&x.slice(s![.., p, ..]));
+        out.slice_mut(s![.., 1 + i, ..]).assign(&x.slice(s![.., p, ..]));
     }
     out
 }
@@ -691,8 +667,7 @@ impl TinyModel {
                 (k, AnyArray::F64(a))
             })
             .collect();
-        EncoderDecoder::load(&cfg, WeightStore::from_arrays(arrays))
-            .expect("random weights fit the config")
+        EncoderDecoder::load(&cfg, WeightStore::from_arrays(arrays)).expect("random weights fit the config")
     }
 }
 
@@ -710,20 +685,8 @@ fn tiny_model() -> impl Strategy<Value = TinyModel> {
         any::<bool>(),
         any::<u64>(),
     )
-        .prop_map(
-            |(
-                embed,
-                layers,
-                heads,
-                ih,
-                iw,
-                channels,
-                classes,
-                align_corners,
-                qv_bias,
-                final_norm,
-                seed,
-            )| TinyModel {
+        .prop_map(|(embed, layers, heads, ih, iw, channels, classes, align_corners, qv_bias, final_norm, seed)| {
+            TinyModel {
                 embed,
                 layers,
                 heads,
@@ -734,8 +697,8 @@ fn tiny_model() -> impl Strategy<Value = TinyModel> {
                 qv_bias,
                 final_norm,
                 seed,
-            },
-        )
+            }
+        })
 }
 
 proptest! {

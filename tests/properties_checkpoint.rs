@@ -17,13 +17,13 @@ use ndarray::{Array2, ArrayD, IxDyn};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
+use beit_seg::array::AnyArray;
 use beit_seg::checkpoint::half::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 use beit_seg::checkpoint::relpos::{geometric_ratio, source_grid, table_rows, target_grid, EXTRA_ROWS};
 use beit_seg::checkpoint::{
-    convert, detect_dialect, read_any, resize_rel_pos_table, write_any, write_npz, write_pth, write_safetensors, CheckpointError, ConvertOptions, Dialect,
-    ReadOptions, StoreDtype, WriteOptions,
+    convert, detect_dialect, read_any, resize_rel_pos_table, write_any, write_npz, write_pth, write_safetensors,
+    CheckpointError, ConvertOptions, Dialect, ReadOptions, StoreDtype, WriteOptions,
 };
-use beit_seg::weights::AnyArray;
 
 // ------------------------------------------------------------------------------- helpers
 
@@ -63,7 +63,9 @@ impl Rng {
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
         cases,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/properties_checkpoint.txt"))),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/properties_checkpoint.txt",
+        ))),
         ..ProptestConfig::default()
     }
 }
@@ -75,7 +77,11 @@ impl TmpDir {
     fn new(tag: &str) -> Self {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static N: AtomicUsize = AtomicUsize::new(0);
-        let d = std::env::temp_dir().join(format!("beit-seg-pckpt-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let d = std::env::temp_dir().join(format!(
+            "beit-seg-pckpt-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         TmpDir(d)
@@ -85,7 +91,10 @@ impl TmpDir {
     }
     /// The names of the directory's entries, sorted.
     fn entries(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         v.sort();
         v
     }
@@ -123,7 +132,13 @@ fn describe(a: &AnyArray) -> String {
         AnyArray::U8(x) => x.iter().take(6).map(|v| v.to_string()).collect(),
         AnyArray::Bool(x) => x.iter().take(6).map(|v| v.to_string()).collect(),
     };
-    format!("{} {:?} ({n} elements) [{}{}]", a.dtype_name(), a.shape(), head.join(", "), if n > 6 { ", ..." } else { "" })
+    format!(
+        "{} {:?} ({n} elements) [{}{}]",
+        a.dtype_name(),
+        a.shape(),
+        head.join(", "),
+        if n > 6 { ", ..." } else { "" }
+    )
 }
 
 /// Two state dicts are equal: the same keys in the same order, tensors bit-equal.
@@ -311,7 +326,8 @@ struct TensorSpec {
 }
 
 fn tensor_spec() -> impl Strategy<Value = TensorSpec> {
-    (0usize..6, proptest::collection::vec(0usize..=3, 0..=4), any::<bool>()).prop_map(|(dtype, shape, fortran)| TensorSpec { dtype, shape, fortran })
+    (0usize..6, proptest::collection::vec(0usize..=3, 0..=4), any::<bool>())
+        .prop_map(|(dtype, shape, fortran)| TensorSpec { dtype, shape, fortran })
 }
 
 fn make_tensor(spec: &TensorSpec, rng: &mut Rng) -> AnyArray {
@@ -344,12 +360,14 @@ fn key_name() -> impl Strategy<Value = String> {
 
 /// A random state dict of up to 6 tensors, in random order.
 fn state_dict() -> impl Strategy<Value = Vec<(String, AnyArray)>> {
-    (proptest::collection::btree_set(key_name(), 0..=6), proptest::collection::vec(tensor_spec(), 6), any::<u64>()).prop_map(|(keys, specs, seed)| {
-        let mut rng = Rng::new(seed);
-        let mut sd: Vec<(String, AnyArray)> = keys.into_iter().zip(&specs).map(|(k, s)| (k, make_tensor(s, &mut rng))).collect();
-        rng.shuffle(&mut sd);
-        sd
-    })
+    (proptest::collection::btree_set(key_name(), 0..=6), proptest::collection::vec(tensor_spec(), 6), any::<u64>())
+        .prop_map(|(keys, specs, seed)| {
+            let mut rng = Rng::new(seed);
+            let mut sd: Vec<(String, AnyArray)> =
+                keys.into_iter().zip(&specs).map(|(k, s)| (k, make_tensor(s, &mut rng))).collect();
+            rng.shuffle(&mut sd);
+            sd
+        })
 }
 
 /// What a float16 / bfloat16 store and a widened read must give: floats rounded once (float64
@@ -441,7 +459,8 @@ fn writers_refuse_to_overwrite_without_force_and_leave_no_temporary_files() {
         ("a.b".into(), make_tensor(&TensorSpec { dtype: 0, shape: vec![2, 3], fortran: false }, &mut rng)),
         ("c".into(), make_tensor(&TensorSpec { dtype: 2, shape: vec![], fortran: false }, &mut rng)),
     ];
-    let second: Vec<(String, AnyArray)> = vec![("z".into(), make_tensor(&TensorSpec { dtype: 1, shape: vec![3, 2], fortran: true }, &mut rng))];
+    let second: Vec<(String, AnyArray)> =
+        vec![("z".into(), make_tensor(&TensorSpec { dtype: 1, shape: vec![3, 2], fortran: true }, &mut rng))];
     for ext in FORMATS {
         let p = dir.join(&format!("x.{ext}"));
         write_any(&p, &first, WriteOptions::default()).unwrap();
@@ -533,15 +552,17 @@ struct Backbone {
 }
 
 fn backbone() -> impl Strategy<Value = Backbone> {
-    (1usize..=4, 1usize..=3, 1usize..=4, 2usize..=4, 1usize..=3, any::<bool>(), any::<u64>()).prop_map(|(depth, heads, head_dim, window, patch, final_norm, seed)| Backbone {
-        depth,
-        heads,
-        head_dim,
-        window,
-        patch,
-        final_norm,
-        seed,
-    })
+    (1usize..=4, 1usize..=3, 1usize..=4, 2usize..=4, 1usize..=3, any::<bool>(), any::<u64>()).prop_map(
+        |(depth, heads, head_dim, window, patch, final_norm, seed)| Backbone {
+            depth,
+            heads,
+            head_dim,
+            window,
+            patch,
+            final_norm,
+            seed,
+        },
+    )
 }
 
 /// Random float tensor (float32 or float64, any bit pattern), distinct from every other one.
@@ -601,7 +622,10 @@ fn mmseg_neck_and_heads(b: &Backbone, rng: &mut Rng) -> Vec<(String, AnyArray)> 
         ("neck.upsample_4x.1.bias".into(), rand_float(rng, &[c])),
         ("neck.upsample_4x.1.running_mean".into(), rand_float(rng, &[c])),
         ("neck.upsample_4x.1.running_var".into(), rand_float(rng, &[c])),
-        ("neck.upsample_4x.1.num_batches_tracked".into(), AnyArray::I64(ArrayD::from_elem(IxDyn(&[]), rng.next_u64() as i64))),
+        (
+            "neck.upsample_4x.1.num_batches_tracked".into(),
+            AnyArray::I64(ArrayD::from_elem(IxDyn(&[]), rng.next_u64() as i64)),
+        ),
         ("neck.upsample_4x.3.weight".into(), rand_float(rng, &[c, c, 2, 2])),
         ("neck.upsample_4x.3.bias".into(), rand_float(rng, &[c])),
         ("neck.upsample_2x.0.weight".into(), rand_float(rng, &[c, c, 2, 2])),
@@ -626,7 +650,10 @@ fn mmseg_neck_and_heads(b: &Backbone, rng: &mut Rng) -> Vec<(String, AnyArray)> 
         }
     }
     if rng.below(2) == 0 {
-        sd.push(("decode_head.bottleneck.bn.num_batches_tracked".into(), AnyArray::I64(ArrayD::from_elem(IxDyn(&[]), 0))));
+        sd.push((
+            "decode_head.bottleneck.bn.num_batches_tracked".into(),
+            AnyArray::I64(ArrayD::from_elem(IxDyn(&[]), 0)),
+        ));
     }
     sd
 }
@@ -642,8 +669,12 @@ fn official_key(k: &str) -> String {
     }
     if let Some(rest) = k.strip_prefix("layers.") {
         let (n, rest) = rest.split_once('.').unwrap();
-        let renames = [("ln1.", "norm1."), ("ln2.", "norm2."), ("ffn.layers.0.0.", "mlp.fc1."), ("ffn.layers.1.", "mlp.fc2.")];
-        let rest = renames.iter().find_map(|(from, to)| rest.strip_prefix(from).map(|r| format!("{to}{r}"))).unwrap_or_else(|| rest.to_string());
+        let renames =
+            [("ln1.", "norm1."), ("ln2.", "norm2."), ("ffn.layers.0.0.", "mlp.fc1."), ("ffn.layers.1.", "mlp.fc2.")];
+        let rest = renames
+            .iter()
+            .find_map(|(from, to)| rest.strip_prefix(from).map(|r| format!("{to}{r}")))
+            .unwrap_or_else(|| rest.to_string());
         return format!("blocks.{n}.{rest}");
     }
     k.to_string()
@@ -734,12 +765,14 @@ struct Messy {
 }
 
 fn messy() -> impl Strategy<Value = Messy> {
-    (backbone(), 0usize..5, any::<u16>(), any::<bool>(), any::<bool>()).prop_map(|(b, dialect, extras, keep_norm, ddp)| Messy { b, dialect, extras, keep_norm, ddp })
+    (backbone(), 0usize..5, any::<u16>(), any::<bool>(), any::<bool>())
+        .prop_map(|(b, dialect, extras, keep_norm, ddp)| Messy { b, dialect, extras, keep_norm, ddp })
 }
 
 impl Messy {
     fn expected_dialect(&self) -> Dialect {
-        [Dialect::BeitOfficial, Dialect::BeitPretrainShared, Dialect::UnilmAde, Dialect::Mmseg, Dialect::Mmseg][self.dialect]
+        [Dialect::BeitOfficial, Dialect::BeitPretrainShared, Dialect::UnilmAde, Dialect::Mmseg, Dialect::Mmseg]
+            [self.dialect]
     }
 
     fn build(&self) -> Vec<(String, AnyArray)> {
@@ -766,7 +799,10 @@ impl Messy {
         if self.dialect == 1 {
             // Pretraining: one shared table instead of per-block ones.
             sd.retain(|(k, _)| !k.ends_with(".attn.relative_position_bias_table"));
-            sd.push(("rel_pos_bias.relative_position_bias_table".into(), rand_float(&mut rng, &[table_rows((b.window, b.window)), b.heads])));
+            sd.push((
+                "rel_pos_bias.relative_position_bias_table".into(),
+                rand_float(&mut rng, &[table_rows((b.window, b.window)), b.heads]),
+            ));
             if has(0) {
                 sd.push(("rel_pos_bias.relative_position_index".into(), index(&mut rng)));
             }

@@ -33,7 +33,7 @@ use ndarray::Axis;
 
 use super::relpos::resize_rel_pos_any;
 use super::CheckpointError;
-use crate::weights::AnyArray;
+use crate::array::AnyArray;
 
 /// A checkpoint naming convention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,8 @@ pub enum Dialect {
 }
 
 impl Dialect {
-    pub const ALL: [Dialect; 5] = [Dialect::BeitOfficial, Dialect::BeitPretrainShared, Dialect::UnilmAde, Dialect::Hf, Dialect::Mmseg];
+    pub const ALL: [Dialect; 5] =
+        [Dialect::BeitOfficial, Dialect::BeitPretrainShared, Dialect::UnilmAde, Dialect::Hf, Dialect::Mmseg];
 
     /// The dialect's name: `beit-official`, `beit-pretrain-shared`, `unilm-ade`, `hf`, `mmseg`.
     pub fn name(self) -> &'static str {
@@ -130,7 +131,8 @@ pub fn detect_dialect<'a>(keys: impl IntoIterator<Item = &'a str>) -> Result<Dia
     if any(&|k| k.starts_with("beit.encoder.") || k.starts_with("beit.embeddings.")) {
         return Ok(Dialect::Hf);
     }
-    if any(&|k| k.starts_with("backbone.blocks.") || k.starts_with("backbone.fpn1.") || k.starts_with("backbone.fpn2.")) {
+    if any(&|k| k.starts_with("backbone.blocks.") || k.starts_with("backbone.fpn1.") || k.starts_with("backbone.fpn2."))
+    {
         return Ok(Dialect::UnilmAde);
     }
     if any(&|k| layer_index(k, "blocks.").is_some() || k.starts_with("patch_embed.proj.")) {
@@ -223,7 +225,10 @@ impl Out {
 
 /// Converts a state dict to MMSegmentation names (module docs). Returns the converted tensors in
 /// source order and a report of every rename, drop and resize.
-pub fn convert(state: Vec<(String, AnyArray)>, opts: &ConvertOptions) -> Result<(Vec<(String, AnyArray)>, ConversionReport), CheckpointError> {
+pub fn convert(
+    state: Vec<(String, AnyArray)>,
+    opts: &ConvertOptions,
+) -> Result<(Vec<(String, AnyArray)>, ConversionReport), CheckpointError> {
     let mut notes = Vec::new();
     let mut state = state;
     {
@@ -286,10 +291,18 @@ pub fn convert(state: Vec<(String, AnyArray)>, opts: &ConvertOptions) -> Result<
 
 /// UNILM dialects. `prefix` is `""` (backbone-relative keys) or `"backbone."` (ADE20K fine-tunes,
 /// whose other keys are the neck's `backbone.fpn*` and mmseg-named heads).
-fn convert_unilm(state: Vec<(String, AnyArray)>, opts: &ConvertOptions, out: &mut Out, prefix: &str) -> Result<(), CheckpointError> {
-    let layers: BTreeSet<usize> = state.iter().filter_map(|(k, _)| layer_index(k, &format!("{prefix}blocks."))).collect();
+fn convert_unilm(
+    state: Vec<(String, AnyArray)>,
+    opts: &ConvertOptions,
+    out: &mut Out,
+    prefix: &str,
+) -> Result<(), CheckpointError> {
+    let layers: BTreeSet<usize> =
+        state.iter().filter_map(|(k, _)| layer_index(k, &format!("{prefix}blocks."))).collect();
     let shared_key = format!("{prefix}rel_pos_bias.relative_position_bias_table");
-    let per_block = state.iter().any(|(k, _)| k.starts_with(&format!("{prefix}blocks.")) && k.ends_with(".attn.relative_position_bias_table"));
+    let per_block = state
+        .iter()
+        .any(|(k, _)| k.starts_with(&format!("{prefix}blocks.")) && k.ends_with(".attn.relative_position_bias_table"));
     let mut saw_patch_embed = false;
     let mut unknown = Vec::new();
     for (k, a) in state {
@@ -327,9 +340,10 @@ fn convert_unilm(state: Vec<(String, AnyArray)>, opts: &ConvertOptions, out: &mu
                 out.report.renamed.push((k.clone(), to.clone()));
                 out.tensors.push((to, a.clone()));
             }
-            out.report
-                .notes
-                .push(format!("copied the shared `{k}` into each of the {} layers (as UNILM's loaders do; beit2mmseg ignores it)", layers.len()));
+            out.report.notes.push(format!(
+                "copied the shared `{k}` into each of the {} layers (as UNILM's loaders do; beit2mmseg ignores it)",
+                layers.len()
+            ));
             continue;
         }
         if let Some(why) = unilm_drop_reason(inner, opts.final_norm) {
@@ -357,7 +371,9 @@ fn convert_unilm(state: Vec<(String, AnyArray)>, opts: &ConvertOptions, out: &mu
         );
     }
     if !unknown.is_empty() {
-        out.report.notes.push(format!("kept unchanged (not BEiT parameters this converter knows): {}", unknown.join(", ")));
+        out.report
+            .notes
+            .push(format!("kept unchanged (not BEiT parameters this converter knows): {}", unknown.join(", ")));
     }
     Ok(())
 }
@@ -393,10 +409,14 @@ fn concat0(parts: &[&AnyArray], what: &str) -> Result<AnyArray, CheckpointError>
 /// Hugging Face transformers' BEiT names → mmseg.
 fn convert_hf(state: Vec<(String, AnyArray)>, opts: &ConvertOptions, out: &mut Out) -> Result<(), CheckpointError> {
     const L: &str = "beit.encoder.layer.";
-    let full = state.iter().any(|(k, _)| k.starts_with("fpn1.") || k.starts_with("fpn2.") || k.starts_with("decode_head."));
+    let full =
+        state.iter().any(|(k, _)| k.starts_with("fpn1.") || k.starts_with("fpn2.") || k.starts_with("decode_head."));
     let bb = if full { "backbone." } else { "" };
     if full {
-        out.report.notes.push("the checkpoint has neck/head weights: writing full segmentor names (`backbone.*`, `neck.*`, heads)".to_string());
+        out.report.notes.push(
+            "the checkpoint has neck/head weights: writing full segmentor names (`backbone.*`, `neck.*`, heads)"
+                .to_string(),
+        );
     }
     let layers: BTreeSet<usize> = state.iter().filter_map(|(k, _)| layer_index(k, L)).collect();
     let index: HashMap<String, usize> = state.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
@@ -404,15 +424,19 @@ fn convert_hf(state: Vec<(String, AnyArray)>, opts: &ConvertOptions, out: &mut O
     let mut unknown = Vec::new();
     // qkv first needs all three weights; look them up by name.
     let qkv_of = |i: usize| -> Result<(Vec<String>, AnyArray), CheckpointError> {
-        let names: Vec<String> = ["query", "key", "value"].iter().map(|p| format!("{L}{i}.attention.attention.{p}.weight")).collect();
+        let names: Vec<String> =
+            ["query", "key", "value"].iter().map(|p| format!("{L}{i}.attention.attention.{p}.weight")).collect();
         let mut parts = Vec::with_capacity(3);
         for n in &names {
-            let j = *index.get(n).ok_or_else(|| cerr(format!("layer {i}: `{n}` is missing (needed for qkv.weight)")))?;
+            let j =
+                *index.get(n).ok_or_else(|| cerr(format!("layer {i}: `{n}` is missing (needed for qkv.weight)")))?;
             parts.push(&state[j].1);
         }
         let shapes: Vec<&[usize]> = parts.iter().map(|p| p.shape()).collect();
         if shapes.iter().any(|s| s.len() != 2 || *s != shapes[0]) {
-            return Err(cerr(format!("layer {i}: query/key/value weights have shapes {shapes:?}, expected three equal (C, C)")));
+            return Err(cerr(format!(
+                "layer {i}: query/key/value weights have shapes {shapes:?}, expected three equal (C, C)"
+            )));
         }
         Ok((names, concat0(&parts, &format!("layer {i} qkv.weight"))?))
     };
@@ -427,9 +451,15 @@ fn convert_hf(state: Vec<(String, AnyArray)>, opts: &ConvertOptions, out: &mut O
         if let Some((i, rest)) = layer_split(k, L) {
             let lp = format!("{bb}layers.{i}.");
             let to = match rest {
-                "layernorm_before.weight" | "layernorm_before.bias" => format!("{lp}ln1.{}", &rest["layernorm_before.".len()..]),
-                "layernorm_after.weight" | "layernorm_after.bias" => format!("{lp}ln2.{}", &rest["layernorm_after.".len()..]),
-                "attention.attention.query.weight" | "attention.attention.key.weight" | "attention.attention.value.weight" => {
+                "layernorm_before.weight" | "layernorm_before.bias" => {
+                    format!("{lp}ln1.{}", &rest["layernorm_before.".len()..])
+                }
+                "layernorm_after.weight" | "layernorm_after.bias" => {
+                    format!("{lp}ln2.{}", &rest["layernorm_after.".len()..])
+                }
+                "attention.attention.query.weight"
+                | "attention.attention.key.weight"
+                | "attention.attention.value.weight" => {
                     let (names, qkv) = qkv_of(i)?;
                     let to = format!("{lp}attn.qkv.weight");
                     for n in &names {
@@ -446,19 +476,35 @@ fn convert_hf(state: Vec<(String, AnyArray)>, opts: &ConvertOptions, out: &mut O
                 "attention.attention.key.bias" => {
                     let max = a.to_f64().iter().fold(0.0f64, |m, v| m.max(v.abs()));
                     if max != 0.0 || max.is_nan() {
-                        return Err(cerr(format!("`{k}` is non-zero (max |b| = {max}): MMSegmentation's BEiT has no key bias")));
+                        return Err(cerr(format!(
+                            "`{k}` is non-zero (max |b| = {max}): MMSegmentation's BEiT has no key bias"
+                        )));
                     }
-                    dropped.push((k.clone(), "zero key bias: MMSegmentation's BEiT has no key bias (it is identically zero)".into()));
+                    dropped.push((
+                        k.clone(),
+                        "zero key bias: MMSegmentation's BEiT has no key bias (it is identically zero)".into(),
+                    ));
                     continue;
                 }
-                "attention.attention.relative_position_bias.relative_position_bias_table" => format!("{lp}attn.relative_position_bias_table"),
+                "attention.attention.relative_position_bias.relative_position_bias_table" => {
+                    format!("{lp}attn.relative_position_bias_table")
+                }
                 "attention.attention.relative_position_bias.relative_position_index" => {
-                    dropped.push((k.clone(), "derived buffer: MMSegmentation's BEiT builds its own relative_position_index".into()));
+                    dropped.push((
+                        k.clone(),
+                        "derived buffer: MMSegmentation's BEiT builds its own relative_position_index".into(),
+                    ));
                     continue;
                 }
-                "attention.output.dense.weight" | "attention.output.dense.bias" => format!("{lp}attn.proj.{}", &rest["attention.output.dense.".len()..]),
-                "intermediate.dense.weight" | "intermediate.dense.bias" => format!("{lp}ffn.layers.0.0.{}", &rest["intermediate.dense.".len()..]),
-                "output.dense.weight" | "output.dense.bias" => format!("{lp}ffn.layers.1.{}", &rest["output.dense.".len()..]),
+                "attention.output.dense.weight" | "attention.output.dense.bias" => {
+                    format!("{lp}attn.proj.{}", &rest["attention.output.dense.".len()..])
+                }
+                "intermediate.dense.weight" | "intermediate.dense.bias" => {
+                    format!("{lp}ffn.layers.0.0.{}", &rest["intermediate.dense.".len()..])
+                }
+                "output.dense.weight" | "output.dense.bias" => {
+                    format!("{lp}ffn.layers.1.{}", &rest["output.dense.".len()..])
+                }
                 "lambda_1" => format!("{lp}gamma_1"),
                 "lambda_2" => format!("{lp}gamma_2"),
                 _ => {
@@ -471,7 +517,8 @@ fn convert_hf(state: Vec<(String, AnyArray)>, opts: &ConvertOptions, out: &mut O
         }
         let to = match k.as_str() {
             "beit.embeddings.cls_token" => format!("{bb}cls_token"),
-            "beit.embeddings.patch_embeddings.projection.weight" | "beit.embeddings.patch_embeddings.projection.bias" => {
+            "beit.embeddings.patch_embeddings.projection.weight"
+            | "beit.embeddings.patch_embeddings.projection.bias" => {
                 format!("{bb}patch_embed.projection.{}", &k["beit.embeddings.patch_embeddings.projection.".len()..])
             }
             "beit.embeddings.mask_token" => {
@@ -479,12 +526,16 @@ fn convert_hf(state: Vec<(String, AnyArray)>, opts: &ConvertOptions, out: &mut O
                 continue;
             }
             "beit.embeddings.position_embeddings" => {
-                dropped.push((k.clone(), "absolute position embedding: MMSegmentation's BEiT has none (relative position bias only)".into()));
+                dropped.push((
+                    k.clone(),
+                    "absolute position embedding: MMSegmentation's BEiT has none (relative position bias only)".into(),
+                ));
                 continue;
             }
             "beit.encoder.relative_position_bias.relative_position_bias_table" => {
                 if layers.is_empty() {
-                    dropped.push((k.clone(), "shared relative position bias table, but no layers to copy it into".into()));
+                    dropped
+                        .push((k.clone(), "shared relative position bias table, but no layers to copy it into".into()));
                     continue;
                 }
                 for &i in &layers {
@@ -494,14 +545,20 @@ fn convert_hf(state: Vec<(String, AnyArray)>, opts: &ConvertOptions, out: &mut O
                 continue;
             }
             "beit.encoder.relative_position_bias.relative_position_index" => {
-                dropped.push((k.clone(), "derived buffer: MMSegmentation's BEiT builds its own relative_position_index".into()));
+                dropped.push((
+                    k.clone(),
+                    "derived buffer: MMSegmentation's BEiT builds its own relative_position_index".into(),
+                ));
                 continue;
             }
             "beit.layernorm.weight" | "beit.layernorm.bias" | "layernorm.weight" | "layernorm.bias" => {
                 if opts.final_norm {
                     format!("{bb}ln1.{}", k.rsplit('.').next().unwrap_or("weight"))
                 } else {
-                    dropped.push((k.clone(), "final norm: unused with final_norm=False (MMSegmentation's BEiT default)".into()));
+                    dropped.push((
+                        k.clone(),
+                        "final norm: unused with final_norm=False (MMSegmentation's BEiT default)".into(),
+                    ));
                     continue;
                 }
             }
@@ -519,8 +576,12 @@ fn convert_hf(state: Vec<(String, AnyArray)>, opts: &ConvertOptions, out: &mut O
             }
             _ if k.starts_with("fpn1.") => format!("neck.upsample_4x.{}", &k["fpn1.".len()..]),
             _ if k.starts_with("fpn2.") => format!("neck.upsample_2x.{}", &k["fpn2.".len()..]),
-            _ if k.starts_with("decode_head.classifier.") => format!("decode_head.conv_seg.{}", &k["decode_head.classifier.".len()..]),
-            _ if k.starts_with("auxiliary_head.classifier.") => format!("auxiliary_head.conv_seg.{}", &k["auxiliary_head.classifier.".len()..]),
+            _ if k.starts_with("decode_head.classifier.") => {
+                format!("decode_head.conv_seg.{}", &k["decode_head.classifier.".len()..])
+            }
+            _ if k.starts_with("auxiliary_head.classifier.") => {
+                format!("auxiliary_head.conv_seg.{}", &k["auxiliary_head.classifier.".len()..])
+            }
             _ if k.starts_with("decode_head.") || k.starts_with("auxiliary_head.") => k.clone(),
             _ => {
                 unknown.push(k.clone());
@@ -539,10 +600,14 @@ fn convert_hf(state: Vec<(String, AnyArray)>, opts: &ConvertOptions, out: &mut O
     out.report.renamed.extend(renamed_extra);
     out.report.dropped.extend(dropped);
     if !layers.is_empty() {
-        out.report.notes.push("qkv.weight of every layer = concat(query.weight, key.weight, value.weight) along rows".to_string());
+        out.report
+            .notes
+            .push("qkv.weight of every layer = concat(query.weight, key.weight, value.weight) along rows".to_string());
     }
     if !unknown.is_empty() {
-        out.report.notes.push(format!("kept unchanged (not BEiT parameters this converter knows): {}", unknown.join(", ")));
+        out.report
+            .notes
+            .push(format!("kept unchanged (not BEiT parameters this converter knows): {}", unknown.join(", ")));
     }
     Ok(())
 }

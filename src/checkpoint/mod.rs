@@ -31,12 +31,13 @@ pub mod write;
 
 pub use convert::{convert, detect_dialect, ConversionReport, ConvertOptions, Dialect};
 pub use pickle::{
-    file_kind, load_pth, load_pth_bytes, read_any, read_safetensors, read_safetensors_bytes, read_state_dict, read_state_dict_with, state_dict_of, FileKind, ReadOptions, Value,
+    file_kind, load_pth, load_pth_bytes, read_any, read_safetensors, read_safetensors_bytes, read_state_dict,
+    read_state_dict_with, state_dict_of, FileKind, ReadOptions, Value,
 };
 pub use relpos::{resize_rel_pos_any, resize_rel_pos_table};
 pub use write::{write_any, write_npz, write_pth, write_safetensors, StoreDtype, WriteOptions};
 
-use crate::weights::WeightsError;
+use crate::array::ArrayError;
 
 /// Errors of the checkpoint layer. Each variant names the file, key or global at fault.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +73,7 @@ pub enum CheckpointError {
     #[error("relative position bias resize: {msg}")]
     RelPos { msg: String },
     #[error(transparent)]
-    Weights(#[from] WeightsError),
+    Array(#[from] ArrayError),
 }
 
 impl CheckpointError {

@@ -29,7 +29,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use super::half::{bf16_to_f32, f16_to_f32};
 use super::CheckpointError;
-use crate::weights::{read_npz, AnyArray};
+use crate::array::{read_npz, AnyArray};
 
 /// How to read tensors.
 #[derive(Debug, Clone, Copy, Default)]
@@ -234,7 +234,17 @@ const MAX_NODES: usize = 50_000_000;
 
 impl<'a> Machine<'a> {
     fn new(data: &'a [u8], path: &'a Path, opts: ReadOptions) -> Self {
-        Machine { data, pos: 0, op_pos: 0, path, opts, nodes: Vec::new(), stack: Vec::new(), marks: Vec::new(), memo: HashMap::new() }
+        Machine {
+            data,
+            pos: 0,
+            op_pos: 0,
+            path,
+            opts,
+            nodes: Vec::new(),
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+        }
     }
 
     fn err(&self, msg: impl Into<String>) -> CheckpointError {
@@ -323,7 +333,10 @@ impl<'a> Machine<'a> {
     }
 
     fn len_from(&self, n: u64) -> Result<usize, CheckpointError> {
-        usize::try_from(n).ok().filter(|&n| n <= self.data.len() - self.pos).ok_or_else(|| self.err(format!("length {n} runs past the end of the pickle")))
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= self.data.len() - self.pos)
+            .ok_or_else(|| self.err(format!("length {n} runs past the end of the pickle")))
     }
 
     fn memo_put(&mut self, idx: u32) -> Result<(), CheckpointError> {
@@ -341,7 +354,9 @@ impl<'a> Machine<'a> {
     fn resolve_global(&mut self, module: &str, name: &str) -> Result<Node, CheckpointError> {
         let allowed = match (module, name) {
             ("torch._utils", "_rebuild_tensor_v2") => Some(Global::RebuildTensorV2),
-            ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => Some(Global::RebuildParameter),
+            ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => {
+                Some(Global::RebuildParameter)
+            }
             ("collections", "OrderedDict") => Some(Global::OrderedDict),
             ("torch.serialization", "_get_layout") => Some(Global::GetLayout),
             ("_codecs", "encode") => Some(Global::CodecsEncode),
@@ -355,7 +370,11 @@ impl<'a> Machine<'a> {
                 if self.opts.opaque_globals {
                     Global::Opaque(full)
                 } else {
-                    return Err(CheckpointError::ForbiddenGlobal { path: self.path.to_path_buf(), pos: self.op_pos, global: full });
+                    return Err(CheckpointError::ForbiddenGlobal {
+                        path: self.path.to_path_buf(),
+                        pos: self.op_pos,
+                        global: full,
+                    });
                 }
             }
         };
@@ -394,7 +413,10 @@ impl<'a> Machine<'a> {
     fn persistent_load(&mut self, pid: Id) -> Result<Node, CheckpointError> {
         let items = self.tuple_items(pid, "persistent id")?;
         if items.len() != 5 {
-            return Err(self.err(format!("persistent id: expected ('storage', type, key, location, numel), found a {}-tuple", items.len())));
+            return Err(self.err(format!(
+                "persistent id: expected ('storage', type, key, location, numel), found a {}-tuple",
+                items.len()
+            )));
         }
         match &self.nodes[items[0]] {
             Node::Str(s) if s == "storage" => {}
@@ -402,12 +424,19 @@ impl<'a> Machine<'a> {
         }
         let dtype = match &self.nodes[items[1]] {
             Node::Global(Global::Storage(d, _)) => *d,
-            other => return Err(self.err(format!("persistent id: storage type must be a torch storage class, found {}", node_kind(other)))),
+            other => {
+                return Err(self.err(format!(
+                    "persistent id: storage type must be a torch storage class, found {}",
+                    node_kind(other)
+                )))
+            }
         };
         let key = match &self.nodes[items[2]] {
             Node::Str(s) => s.clone(),
             Node::Int(i) => i.to_string(),
-            other => return Err(self.err(format!("persistent id: storage key must be a str, found {}", node_kind(other)))),
+            other => {
+                return Err(self.err(format!("persistent id: storage key must be a str, found {}", node_kind(other))))
+            }
         };
         let numel = self.int_of(items[4], "storage numel")?;
         let numel = u64::try_from(numel).map_err(|_| self.err(format!("storage `{key}`: negative size {numel}")))?;
@@ -423,14 +452,22 @@ impl<'a> Machine<'a> {
         match g {
             Global::RebuildTensorV2 => {
                 if argv.len() < 4 {
-                    return Err(self.err(format!("_rebuild_tensor_v2: expected at least 4 arguments, found {}", argv.len())));
+                    return Err(
+                        self.err(format!("_rebuild_tensor_v2: expected at least 4 arguments, found {}", argv.len()))
+                    );
                 }
                 let storage = match &self.nodes[argv[0]] {
                     Node::Storage(s) => s.clone(),
-                    other => return Err(self.err(format!("_rebuild_tensor_v2: first argument must be a storage, found {}", node_kind(other)))),
+                    other => {
+                        return Err(self.err(format!(
+                            "_rebuild_tensor_v2: first argument must be a storage, found {}",
+                            node_kind(other)
+                        )))
+                    }
                 };
                 let offset = self.int_of(argv[1], "tensor storage offset")?;
-                let offset = u64::try_from(offset).map_err(|_| self.err(format!("negative storage offset {offset}")))?;
+                let offset =
+                    u64::try_from(offset).map_err(|_| self.err(format!("negative storage offset {offset}")))?;
                 let size = self.uint_tuple(argv[2], "tensor size")?;
                 let stride = self.uint_tuple(argv[3], "tensor stride")?;
                 if size.len() != stride.len() {
@@ -442,7 +479,10 @@ impl<'a> Machine<'a> {
                 let first = argv.first().ok_or_else(|| self.err("_rebuild_parameter: no arguments"))?;
                 match &self.nodes[*first] {
                     Node::Tensor(t) => Ok(Node::Tensor(t.clone())),
-                    other => Err(self.err(format!("_rebuild_parameter: first argument must be a tensor, found {}", node_kind(other)))),
+                    other => Err(self.err(format!(
+                        "_rebuild_parameter: first argument must be a tensor, found {}",
+                        node_kind(other)
+                    ))),
                 }
             }
             Global::OrderedDict => {
@@ -452,7 +492,10 @@ impl<'a> Machine<'a> {
                 // OrderedDict(iterable of pairs)
                 let items = match &self.nodes[argv[0]] {
                     Node::List(v) | Node::Tuple(v) => v.clone(),
-                    other => return Err(self.err(format!("OrderedDict: argument must be a list of pairs, found {}", node_kind(other)))),
+                    other => {
+                        return Err(self
+                            .err(format!("OrderedDict: argument must be a list of pairs, found {}", node_kind(other))))
+                    }
                 };
                 let mut pairs = Vec::with_capacity(items.len());
                 for it in items {
@@ -869,11 +912,16 @@ impl<R: Read + Seek> Archive<R> {
             .filter_map(|n| n.strip_suffix("/data.pkl"))
             .find(|p| !p.is_empty() && !p.contains('/'))
             .map(str::to_string)
-            .ok_or_else(|| fmt("zip archive without a `<folder>/data.pkl` entry: not a torch.save checkpoint".into()))?;
+            .ok_or_else(
+                || fmt("zip archive without a `<folder>/data.pkl` entry: not a torch.save checkpoint".into()),
+            )?;
         let mut ar = Archive { zip, prefix, len, path: path.to_path_buf() };
         if let Some(b) = ar.small_entry("byteorder")? {
             if b != b"little" {
-                return Err(fmt(format!("byte order `{}` is not supported (only little-endian)", String::from_utf8_lossy(&b))));
+                return Err(fmt(format!(
+                    "byte order `{}` is not supported (only little-endian)",
+                    String::from_utf8_lossy(&b)
+                )));
             }
         }
         Ok(ar)
@@ -884,7 +932,10 @@ impl<R: Read + Seek> Archive<R> {
         match self.zip.by_name(&full) {
             Ok(f) => {
                 let mut v = Vec::new();
-                f.take(64).read_to_end(&mut v).map_err(|e| CheckpointError::Format { path: self.path.clone(), msg: format!("entry `{full}`: {e}") })?;
+                f.take(64).read_to_end(&mut v).map_err(|e| CheckpointError::Format {
+                    path: self.path.clone(),
+                    msg: format!("entry `{full}`: {e}"),
+                })?;
                 Ok(Some(v))
             }
             Err(_) => Ok(None),
@@ -896,9 +947,13 @@ impl<R: Read + Seek> Archive<R> {
     fn entry(&mut self, name: &str, expect: Option<u64>, path: &Path) -> Result<Vec<u8>, CheckpointError> {
         let full = format!("{}/{name}", self.prefix);
         let len = self.len;
-        let f = self.zip.by_name(&full).map_err(|e| CheckpointError::Format { path: path.to_path_buf(), msg: format!("entry `{full}`: {e}") })?;
+        let f = self
+            .zip
+            .by_name(&full)
+            .map_err(|e| CheckpointError::Format { path: path.to_path_buf(), msg: format!("entry `{full}`: {e}") })?;
         let size = f.size();
-        let bad = |msg: String| CheckpointError::Format { path: path.to_path_buf(), msg: format!("entry `{full}`: {msg}") };
+        let bad =
+            |msg: String| CheckpointError::Format { path: path.to_path_buf(), msg: format!("entry `{full}`: {msg}") };
         if let Some(e) = expect {
             if size != e {
                 return Err(bad(format!("holds {size} bytes, the pickle declares {e}")));
@@ -955,11 +1010,18 @@ impl<R: Read + Seek> Storages<'_, R> {
         let path = self.path;
         let terr = |msg: String| CheckpointError::Tensor { path: path.to_path_buf(), key: key.to_string(), msg };
         let st = &spec.storage;
-        let numel: u64 = spec.size.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or_else(|| terr(format!("size {:?} overflows", spec.size)))?;
+        let numel: u64 = spec
+            .size
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| terr(format!("size {:?} overflows", spec.size)))?;
         if numel > 0 {
             let mut last = spec.offset;
             for (&d, &s) in spec.size.iter().zip(&spec.stride) {
-                last = (d - 1).checked_mul(s).and_then(|x| x.checked_add(last)).ok_or_else(|| terr("view extent overflows".into()))?;
+                last = (d - 1)
+                    .checked_mul(s)
+                    .and_then(|x| x.checked_add(last))
+                    .ok_or_else(|| terr("view extent overflows".into()))?;
             }
             if last >= st.numel {
                 return Err(terr(format!(
@@ -972,13 +1034,20 @@ impl<R: Read + Seek> Storages<'_, R> {
         }
         match st.dtype {
             SDtype::F16 | SDtype::BF16 if !self.opts.widen_half => {
-                return Err(CheckpointError::HalfNotWidened { path: path.to_path_buf(), key: key.to_string(), dtype: st.dtype.name() })
+                return Err(CheckpointError::HalfNotWidened {
+                    path: path.to_path_buf(),
+                    key: key.to_string(),
+                    dtype: st.dtype.name(),
+                })
             }
             SDtype::Unsupported(n, _) => return Err(terr(format!("dtype {n} is not supported"))),
             _ => {}
         }
         if numel > st.numel && numel > (1 << 28) {
-            return Err(terr(format!("a view of {numel} elements over storage `{}` of {} elements is too large to expand", st.key, st.numel)));
+            return Err(terr(format!(
+                "a view of {numel} elements over storage `{}` of {} elements is too large to expand",
+                st.key, st.numel
+            )));
         }
         let shape: Vec<usize> = spec.size.iter().map(|&d| d as usize).collect();
         let bytes = self.bytes(st)?;
@@ -991,7 +1060,9 @@ impl<R: Read + Seek> Storages<'_, R> {
         macro_rules! build {
             ($variant:ident, $f:expr) => {{
                 let v: Vec<_> = match &idx {
-                    Indices::Contiguous(start) => bytes[*start as usize * es..(*start + numel) as usize * es].chunks_exact(es).map($f).collect(),
+                    Indices::Contiguous(start) => {
+                        bytes[*start as usize * es..(*start + numel) as usize * es].chunks_exact(es).map($f).collect()
+                    }
                     Indices::List(l) => l.iter().map(|&i| $f(at(i))).collect(),
                 };
                 AnyArray::$variant(ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| terr(e.to_string()))?)
@@ -1158,7 +1229,9 @@ fn count_uses(nodes: &[Node], root: Id, path: &Path) -> Result<HashMap<String, u
     while let Some((id, depth)) = stack.pop() {
         visits += 1;
         if visits > budget {
-            return Err(fmt(format!("the object tree has more than {budget} nodes through shared references; refusing to expand it")));
+            return Err(fmt(format!(
+                "the object tree has more than {budget} nodes through shared references; refusing to expand it"
+            )));
         }
         if depth > MAX_DEPTH {
             return Err(fmt(format!("objects nested deeper than {MAX_DEPTH} levels (or a cycle)")));
@@ -1183,7 +1256,10 @@ fn load_archive<R: Read + Seek>(reader: R, path: &Path, opts: ReadOptions) -> Re
     let pkl = {
         let size = archive.entry_size("data.pkl").unwrap_or(0);
         if size > MAX_PICKLE_BYTES {
-            return Err(CheckpointError::Format { path: path.to_path_buf(), msg: format!("data.pkl is {size} bytes, too large") });
+            return Err(CheckpointError::Format {
+                path: path.to_path_buf(),
+                msg: format!("data.pkl is {size} bytes, too large"),
+            });
         }
         archive.entry("data.pkl", None, path)?
     };
@@ -1199,7 +1275,12 @@ fn load_archive<R: Read + Seek>(reader: R, path: &Path, opts: ReadOptions) -> Re
         let serr = |msg: String| CheckpointError::Storage { path: path.to_path_buf(), key: st.key.clone(), msg };
         if let Some(&(d, n)) = declared.get(&st.key) {
             if d != st.dtype || n != st.numel {
-                return Err(serr(format!("declared twice with different types/sizes ({} x {n} and {} x {})", d.name(), st.dtype.name(), st.numel)));
+                return Err(serr(format!(
+                    "declared twice with different types/sizes ({} x {n} and {} x {})",
+                    d.name(),
+                    st.dtype.name(),
+                    st.numel
+                )));
             }
             continue;
         }
@@ -1207,7 +1288,11 @@ fn load_archive<R: Read + Seek>(reader: R, path: &Path, opts: ReadOptions) -> Re
         match archive.entry_size(&format!("data/{}", st.key)) {
             None => return Err(serr(format!("missing archive entry `{}/data/{}`", archive.prefix, st.key))),
             Some(sz) if sz != expect => {
-                return Err(serr(format!("declared as {} {} elements ({expect} bytes) but the archive entry holds {sz} bytes", st.numel, st.dtype.name())))
+                return Err(serr(format!(
+                    "declared as {} {} elements ({expect} bytes) but the archive entry holds {sz} bytes",
+                    st.numel,
+                    st.dtype.name()
+                )))
             }
             Some(_) => {}
         }
@@ -1250,7 +1335,8 @@ pub fn state_dict_of(root: Value, path: &Path) -> Result<Vec<(String, AnyArray)>
         })
         .collect();
     for wrapper in ["state_dict", "model", "module"] {
-        let pos = top.iter().position(|(k, v)| matches!(k, Value::Str(s) if s == wrapper) && matches!(v, Value::Dict(_)));
+        let pos =
+            top.iter().position(|(k, v)| matches!(k, Value::Str(s) if s == wrapper) && matches!(v, Value::Dict(_)));
         if let Some(pos) = pos {
             let Some((_, Value::Dict(inner))) = top.into_iter().nth(pos) else {
                 return Err(nosd(format!("`{wrapper}` is not a dict")));
@@ -1288,18 +1374,31 @@ fn is_tensor_dict(items: &[(Value, Value)]) -> bool {
         })
 }
 
-fn flatten(items: Vec<(Value, Value)>, prefix: &str, out: &mut Vec<(String, AnyArray)>, path: &Path) -> Result<(), CheckpointError> {
+fn flatten(
+    items: Vec<(Value, Value)>,
+    prefix: &str,
+    out: &mut Vec<(String, AnyArray)>,
+    path: &Path,
+) -> Result<(), CheckpointError> {
     for (k, v) in items {
         let k = match k {
             Value::Str(s) => s,
-            other => return Err(CheckpointError::NoStateDict { path: path.to_path_buf(), msg: format!("a key is a {}, not a str", other.kind()) }),
+            other => {
+                return Err(CheckpointError::NoStateDict {
+                    path: path.to_path_buf(),
+                    msg: format!("a key is a {}, not a str", other.kind()),
+                })
+            }
         };
         let full = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
         match v {
             Value::Tensor(t) => out.push((full, t)),
             Value::Dict(d) => flatten(d, &full, out, path)?,
             other => {
-                return Err(CheckpointError::NoStateDict { path: path.to_path_buf(), msg: format!("entry `{full}` is a {}, not a tensor", other.kind()) })
+                return Err(CheckpointError::NoStateDict {
+                    path: path.to_path_buf(),
+                    msg: format!("entry `{full}` is a {}, not a tensor", other.kind()),
+                })
             }
         }
     }
@@ -1335,12 +1434,24 @@ pub fn read_safetensors(path: &Path, opts: ReadOptions) -> Result<Vec<(String, A
 }
 
 /// [`read_safetensors`] of bytes held in memory; `name` is used in error messages.
-pub fn read_safetensors_bytes(bytes: &[u8], name: &Path, opts: ReadOptions) -> Result<Vec<(String, AnyArray)>, CheckpointError> {
+pub fn read_safetensors_bytes(
+    bytes: &[u8],
+    name: &Path,
+    opts: ReadOptions,
+) -> Result<Vec<(String, AnyArray)>, CheckpointError> {
     safetensors_from(Cursor::new(bytes), bytes.len() as u64, name, opts)
 }
 
-fn safetensors_from<R: Read + Seek>(mut f: R, file_len: u64, path: &Path, opts: ReadOptions) -> Result<Vec<(String, AnyArray)>, CheckpointError> {
-    let fmt = |msg: String| CheckpointError::Format { path: path.to_path_buf(), msg: format!("not a readable .safetensors file: {msg}") };
+fn safetensors_from<R: Read + Seek>(
+    mut f: R,
+    file_len: u64,
+    path: &Path,
+    opts: ReadOptions,
+) -> Result<Vec<(String, AnyArray)>, CheckpointError> {
+    let fmt = |msg: String| CheckpointError::Format {
+        path: path.to_path_buf(),
+        msg: format!("not a readable .safetensors file: {msg}"),
+    };
     let mut nb = [0u8; 8];
     f.read_exact(&mut nb).map_err(|_| fmt("shorter than its 8-byte header length".into()))?;
     let n = u64::from_le_bytes(nb);
@@ -1349,7 +1460,8 @@ fn safetensors_from<R: Read + Seek>(mut f: R, file_len: u64, path: &Path, opts: 
     }
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header).map_err(|e| fmt(e.to_string()))?;
-    let json: serde_json::Value = serde_json::from_slice(&header).map_err(|e| fmt(format!("header is not JSON: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| fmt(format!("header is not JSON: {e}")))?;
     let obj = json.as_object().ok_or_else(|| fmt("header is not a JSON object".into()))?;
     let data_start = 8 + n;
     let data_len = file_len - data_start;
@@ -1366,7 +1478,8 @@ fn safetensors_from<R: Read + Seek>(mut f: R, file_len: u64, path: &Path, opts: 
             continue;
         }
         let terr = |msg: String| CheckpointError::Tensor { path: path.to_path_buf(), key: name.clone(), msg };
-        let dtype_s = info.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| terr("header entry has no `dtype`".into()))?;
+        let dtype_s =
+            info.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| terr("header entry has no `dtype`".into()))?;
         let dtype = match dtype_s {
             "F32" => SDtype::F32,
             "F64" => SDtype::F64,
@@ -1383,23 +1496,41 @@ fn safetensors_from<R: Read + Seek>(mut f: R, file_len: u64, path: &Path, opts: 
             .and_then(|s| s.as_array())
             .ok_or_else(|| terr("header entry has no `shape`".into()))?
             .iter()
-            .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()).ok_or_else(|| terr(format!("bad shape entry {d}"))))
+            .map(|d| {
+                d.as_u64().and_then(|d| usize::try_from(d).ok()).ok_or_else(|| terr(format!("bad shape entry {d}")))
+            })
             .collect::<Result<_, _>>()?;
-        let offs = info.get("data_offsets").and_then(|s| s.as_array()).ok_or_else(|| terr("header entry has no `data_offsets`".into()))?;
+        let offs = info
+            .get("data_offsets")
+            .and_then(|s| s.as_array())
+            .ok_or_else(|| terr("header entry has no `data_offsets`".into()))?;
         let (begin, end) = match offs.as_slice() {
-            [b, e] => (b.as_u64().ok_or_else(|| terr("bad data_offsets".into()))?, e.as_u64().ok_or_else(|| terr("bad data_offsets".into()))?),
+            [b, e] => (
+                b.as_u64().ok_or_else(|| terr("bad data_offsets".into()))?,
+                e.as_u64().ok_or_else(|| terr("bad data_offsets".into()))?,
+            ),
             _ => return Err(terr("data_offsets must be [begin, end]".into())),
         };
-        let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).ok_or_else(|| terr("shape overflows".into()))?;
+        let numel = shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+            .ok_or_else(|| terr("shape overflows".into()))?;
         let nbytes = numel.checked_mul(dtype.size() as u64).ok_or_else(|| terr("shape overflows".into()))?;
         if begin > end || end > data_len {
             return Err(terr(format!("data_offsets [{begin}, {end}] outside the {data_len}-byte data section")));
         }
         if end - begin != nbytes {
-            return Err(terr(format!("data_offsets [{begin}, {end}] hold {} bytes, shape {shape:?} of {dtype_s} needs {nbytes}", end - begin)));
+            return Err(terr(format!(
+                "data_offsets [{begin}, {end}] hold {} bytes, shape {shape:?} of {dtype_s} needs {nbytes}",
+                end - begin
+            )));
         }
         if matches!(dtype, SDtype::F16 | SDtype::BF16) && !opts.widen_half {
-            return Err(CheckpointError::HalfNotWidened { path: path.to_path_buf(), key: name.clone(), dtype: dtype.name() });
+            return Err(CheckpointError::HalfNotWidened {
+                path: path.to_path_buf(),
+                key: name.clone(),
+                dtype: dtype.name(),
+            });
         }
         entries.push(Entry { name: name.clone(), dtype, shape, begin, end });
     }
@@ -1421,7 +1552,9 @@ fn decode_le(b: &[u8], dtype: SDtype, shape: &[usize]) -> Result<AnyArray, Strin
     let sh = IxDyn(shape);
     macro_rules! mk {
         ($variant:ident, $n:expr, $f:expr) => {
-            AnyArray::$variant(ArrayD::from_shape_vec(sh, b.chunks_exact($n).map($f).collect()).map_err(|e| e.to_string())?)
+            AnyArray::$variant(
+                ArrayD::from_shape_vec(sh, b.chunks_exact($n).map($f).collect()).map_err(|e| e.to_string())?,
+            )
         };
     }
     Ok(match dtype {

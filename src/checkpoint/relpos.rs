@@ -29,7 +29,7 @@
 use ndarray::{Array2, ArrayD, Ix2};
 
 use super::CheckpointError;
-use crate::weights::AnyArray;
+use crate::array::AnyArray;
 use crate::Float;
 
 /// Number of class-token rows at the end of every table.
@@ -179,7 +179,9 @@ fn not_a_knot_slopes(x: &[f64], y: &[f64]) -> Result<Vec<f64>, CheckpointError> 
 pub fn spline_matrix(x: &[f64], t: &[f64]) -> Result<Array2<f64>, CheckpointError> {
     let n = x.len();
     if n < 4 {
-        return Err(err(format!("a cubic spline needs at least 4 points per axis, the source has {n} (as scipy's interp2d)")));
+        return Err(err(format!(
+            "a cubic spline needs at least 4 points per axis, the source has {n} (as scipy's interp2d)"
+        )));
     }
     if x.windows(2).any(|w| w[1].partial_cmp(&w[0]) != Some(std::cmp::Ordering::Greater)) {
         return Err(err("source abscissae are not strictly increasing"));
@@ -215,9 +217,15 @@ pub fn spline_matrix(x: &[f64], t: &[f64]) -> Result<Array2<f64>, CheckpointErro
 /// (module docs). Windows are patch grids (e.g. `(14, 14)` for a 224 pretrain, `(40, 40)` for
 /// 640 crops, i.e. 27 → 79 table sides). Both windows must be square (mmseg raises
 /// `NotImplementedError` otherwise). Equal sizes return the table unchanged.
-pub fn resize_rel_pos_table<T: Float>(table: &Array2<T>, src_window: (usize, usize), dst_window: (usize, usize)) -> Result<Array2<T>, CheckpointError> {
+pub fn resize_rel_pos_table<T: Float>(
+    table: &Array2<T>,
+    src_window: (usize, usize),
+    dst_window: (usize, usize),
+) -> Result<Array2<T>, CheckpointError> {
     if src_window.0 != src_window.1 || dst_window.0 != dst_window.1 {
-        return Err(err(format!("only square windows are supported (as in MMSegmentation), got {src_window:?} -> {dst_window:?}")));
+        return Err(err(format!(
+            "only square windows are supported (as in MMSegmentation), got {src_window:?} -> {dst_window:?}"
+        )));
     }
     if src_window.0 == 0 || dst_window.0 == 0 {
         return Err(err("windows must be non-empty"));
@@ -280,6 +288,11 @@ pub fn resize_rel_pos_any(table: &AnyArray, dst_window: (usize, usize)) -> Resul
     Ok(Some(match table {
         AnyArray::F32(a) => AnyArray::F32(resize_rel_pos_table(&two(a)?, src_window, dst_window)?.into_dyn()),
         AnyArray::F64(a) => AnyArray::F64(resize_rel_pos_table(&two(a)?, src_window, dst_window)?.into_dyn()),
-        other => return Err(err(format!("a relative position bias table must be float, this one is {}", other.dtype_name()))),
+        other => {
+            return Err(err(format!(
+                "a relative position bias table must be float, this one is {}",
+                other.dtype_name()
+            )))
+        }
     }))
 }

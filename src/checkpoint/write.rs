@@ -24,7 +24,7 @@ use zip::{CompressionMethod, ZipWriter};
 
 use super::half::{f32_to_bf16, f32_to_f16};
 use super::CheckpointError;
-use crate::weights::AnyArray;
+use crate::array::AnyArray;
 
 /// The dtype float tensors are stored in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -172,7 +172,11 @@ fn check_keys(path: &Path, tensors: &[(String, AnyArray)]) -> Result<(), Checkpo
 /// Writes `path` through a temporary file in the same directory, then moves it into place.
 /// Without `force`, an existing `path` is an error (checked before writing and again, without a
 /// race, when moving into place).
-fn atomic_write(path: &Path, force: bool, body: impl FnOnce(File) -> Result<File, CheckpointError>) -> Result<(), CheckpointError> {
+fn atomic_write(
+    path: &Path,
+    force: bool,
+    body: impl FnOnce(File) -> Result<File, CheckpointError>,
+) -> Result<(), CheckpointError> {
     if !force && path.exists() {
         return Err(CheckpointError::Exists { path: path.to_path_buf() });
     }
@@ -181,7 +185,9 @@ fn atomic_write(path: &Path, force: bool, body: impl FnOnce(File) -> Result<File
         _ => PathBuf::from("."),
     };
     let (tmp, file) = crate::fsutil::create_staging(path).map_err(|e| match e.kind() {
-        io::ErrorKind::InvalidInput => CheckpointError::Write { path: path.to_path_buf(), msg: "not a file path".into() },
+        io::ErrorKind::InvalidInput => {
+            CheckpointError::Write { path: path.to_path_buf(), msg: "not a file path".into() }
+        }
         _ => CheckpointError::Io { path: path.to_path_buf(), source: e },
     })?;
     let result = (|| {
@@ -196,7 +202,9 @@ fn atomic_write(path: &Path, force: bool, body: impl FnOnce(File) -> Result<File
                 Ok(()) => {
                     let _ = fs::remove_file(&tmp);
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(CheckpointError::Exists { path: path.to_path_buf() }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(CheckpointError::Exists { path: path.to_path_buf() })
+                }
                 Err(_) => {
                     // File systems without hard links: check, then rename.
                     if path.exists() {
@@ -363,7 +371,11 @@ pub fn write_pth(path: &Path, tensors: &[(String, AnyArray)], opts: WriteOptions
 // .safetensors
 
 /// Writes a `.safetensors` file (tensors in the given order).
-pub fn write_safetensors(path: &Path, tensors: &[(String, AnyArray)], opts: WriteOptions) -> Result<(), CheckpointError> {
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, AnyArray)],
+    opts: WriteOptions,
+) -> Result<(), CheckpointError> {
     check_keys(path, tensors)?;
     let mut header = serde_json::Map::new();
     let mut meta = serde_json::Map::new();
@@ -372,7 +384,10 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, AnyArray)], opts: Writ
     let mut offset = 0u64;
     for (k, a) in tensors {
         if k == "__metadata__" {
-            return Err(CheckpointError::Write { path: path.to_path_buf(), msg: "a tensor cannot be named `__metadata__` in .safetensors".into() });
+            return Err(CheckpointError::Write {
+                path: path.to_path_buf(),
+                msg: "a tensor cannot be named `__metadata__` in .safetensors".into(),
+            });
         }
         let disk = disk_of(a, opts.float_dtype);
         let len = (numel(a) * disk.size()) as u64;
@@ -382,7 +397,8 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, AnyArray)], opts: Writ
         );
         offset += len;
     }
-    let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).map_err(|e| CheckpointError::Write { path: path.to_path_buf(), msg: e.to_string() })?;
+    let mut h = serde_json::to_vec(&serde_json::Value::Object(header))
+        .map_err(|e| CheckpointError::Write { path: path.to_path_buf(), msg: e.to_string() })?;
     while h.len() % 8 != 0 {
         h.push(b' ');
     }
@@ -434,7 +450,7 @@ fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
 }
 
 /// Writes an `np.savez`-compatible `.npz` (uncompressed). Half-precision storage is refused:
-/// numpy has no bfloat16, and [`crate::weights::read_npz`] reads no float16.
+/// numpy has no bfloat16, and [`crate::array::read_npz`] reads no float16.
 pub fn write_npz(path: &Path, tensors: &[(String, AnyArray)], opts: WriteOptions) -> Result<(), CheckpointError> {
     check_keys(path, tensors)?;
     if opts.float_dtype != StoreDtype::Native && tensors.iter().any(|(_, a)| a.is_float()) {
@@ -448,7 +464,10 @@ pub fn write_npz(path: &Path, tensors: &[(String, AnyArray)], opts: WriteOptions
         let ioerr = |e: io::Error| CheckpointError::Write { path: path.to_path_buf(), msg: e.to_string() };
         for (k, a) in tensors {
             let disk = disk_of(a, StoreDtype::Native);
-            let descr = disk.numpy().ok_or_else(|| CheckpointError::Write { path: path.to_path_buf(), msg: format!("`{k}`: no numpy dtype") })?;
+            let descr = disk.numpy().ok_or_else(|| CheckpointError::Write {
+                path: path.to_path_buf(),
+                msg: format!("`{k}`: no numpy dtype"),
+            })?;
             let header = npy_header(descr, a.shape());
             let len = header.len() as u64 + (numel(a) * disk.size()) as u64;
             z.start_file(format!("{k}.npy"), stored(len)).map_err(zip_err(path))?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::weights::{read_npy, AnyArray, WeightsError};
+use crate::array::{read_npy, AnyArray, ArrayError};
 
 /// The fixture format this reader implements.
 pub const FORMAT: &str = "beit-fixture/1";
@@ -17,7 +17,7 @@ pub enum CaseError {
     #[error("{path}: {msg}")]
     Manifest { path: PathBuf, msg: String },
     #[error(transparent)]
-    Array(#[from] WeightsError),
+    Array(#[from] ArrayError),
     #[error("{0}")]
     Io(String),
 }
@@ -84,17 +84,21 @@ impl Case {
     pub fn load(dir: &Path) -> Result<Case, CaseError> {
         let path = dir.join("case.json");
         let text = std::fs::read_to_string(&path).map_err(|e| CaseError::Io(format!("{}: {e}", path.display())))?;
-        let manifest: Value = serde_json::from_str(&text).map_err(|e| CaseError::Manifest { path: path.clone(), msg: format!("invalid JSON: {e}") })?;
+        let manifest: Value = serde_json::from_str(&text)
+            .map_err(|e| CaseError::Manifest { path: path.clone(), msg: format!("invalid JSON: {e}") })?;
         let bad = |msg: String| CaseError::Manifest { path: path.clone(), msg };
         if !manifest.is_object() {
             return Err(bad("the manifest must be a JSON object".into()));
         }
         match manifest.get("format").and_then(Value::as_str) {
             Some(FORMAT) => {}
-            Some(f) if f.starts_with("beit-fixture/") => return Err(bad(format!("format `{f}` is newer than this reader ({FORMAT})"))),
+            Some(f) if f.starts_with("beit-fixture/") => {
+                return Err(bad(format!("format `{f}` is newer than this reader ({FORMAT})")))
+            }
             other => return Err(bad(format!("`format` must be \"{FORMAT}\", got {other:?}"))),
         }
-        let kind = manifest.get("kind").and_then(Value::as_str).ok_or_else(|| bad("`kind` is missing".into()))?.to_string();
+        let kind =
+            manifest.get("kind").and_then(Value::as_str).ok_or_else(|| bad("`kind` is missing".into()))?.to_string();
         let name = manifest
             .get("name")
             .and_then(Value::as_str)
@@ -143,9 +147,8 @@ impl Case {
 
     /// The file of input `name` (from the `inputs` object).
     pub fn input_file(&self, name: &str) -> Result<PathBuf, CaseError> {
-        let f = self.manifest.get("inputs").and_then(|i| i.get(name)).and_then(Value::as_str).ok_or_else(|| CaseError::Manifest {
-            path: self.manifest_path(),
-            msg: format!("`inputs.{name}` (a file name) is missing"),
+        let f = self.manifest.get("inputs").and_then(|i| i.get(name)).and_then(Value::as_str).ok_or_else(|| {
+            CaseError::Manifest { path: self.manifest_path(), msg: format!("`inputs.{name}` (a file name) is missing") }
         })?;
         Ok(self.dir.join(f))
     }

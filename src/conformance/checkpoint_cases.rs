@@ -22,8 +22,10 @@ use serde_json::Value;
 use super::case::{Case, Tolerance};
 use super::compare::{compare_floats, compare_labels, Status, TensorResult};
 use super::BackendError;
-use crate::checkpoint::{convert, read_any, resize_rel_pos_table, ConversionReport, ConvertOptions, Dialect, ReadOptions};
-use crate::weights::{read_npy, read_npz, AnyArray};
+use crate::array::{read_npy, read_npz, AnyArray};
+use crate::checkpoint::{
+    convert, read_any, resize_rel_pos_table, ConversionReport, ConvertOptions, Dialect, ReadOptions,
+};
 
 /// Runs a `converter` or `relpos_resize` case; `None` for other kinds.
 pub fn run(case: &Case) -> Option<Result<Vec<TensorResult>, BackendError>> {
@@ -71,7 +73,9 @@ pub fn converter_options(case: &Case) -> Result<ConvertOptions, BackendError> {
                 (Some(h), Some(w)) => Ok((h, w)),
                 _ => Err(bad(case, format!("`options.{key}` must hold two positive integers, got {v}"))),
             },
-            _ => as_pos(v).map(|n| (n, n)).ok_or_else(|| bad(case, format!("`options.{key}` must be [h, w] or a positive integer, got {v}"))),
+            _ => as_pos(v)
+                .map(|n| (n, n))
+                .ok_or_else(|| bad(case, format!("`options.{key}` must be [h, w] or a positive integer, got {v}"))),
         }
     };
     let patch = match o.get("patch_size") {
@@ -88,7 +92,8 @@ pub fn converter_options(case: &Case) -> Result<ConvertOptions, BackendError> {
         opts.dst_window = Some(window);
     }
     if let Some(v) = o.get("final_norm") {
-        opts.final_norm = v.as_bool().ok_or_else(|| bad(case, format!("`options.final_norm` must be a boolean, got {v}")))?;
+        opts.final_norm =
+            v.as_bool().ok_or_else(|| bad(case, format!("`options.final_norm` must be a boolean, got {v}")))?;
     }
     Ok(opts)
 }
@@ -183,7 +188,10 @@ pub fn compare_conversion(
         }
     }
     for (k, a) in produced {
-        if expected_names.contains(k.as_str()) || k.contains("relative_position_index") || dropped.contains_key(k.as_str()) {
+        if expected_names.contains(k.as_str())
+            || k.contains("relative_position_index")
+            || dropped.contains_key(k.as_str())
+        {
             continue;
         }
         results.push(unexpected(k, a, tol_for(k)));
@@ -204,7 +212,8 @@ fn run_converter(case: &Case) -> Result<Vec<TensorResult>, BackendError> {
 
 fn window_field(case: &Case, key: &str) -> Result<(usize, usize), BackendError> {
     let v = case.manifest.get(key).ok_or_else(|| bad(case, format!("`{key}` ([h, w]) is missing")))?;
-    let a = v.as_array().filter(|a| a.len() == 2).ok_or_else(|| bad(case, format!("`{key}` must be [h, w], got {v}")))?;
+    let a =
+        v.as_array().filter(|a| a.len() == 2).ok_or_else(|| bad(case, format!("`{key}` must be [h, w], got {v}")))?;
     match (a[0].as_u64(), a[1].as_u64()) {
         (Some(h), Some(w)) if h > 0 && w > 0 => Ok((h as usize, w as usize)),
         _ => Err(bad(case, format!("`{key}` must hold two positive integers, got {v}"))),
@@ -224,17 +233,24 @@ fn run_relpos(case: &Case) -> Result<Vec<TensorResult>, BackendError> {
         expected.push((name.clone(), case.read_output(file)?));
     }
     let in_err = |e: &dyn std::fmt::Display| -> BackendError { format!("{}: {e}", input_path.display()).into() };
-    let resized = match &table {
-        AnyArray::F32(a) => {
-            let t = a.clone().into_dimensionality::<Ix2>().map_err(|_| in_err(&format!("a table is 2-D (rows, heads), this one has shape {:?}", a.shape())))?;
-            AnyArray::F32(resize_rel_pos_table(&t, src_window, dst_window).map_err(|e| in_err(&e))?.into_dyn())
-        }
-        AnyArray::F64(a) => {
-            let t = a.clone().into_dimensionality::<Ix2>().map_err(|_| in_err(&format!("a table is 2-D (rows, heads), this one has shape {:?}", a.shape())))?;
-            AnyArray::F64(resize_rel_pos_table(&t, src_window, dst_window).map_err(|e| in_err(&e))?.into_dyn())
-        }
-        other => return Err(in_err(&format!("a table must be float32 or float64, this one is {}", other.dtype_name()))),
-    };
+    let resized =
+        match &table {
+            AnyArray::F32(a) => {
+                let t = a.clone().into_dimensionality::<Ix2>().map_err(|_| {
+                    in_err(&format!("a table is 2-D (rows, heads), this one has shape {:?}", a.shape()))
+                })?;
+                AnyArray::F32(resize_rel_pos_table(&t, src_window, dst_window).map_err(|e| in_err(&e))?.into_dyn())
+            }
+            AnyArray::F64(a) => {
+                let t = a.clone().into_dimensionality::<Ix2>().map_err(|_| {
+                    in_err(&format!("a table is 2-D (rows, heads), this one has shape {:?}", a.shape()))
+                })?;
+                AnyArray::F64(resize_rel_pos_table(&t, src_window, dst_window).map_err(|e| in_err(&e))?.into_dyn())
+            }
+            other => {
+                return Err(in_err(&format!("a table must be float32 or float64, this one is {}", other.dtype_name())))
+            }
+        };
     Ok(expected
         .iter()
         .map(|(name, e)| {

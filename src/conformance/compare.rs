@@ -126,7 +126,8 @@ pub fn compare_floats(name: &str, actual: &ArrayD<f64>, expected: &ArrayD<f64>, 
             }
         }
     }
-    let note = worst.map(|(i, a, e, _)| format!("worst at {}: got {a:e}, expected {e:e}", fmt_index(expected.shape(), i)));
+    let note =
+        worst.map(|(i, a, e, _)| format!("worst at {}: got {a:e}, expected {e:e}", fmt_index(expected.shape(), i)));
     TensorResult {
         name: name.to_string(),
         status: if violations == 0 { Status::Pass } else { Status::Fail },
@@ -149,13 +150,21 @@ pub fn compare_floats(name: &str, actual: &ArrayD<f64>, expected: &ArrayD<f64>, 
 /// A differing pixel is an allowed flip when the expected logits of the two labels are within
 /// `2 * (atol + rtol * max(|l_e|, |l_a|))` of each other: each may move by the tolerance.
 /// A pixel is a near-tie when its expected top-2 logits are that close.
-pub fn compare_labels(name: &str, actual: &ArrayD<i64>, expected: &ArrayD<i64>, logits: Option<&ArrayD<f64>>, tol: Tolerance) -> TensorResult {
+pub fn compare_labels(
+    name: &str,
+    actual: &ArrayD<i64>,
+    expected: &ArrayD<i64>,
+    logits: Option<&ArrayD<f64>>,
+    tol: Tolerance,
+) -> TensorResult {
     if actual.shape() != expected.shape() {
         return TensorResult::shape_mismatch(name, expected.shape(), actual.shape(), tol);
     }
     let close = |x: f64, y: f64| (x - y).abs() <= 2.0 * (tol.atol + tol.rtol * x.abs().max(y.abs()));
     let logits = logits.filter(|l| {
-        l.ndim() == expected.ndim() + 1 && l.shape()[0] == expected.shape()[0] && l.shape()[2..] == expected.shape()[1..]
+        l.ndim() == expected.ndim() + 1
+            && l.shape()[0] == expected.shape()[0]
+            && l.shape()[2..] == expected.shape()[1..]
     });
     let mut near_ties = 0usize;
     let mut flips = 0usize;
@@ -189,7 +198,13 @@ pub fn compare_labels(name: &str, actual: &ArrayD<i64>, expected: &ArrayD<i64>, 
         }
         if a != e {
             let allowed = match &lane {
-                Some(lane) => a >= 0 && e >= 0 && (a as usize) < lane.len() && (e as usize) < lane.len() && close(lane[e as usize], lane[a as usize]),
+                Some(lane) => {
+                    a >= 0
+                        && e >= 0
+                        && (a as usize) < lane.len()
+                        && (e as usize) < lane.len()
+                        && close(lane[e as usize], lane[a as usize])
+                }
                 None => false,
             };
             if allowed {

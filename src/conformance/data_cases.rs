@@ -17,13 +17,17 @@ use serde_json::Value;
 use super::case::{Case, Tolerance};
 use super::compare::{compare_floats, Status, TensorResult};
 use super::{Backend, BackendError, VerifyOptions};
+use crate::array::{read_npy, AnyArray};
 use crate::data::transforms::resize_bilinear_u8;
 use crate::metrics::{compute_metrics, intersect_and_union, reduce_zero_label, AreaTotals, Metrics};
-use crate::weights::{read_npy, AnyArray};
 
 /// Runs a `resize`, `metric` or `pipeline` case (`pipeline` runs the model on `backend`);
 /// `None` for other kinds (and, for now, for `pipeline`).
-pub fn run(case: &Case, backend: &dyn Backend, opts: &VerifyOptions) -> Option<Result<Vec<TensorResult>, BackendError>> {
+pub fn run(
+    case: &Case,
+    backend: &dyn Backend,
+    opts: &VerifyOptions,
+) -> Option<Result<Vec<TensorResult>, BackendError>> {
     let _ = (backend, opts);
     match case.kind.as_str() {
         "resize" => Some(run_resize(case)),
@@ -45,7 +49,9 @@ fn input_files(case: &Case) -> Result<Vec<(String, PathBuf)>, BackendError> {
         .ok_or_else(|| manifest_err(case, "`inputs` must be an object {name: file}"))?;
     obj.iter()
         .map(|(k, v)| {
-            v.as_str().map(|f| (k.clone(), case.dir.join(f))).ok_or_else(|| manifest_err(case, format!("`inputs.{k}` must be a file name")))
+            v.as_str()
+                .map(|f| (k.clone(), case.dir.join(f)))
+                .ok_or_else(|| manifest_err(case, format!("`inputs.{k}` must be a file name")))
         })
         .collect()
 }
@@ -67,10 +73,17 @@ fn as_hwc_u8(a: AnyArray, what: &str) -> Result<ndarray::Array3<u8>, BackendErro
 
 fn run_resize(case: &Case) -> Result<Vec<TensorResult>, BackendError> {
     let inputs = input_files(case)?;
-    let sizes = case.manifest.get("sizes").and_then(Value::as_object).ok_or_else(|| manifest_err(case, "`sizes` must be an object {input: [h, w]}"))?;
+    let sizes = case
+        .manifest
+        .get("sizes")
+        .and_then(Value::as_object)
+        .ok_or_else(|| manifest_err(case, "`sizes` must be an object {input: [h, w]}"))?;
     let mut results = Vec::with_capacity(case.outputs.len());
     for (name, out_file) in &case.outputs {
-        let (_, in_file) = inputs.iter().find(|(k, _)| k == name).ok_or_else(|| manifest_err(case, format!("output `{name}` has no input of the same name")))?;
+        let (_, in_file) = inputs
+            .iter()
+            .find(|(k, _)| k == name)
+            .ok_or_else(|| manifest_err(case, format!("output `{name}` has no input of the same name")))?;
         let size = sizes
             .get(name)
             .and_then(Value::as_array)
@@ -87,7 +100,14 @@ fn run_resize(case: &Case) -> Result<Vec<TensorResult>, BackendError> {
         let exp_shape = expected.shape().to_vec();
         let exp = match expected {
             AnyArray::U8(x) => x,
-            other => return Err(format!("{}: expected a uint8 image, got {}", case.dir.join(out_file).display(), other.dtype_name()).into()),
+            other => {
+                return Err(format!(
+                    "{}: expected a uint8 image, got {}",
+                    case.dir.join(out_file).display(),
+                    other.dtype_name()
+                )
+                .into())
+            }
         };
         let out = resize_bilinear_u8(img.view(), size);
         let out: ArrayD<u8> = if two_d { out.index_axis_move(ndarray::Axis(2), 0).into_dyn() } else { out.into_dyn() };
@@ -97,7 +117,14 @@ fn run_resize(case: &Case) -> Result<Vec<TensorResult>, BackendError> {
 }
 
 /// Exact comparison of two uint8 images: the count of differing values and the first one.
-fn compare_exact_u8(name: &str, actual: &ArrayD<u8>, expected: &ArrayD<u8>, exp_shape: &[usize], src: (usize, usize, usize), size: (usize, usize)) -> TensorResult {
+fn compare_exact_u8(
+    name: &str,
+    actual: &ArrayD<u8>,
+    expected: &ArrayD<u8>,
+    exp_shape: &[usize],
+    src: (usize, usize, usize),
+    size: (usize, usize),
+) -> TensorResult {
     let mut r = compare_floats(name, &actual.mapv(f64::from), &expected.mapv(f64::from), EXACT);
     let what = format!("resize {}x{}x{} -> {}x{}", src.0, src.1, src.2, size.0, size.1);
     if actual.shape() != exp_shape {
@@ -156,7 +183,10 @@ fn run_metric(case: &Case) -> Result<Vec<TensorResult>, BackendError> {
         return Err(manifest_err(case, "`inputs` has no `pred.<k>` entries"));
     }
     for (k, _) in &inputs {
-        let stem = k.strip_prefix("label.").or_else(|| k.strip_prefix("pred.")).ok_or_else(|| manifest_err(case, format!("unexpected input `{k}`")))?;
+        let stem = k
+            .strip_prefix("label.")
+            .or_else(|| k.strip_prefix("pred."))
+            .ok_or_else(|| manifest_err(case, format!("unexpected input `{k}`")))?;
         let other = if k.starts_with("label.") { format!("pred.{stem}") } else { format!("label.{stem}") };
         if !inputs.iter().any(|(n, _)| *n == other) {
             return Err(manifest_err(case, format!("input `{k}` has no `{other}`")));
@@ -167,7 +197,9 @@ fn run_metric(case: &Case) -> Result<Vec<TensorResult>, BackendError> {
         let stem = &k["pred.".len()..];
         let label_file = &inputs.iter().find(|(n, _)| *n == format!("label.{stem}")).expect("checked above").1;
         let pred = read_npy(pred_file)?;
-        let pred = pred.to_i64().ok_or_else(|| format!("{}: predictions must be integers, got {}", pred_file.display(), pred.dtype_name()))?;
+        let pred = pred.to_i64().ok_or_else(|| {
+            format!("{}: predictions must be integers, got {}", pred_file.display(), pred.dtype_name())
+        })?;
         let pred = squeeze2(pred, &pred_file.display().to_string())?;
         let label = read_npy(label_file)?;
         let lwhat = label_file.display().to_string();
@@ -175,12 +207,17 @@ fn run_metric(case: &Case) -> Result<Vec<TensorResult>, BackendError> {
             // LoadAnnotations: `.astype(np.uint8)` (wrapping), then the uint8 reduction.
             let l = match label {
                 AnyArray::U8(x) => x,
-                other => other.to_i64().ok_or_else(|| format!("{lwhat}: labels must be integers, got {}", other.dtype_name()))?.mapv(|v| v as u8),
+                other => other
+                    .to_i64()
+                    .ok_or_else(|| format!("{lwhat}: labels must be integers, got {}", other.dtype_name()))?
+                    .mapv(|v| v as u8),
             };
             let l = reduce_zero_label(squeeze2(l, &lwhat)?.view());
             intersect_and_union(pred.view(), l.view(), num_classes, ignore_index)
         } else {
-            let l = label.to_i64().ok_or_else(|| format!("{lwhat}: labels must be integers, got {}", label.dtype_name()))?;
+            let l = label
+                .to_i64()
+                .ok_or_else(|| format!("{lwhat}: labels must be integers, got {}", label.dtype_name()))?;
             intersect_and_union(pred.view(), squeeze2(l, &lwhat)?.view(), num_classes, ignore_index)
         }
         .map_err(|e| format!("{k}: {e}"))?;
@@ -234,24 +271,41 @@ pub fn compare_metrics(actual: &Metrics, expected: &Value, flips: usize) -> Resu
     let mean_bound = |b: f64| if flips == 0 { SAME_2DP } else { 100.0 * b + 0.01 };
 
     let mut out = Vec::new();
-    let summaries = [("aAcc", actual.a_acc, acc_bound), ("mIoU", actual.m_iou, mean_bound(iou_bound)), ("mAcc", actual.m_acc, mean_bound(class_acc_bound))];
+    let summaries = [
+        ("aAcc", actual.a_acc, acc_bound),
+        ("mIoU", actual.m_iou, mean_bound(iou_bound)),
+        ("mAcc", actual.m_acc, mean_bound(class_acc_bound)),
+    ];
     for (key, got, bound) in summaries {
         if let Some(v) = obj.get(key) {
             let e = num(v, &format!("metrics.{key}"))?;
             let tol = Tolerance { rtol: 0.0, atol: bound };
-            let mut r = compare_floats(&format!("metrics.{key}"), &ndarray::arr0(got).into_dyn(), &ndarray::arr0(e).into_dyn(), tol);
-            r.note = Some(format!("got {got}, expected {e} (percent, rounded to 2 decimals as MMSegmentation returns it)"));
+            let mut r = compare_floats(
+                &format!("metrics.{key}"),
+                &ndarray::arr0(got).into_dyn(),
+                &ndarray::arr0(e).into_dyn(),
+                tol,
+            );
+            r.note =
+                Some(format!("got {got}, expected {e} (percent, rounded to 2 decimals as MMSegmentation returns it)"));
             out.push(r);
         }
     }
     if let Some(pc) = obj.get("per_class") {
         let pc = pc.as_object().ok_or("`metrics.per_class` must be an object {IoU, Acc}")?;
-        for (key, got, bound) in [("IoU", &actual.per_class.iou, iou_bound), ("Acc", &actual.per_class.acc, class_acc_bound)] {
+        for (key, got, bound) in
+            [("IoU", &actual.per_class.iou, iou_bound), ("Acc", &actual.per_class.acc, class_acc_bound)]
+        {
             if let Some(v) = pc.get(key) {
                 let e = list(v, &format!("metrics.per_class.{key}"))?;
                 let got: Vec<f64> = got.iter().map(|x| x.unwrap_or(f64::NAN)).collect();
                 let tol = Tolerance { rtol: 0.0, atol: 1e-6 + bound };
-                let mut r = compare_floats(&format!("metrics.per_class.{key}"), &ArrayD::from_shape_vec(vec![got.len()], got).expect("1-D"), &ArrayD::from_shape_vec(vec![e.len()], e).expect("1-D"), tol);
+                let mut r = compare_floats(
+                    &format!("metrics.per_class.{key}"),
+                    &ArrayD::from_shape_vec(vec![got.len()], got).expect("1-D"),
+                    &ArrayD::from_shape_vec(vec![e.len()], e).expect("1-D"),
+                    tol,
+                );
                 if r.status == Status::Pass {
                     r.note = Some("per-class fraction (NaN = null where the class is absent)".into());
                 }
@@ -270,9 +324,18 @@ pub fn compare_metrics(actual: &Metrics, expected: &Value, flips: usize) -> Resu
             let e = list(v, &format!("metrics.{key}"))?;
             let got: Vec<f64> = got.iter().map(|&x| x as f64).collect();
             let tol = Tolerance { rtol: 0.0, atol: f };
-            let mut r = compare_floats(&format!("metrics.{key}"), &ArrayD::from_shape_vec(vec![got.len()], got).expect("1-D"), &ArrayD::from_shape_vec(vec![e.len()], e).expect("1-D"), tol);
+            let mut r = compare_floats(
+                &format!("metrics.{key}"),
+                &ArrayD::from_shape_vec(vec![got.len()], got).expect("1-D"),
+                &ArrayD::from_shape_vec(vec![e.len()], e).expect("1-D"),
+                tol,
+            );
             if r.status == Status::Pass {
-                r.note = Some(if flips == 0 { "pixel counts, exact".into() } else { format!("pixel counts, within {flips} allowed flip(s)") });
+                r.note = Some(if flips == 0 {
+                    "pixel counts, exact".into()
+                } else {
+                    format!("pixel counts, within {flips} allowed flip(s)")
+                });
             }
             out.push(r);
         }

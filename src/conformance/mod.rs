@@ -16,10 +16,11 @@ use std::time::Instant;
 
 use ndarray::ArrayD;
 
+use crate::array::AnyArray;
 use crate::config::SegmentorConfig;
 use crate::reference::segmentor::EncoderDecoder;
 use crate::reference::Recorder;
-use crate::weights::{AnyArray, WeightStore};
+use crate::weights::WeightStore;
 use crate::Float;
 use case::{Case, Dtype, Tolerance};
 use compare::{compare_floats, compare_labels, Status, TensorResult};
@@ -65,7 +66,10 @@ pub struct ReferenceBackend;
 fn run_reference<T: Float>(req: SegmentorRequest<'_>) -> Result<BTreeMap<String, OutTensor>, BackendError> {
     let ws = WeightStore::<T>::from_arrays(req.weights);
     let model = EncoderDecoder::<T>::load(req.model, ws)?;
-    let inputs = req.inputs.to_float::<T>().ok_or_else(|| format!("inputs: expected a float array, got {}", req.inputs.dtype_name()))?;
+    let inputs = req
+        .inputs
+        .to_float::<T>()
+        .ok_or_else(|| format!("inputs: expected a float array, got {}", req.inputs.dtype_name()))?;
     let inputs = inputs
         .into_dimensionality::<ndarray::Ix4>()
         .map_err(|_| format!("inputs: expected an NCHW array (4 dimensions), got shape {:?}", req.inputs.shape()))?;
@@ -139,9 +143,11 @@ pub fn run_case(case: &Case, backend: &dyn Backend, opts: &VerifyOptions) -> Cas
         tensors: vec![],
         seconds: 0.0,
     };
-    let other_kind = || checkpoint_cases::run(case)
-        .or_else(|| data_cases::run(case, backend, opts))
-        .or_else(|| pipeline_case::run(case, backend, opts));
+    let other_kind = || {
+        checkpoint_cases::run(case)
+            .or_else(|| data_cases::run(case, backend, opts))
+            .or_else(|| pipeline_case::run(case, backend, opts))
+    };
     let result = match case.kind.as_str() {
         "segmentor" => run_segmentor_case(case, backend, opts, run_dtype),
         other => match other_kind() {
@@ -172,7 +178,8 @@ pub fn run_case(case: &Case, backend: &dyn Backend, opts: &VerifyOptions) -> Cas
             if tensors.is_empty() {
                 rep.message = Some("the case has no expected outputs".into());
             } else if uncovered > 0 {
-                rep.message = Some(format!("{uncovered} expected tensor(s) not covered by backend `{}`", backend.name()));
+                rep.message =
+                    Some(format!("{uncovered} expected tensor(s) not covered by backend `{}`", backend.name()));
             }
             if let Some(f) = tensors.iter().find(|t| t.status == Status::Fail) {
                 let m = format!("first failing tensor: {}", f.name);
@@ -191,18 +198,28 @@ pub fn run_case(case: &Case, backend: &dyn Backend, opts: &VerifyOptions) -> Cas
     rep
 }
 
-fn run_segmentor_case(case: &Case, backend: &dyn Backend, opts: &VerifyOptions, run_dtype: Dtype) -> Result<Vec<TensorResult>, BackendError> {
-    let model_v = case.manifest.get("model").ok_or_else(|| format!("{}: `model` is missing", case.dir.join("case.json").display()))?;
-    let model = SegmentorConfig::from_value(model_v).map_err(|e| format!("{}: {e}", case.dir.join("case.json").display()))?;
+fn run_segmentor_case(
+    case: &Case,
+    backend: &dyn Backend,
+    opts: &VerifyOptions,
+    run_dtype: Dtype,
+) -> Result<Vec<TensorResult>, BackendError> {
+    let model_v = case
+        .manifest
+        .get("model")
+        .ok_or_else(|| format!("{}: `model` is missing", case.dir.join("case.json").display()))?;
+    let model =
+        SegmentorConfig::from_value(model_v).map_err(|e| format!("{}: {e}", case.dir.join("case.json").display()))?;
     let weights = load_case_weights(case, &model)?;
-    let inputs = crate::weights::read_npy(&case.input_file("inputs")?)?;
+    let inputs = crate::array::read_npy(&case.input_file("inputs")?)?;
     // Read every expected output first: a broken fixture is reported before any compute.
     let mut expected = Vec::with_capacity(case.outputs.len());
     for (name, file) in &case.outputs {
         expected.push((name.clone(), case.read_output(file)?));
     }
     let wanted: Vec<String> = expected.iter().map(|(n, _)| n.clone()).collect();
-    let produced = backend.run_segmentor(SegmentorRequest { model: &model, weights, inputs, dtype: run_dtype, wanted })?;
+    let produced =
+        backend.run_segmentor(SegmentorRequest { model: &model, weights, inputs, dtype: run_dtype, wanted })?;
     let tol_for = |name: &str| -> Tolerance {
         if opts.as_f32 && case.dtype == Dtype::F64 {
             case.tolerances.get(name).copied().filter(|t| t.rtol >= Tolerance::FP32.rtol).unwrap_or(Tolerance::FP32)
@@ -224,7 +241,8 @@ pub fn load_case_weights(case: &Case, model: &SegmentorConfig) -> Result<Vec<(St
     let state = read_any(&path, ReadOptions { widen_half: true, ..Default::default() })?;
     let hint = case.manifest.get("weights_dialect").and_then(|v| v.as_str());
     let dialect = match hint {
-        Some(n) => Dialect::from_name(n).ok_or_else(|| format!("{}: unknown weights_dialect `{n}`", case.dir.join("case.json").display()))?,
+        Some(n) => Dialect::from_name(n)
+            .ok_or_else(|| format!("{}: unknown weights_dialect `{n}`", case.dir.join("case.json").display()))?,
         None => detect_dialect(state.iter().map(|(k, _)| k.as_str()))?,
     };
     if dialect == Dialect::Mmseg {
@@ -238,7 +256,11 @@ pub fn load_case_weights(case: &Case, model: &SegmentorConfig) -> Result<Vec<(St
     };
     let (out, _report) = convert(state, &opts).map_err(|e| format!("{}: {e}", path.display()))?;
     if !out.iter().any(|(k, _)| k.starts_with("backbone.")) {
-        return Err(format!("{}: a backbone-only checkpoint ({dialect}) cannot build a whole segmentor", path.display()).into());
+        return Err(format!(
+            "{}: a backbone-only checkpoint ({dialect}) cannot build a whole segmentor",
+            path.display()
+        )
+        .into());
     }
     Ok(out)
 }
@@ -259,7 +281,8 @@ pub fn compare_outputs(
                 (None, _) => TensorResult::not_covered(name, exp.shape(), tol),
                 (Some(OutTensor::Float(a)), true) => compare_floats(name, a, &exp.to_f64(), tol),
                 (Some(OutTensor::Label(a)), false) => {
-                    let logits_name = if name == "pred" { "seg_logits".to_string() } else { name.replacen("pred", "seg_logits", 1) };
+                    let logits_name =
+                        if name == "pred" { "seg_logits".to_string() } else { name.replacen("pred", "seg_logits", 1) };
                     let logits = find(&logits_name).filter(|l| l.is_float()).map(|l| l.to_f64());
                     let ltol = tol_for(&logits_name);
                     compare_labels(name, a, &exp.to_i64().unwrap_or_default(), logits.as_ref(), ltol)

@@ -18,9 +18,9 @@
 //! a case with JPEG images (reported with the reason, never passed): a ±1 pixel difference would
 //! fail it for a reason that is not the implementation under test.
 
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use serde_json::Value;
 
 use super::case::{Case, Dtype, Tolerance};
 use super::compare::TensorResult;
@@ -35,7 +35,11 @@ use crate::metrics::{compute_metrics, AreaTotals};
 const EXACT: Tolerance = Tolerance { rtol: 0.0, atol: 0.0 };
 
 /// Runs a `pipeline` case; `None` for other kinds.
-pub fn run(case: &Case, backend: &dyn Backend, opts: &VerifyOptions) -> Option<Result<Vec<TensorResult>, BackendError>> {
+pub fn run(
+    case: &Case,
+    backend: &dyn Backend,
+    opts: &VerifyOptions,
+) -> Option<Result<Vec<TensorResult>, BackendError>> {
     if case.kind != "pipeline" {
         return None;
     }
@@ -49,7 +53,11 @@ fn manifest_err(case: &Case, msg: impl std::fmt::Display) -> BackendError {
 
 /// The `dataset` object of a pipeline case: layout, test pipeline and optional `aug`.
 pub fn dataset_from_case(case: &Case) -> Result<(DatasetSpec, TestPipeline, Option<MsFlip>), BackendError> {
-    let ds = case.manifest.get("dataset").and_then(Value::as_object).ok_or_else(|| manifest_err(case, "`dataset` (an object) is missing"))?;
+    let ds = case
+        .manifest
+        .get("dataset")
+        .and_then(Value::as_object)
+        .ok_or_else(|| manifest_err(case, "`dataset` (an object) is missing"))?;
     let s = |k: &str, default: &str| -> Result<String, BackendError> {
         match ds.get(k) {
             None => Ok(default.to_string()),
@@ -80,7 +88,10 @@ pub fn dataset_from_case(case: &Case) -> Result<(DatasetSpec, TestPipeline, Opti
 
 fn run_pipeline(case: &Case, backend: &dyn Backend) -> Result<Vec<TensorResult>, BackendError> {
     if case.dtype != Dtype::F32 {
-        return Err(manifest_err(case, "pipeline cases run in float32 (the images are uint8 and MMSegmentation's test runs in fp32)"));
+        return Err(manifest_err(
+            case,
+            "pipeline cases run in float32 (the images are uint8 and MMSegmentation's test runs in fp32)",
+        ));
     }
     let model_v = case.manifest.get("model").ok_or_else(|| manifest_err(case, "`model` is missing"))?;
     let model = SegmentorConfig::from_value(model_v).map_err(|e| manifest_err(case, e))?;
@@ -142,9 +153,13 @@ fn run_pipeline(case: &Case, backend: &dyn Backend) -> Result<Vec<TensorResult>,
     let stems: BTreeSet<&str> = listing.samples.iter().map(|s| s.stem.as_str()).collect();
     for (name, _) in &expected {
         let stem = name.split_once('.').map(|(_, rest)| rest).unwrap_or("");
-        let known = stems.contains(stem) || stem.rsplit_once('.').is_some_and(|(st, k)| stems.contains(st) && k.parse::<usize>().is_ok());
+        let known = stems.contains(stem)
+            || stem.rsplit_once('.').is_some_and(|(st, k)| stems.contains(st) && k.parse::<usize>().is_ok());
         if !known {
-            return Err(manifest_err(case, format!("output `{name}` does not name an image of the dataset ({} images)", stems.len())));
+            return Err(manifest_err(
+                case,
+                format!("output `{name}` does not name an image of the dataset ({} images)", stems.len()),
+            ));
         }
     }
 

@@ -183,7 +183,12 @@ pub struct JsonReport<'a> {
 /// Writes a JSON value where non-finite floats become `null` (JSON has no NaN).
 pub fn to_json(reports: &[CaseReport]) -> String {
     let summary = Summary::of(reports);
-    let rep = JsonReport { format: "beit-seg-verify/1", summary: &summary, coverage_percent: summary.coverage_percent(), cases: reports };
+    let rep = JsonReport {
+        format: "beit-seg-verify/1",
+        summary: &summary,
+        coverage_percent: summary.coverage_percent(),
+        cases: reports,
+    };
     serde_json::to_string_pretty(&rep).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
@@ -205,11 +210,21 @@ pub fn to_junit(reports: &[CaseReport]) -> String {
         total_time
     );
     for r in reports {
-        let _ = write!(out, "  <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"", xml_escape(&r.kind), xml_escape(&r.name), r.seconds);
+        let _ = write!(
+            out,
+            "  <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
+            xml_escape(&r.kind),
+            xml_escape(&r.name),
+            r.seconds
+        );
         match r.status {
             CaseStatus::Pass => out.push_str("/>\n"),
             CaseStatus::Skipped => {
-                let _ = writeln!(out, "><skipped message=\"{}\"/></testcase>", xml_escape(r.message.as_deref().unwrap_or("")));
+                let _ = writeln!(
+                    out,
+                    "><skipped message=\"{}\"/></testcase>",
+                    xml_escape(r.message.as_deref().unwrap_or(""))
+                );
             }
             CaseStatus::Fail => {
                 let msg = r
@@ -217,7 +232,12 @@ pub fn to_junit(reports: &[CaseReport]) -> String {
                     .clone()
                     .or_else(|| r.first_failure().map(|t| format!("first failing tensor: {}", t.name)))
                     .unwrap_or_else(|| "tensors not covered".into());
-                let _ = writeln!(out, "><failure message=\"{}\">{}</failure></testcase>", xml_escape(&msg), xml_escape(&case_table(r, true)));
+                let _ = writeln!(
+                    out,
+                    "><failure message=\"{}\">{}</failure></testcase>",
+                    xml_escape(&msg),
+                    xml_escape(&case_table(r, true))
+                );
             }
         }
     }

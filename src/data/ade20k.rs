@@ -125,7 +125,11 @@ pub fn list(spec: &DatasetSpec, skip_bad: bool) -> Result<Listing, DatasetError>
     if !ann_root.is_dir() {
         return Err(DatasetError::Layout {
             path: ann_root,
-            msg: format!("annotation directory not found (data root {}, ann_dir `{}`)", spec.root.display(), spec.ann_dir),
+            msg: format!(
+                "annotation directory not found (data root {}, ann_dir `{}`)",
+                spec.root.display(),
+                spec.ann_dir
+            ),
         });
     }
     let mut files = Vec::new();

@@ -158,7 +158,12 @@ pub fn resize_bilinear_u8(img: ArrayView3<u8>, out_hw: (usize, usize)) -> Array3
 /// If `mean` or `std` does not have one value per channel.
 pub fn normalize(img_bgr: ArrayView3<u8>, mean: &[f32], std: &[f32], bgr_to_rgb: bool) -> Array3<f32> {
     let (h, w, c) = img_bgr.dim();
-    assert!(mean.len() == c && std.len() == c, "normalize: {c} channels but {} means and {} stds", mean.len(), std.len());
+    assert!(
+        mean.len() == c && std.len() == c,
+        "normalize: {c} channels but {} means and {} stds",
+        mean.len(),
+        std.len()
+    );
     let flip = bgr_to_rgb && c == 3;
     Array3::from_shape_fn((c, h, w), |(ch, y, x)| {
         let src = if flip { 2 - ch } else { ch };

@@ -20,7 +20,12 @@ pub struct LayerNorm {
 impl LayerNorm {
     pub fn load(src: &mut dyn Source, ctx: &Ctx, prefix: &str, c: usize, eps: f64) -> Result<Self> {
         let wide = ctx.wide_kind();
-        Ok(LayerNorm { weight: src.get(&join(prefix, "weight"), &[c], wide)?, bias: src.get(&join(prefix, "bias"), &[c], wide)?, eps, wide })
+        Ok(LayerNorm {
+            weight: src.get(&join(prefix, "weight"), &[c], wide)?,
+            bias: src.get(&join(prefix, "bias"), &[c], wide)?,
+            eps,
+            wide,
+        })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::layer_norm(x, &self.weight, &self.bias, self.eps, self.wide)
@@ -87,7 +92,9 @@ impl BeitAttention {
                     stored.shape(),
                     index.shape()
                 ));
-            } else if let Some((pos, (s, c))) = stored.iter().zip(index.iter()).enumerate().find(|(_, (s, c))| **s != **c as i64) {
+            } else if let Some((pos, (s, c))) =
+                stored.iter().zip(index.iter()).enumerate().find(|(_, (s, c))| **s != **c as i64)
+            {
                 let n = index.ncols();
                 src.problem(format!("`{key}`[{}, {}] is {s}, the computed index is {c}", pos / n, pos % n));
             }
@@ -112,7 +119,12 @@ impl BeitAttention {
     /// `rel_pos_bias[h, i, j] = table[index[i, j], h]`, (nH, N+1, N+1).
     fn relative_position_bias(&self) -> Result<Tensor> {
         let n = self.tokens;
-        Ok(self.table.f_index_select(0, &self.index)?.f_reshape([n, n, self.num_heads])?.f_permute([2, 0, 1])?.f_contiguous()?)
+        Ok(self
+            .table
+            .f_index_select(0, &self.index)?
+            .f_reshape([n, n, self.num_heads])?
+            .f_permute([2, 0, 1])?
+            .f_contiguous()?)
     }
 
     /// (B, N+1, C) → (B, N+1, C).
@@ -179,7 +191,13 @@ impl Ffn {
             rec.put(&join(prefix, &format!("layers.{i}")), &h);
         }
         let y = self.fcs[last].forward(&h)?;
-        for name in [format!("layers.{last}"), format!("layers.{}", last + 1), "layers".into(), "gamma2".into(), "dropout_layer".into()] {
+        for name in [
+            format!("layers.{last}"),
+            format!("layers.{}", last + 1),
+            "layers".into(),
+            "gamma2".into(),
+            "dropout_layer".into(),
+        ] {
             rec.put(&join(prefix, &name), &y);
         }
         Ok(y)
@@ -241,7 +259,11 @@ impl PatchEmbed {
         Ok(PatchEmbed {
             weight: src.get(&join(prefix, "projection.weight"), &[c, cfg.in_channels, p, p], ctx.kind())?,
             bias: src.get(&join(prefix, "projection.bias"), &[c], ctx.kind())?,
-            norm: if cfg.patch_norm { Some(LayerNorm::load(src, ctx, &join(prefix, "norm"), c, cfg.norm.eps)?) } else { None },
+            norm: if cfg.patch_norm {
+                Some(LayerNorm::load(src, ctx, &join(prefix, "norm"), c, cfg.norm.eps)?)
+            } else {
+                None
+            },
             patch: p as i64,
         })
     }
@@ -279,8 +301,14 @@ impl Beit {
         Ok(Beit {
             cls_token: src.get(&join(prefix, "cls_token"), &[1, 1, c], ctx.kind())?,
             patch_embed: PatchEmbed::load(src, ctx, &join(prefix, "patch_embed"), cfg)?,
-            layers: (0..cfg.num_layers).map(|i| BeitLayer::load(src, ctx, &join(prefix, &format!("layers.{i}")), cfg)).collect::<Result<_>>()?,
-            ln1: if cfg.final_norm { Some(LayerNorm::load(src, ctx, &join(prefix, "ln1"), c, cfg.norm.eps)?) } else { None },
+            layers: (0..cfg.num_layers)
+                .map(|i| BeitLayer::load(src, ctx, &join(prefix, &format!("layers.{i}")), cfg))
+                .collect::<Result<_>>()?,
+            ln1: if cfg.final_norm {
+                Some(LayerNorm::load(src, ctx, &join(prefix, "ln1"), c, cfg.norm.eps)?)
+            } else {
+                None
+            },
             cfg: cfg.clone(),
         })
     }
@@ -291,7 +319,10 @@ impl Beit {
         let (b, cin, h, w) = (s[0], s[1] as usize, s[2] as usize, s[3] as usize);
         let p = self.cfg.patch_size;
         if cin != self.cfg.in_channels {
-            return Err(FastError::Input(format!("input has {cin} channels, the backbone expects {}", self.cfg.in_channels)));
+            return Err(FastError::Input(format!(
+                "input has {cin} channels, the backbone expects {}",
+                self.cfg.in_channels
+            )));
         }
         let grid = (h / p, w / p);
         if grid != self.cfg.window() {

@@ -168,8 +168,10 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
     for &p in &order {
         eprintln!("bench: {} on {} ...", p.name(), device_name(opts.device));
         let model = FastSegmentor::random(&cfg, Ctx::new(opts.device, p), opts.seed)?;
-        let (crop_s, _) = time_it(opts.device, opts.warmup, opts.iters, || model.forward(&crop, &mut Recorder::none()))?;
-        let (image_s, out) = time_it(opts.device, opts.warmup, opts.iters, || model.forward(&image, &mut Recorder::none()))?;
+        let (crop_s, _) =
+            time_it(opts.device, opts.warmup, opts.iters, || model.forward(&crop, &mut Recorder::none()))?;
+        let (image_s, out) =
+            time_it(opts.device, opts.warmup, opts.iters, || model.forward(&image, &mut Recorder::none()))?;
         let vs_fp32 = match (&fp32_logits, p) {
             (Some(reference), p) if p != Precision::Fp32 => Some(compare_logits(reference, &out.seg_logits)?),
             _ => None,
@@ -189,7 +191,15 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
     } else {
         Err("not requested".into())
     };
-    Ok(BenchReport { device: device_name(opts.device), threads, warmup: opts.warmup, iters: opts.iters, image: opts.image, timings, pytorch })
+    Ok(BenchReport {
+        device: device_name(opts.device),
+        threads,
+        warmup: opts.warmup,
+        iters: opts.iters,
+        image: opts.image,
+        timings,
+        pytorch,
+    })
 }
 
 /// (max |a - b|, max |a|, fraction of equal argmax over channels).
@@ -198,7 +208,8 @@ fn compare_logits(reference: &Tensor, other: &Tensor) -> Result<(f64, f64, f64)>
     let b = other.f_to_kind(Kind::Float)?;
     let max_err = to_f64_array(&a.f_sub(&b)?.f_abs()?.f_max()?)?.iter().next().copied().unwrap_or(f64::NAN);
     let max_ref = to_f64_array(&a.f_abs()?.f_max()?)?.iter().next().copied().unwrap_or(f64::NAN);
-    let same = a.f_argmax(1, false)?.f_eq_tensor(&b.f_argmax(1, false)?)?.f_to_kind(Kind::Double)?.f_mean(Kind::Double)?;
+    let same =
+        a.f_argmax(1, false)?.f_eq_tensor(&b.f_argmax(1, false)?)?.f_to_kind(Kind::Double)?.f_mean(Kind::Double)?;
     let agree = to_f64_array(&same)?.iter().next().copied().unwrap_or(f64::NAN);
     Ok((max_err, max_ref, agree))
 }
@@ -280,7 +291,8 @@ pub fn find_python(explicit: Option<&Path>) -> Option<PathBuf> {
 }
 
 fn run_pytorch(opts: &BenchOptions, threads: i32) -> std::result::Result<PyTorchTiming, String> {
-    let python = find_python(opts.python.as_deref()).ok_or("no Python with MMSegmentation found (set --python or BEIT_SEG_PYTHON)")?;
+    let python = find_python(opts.python.as_deref())
+        .ok_or("no Python with MMSegmentation found (set --python or BEIT_SEG_PYTHON)")?;
     let device = match opts.device {
         Device::Cpu => "cpu".to_string(),
         Device::Cuda(i) => format!("cuda:{i}"),
@@ -302,7 +314,9 @@ fn run_pytorch(opts: &BenchOptions, threads: i32) -> std::result::Result<PyTorch
         (true, Some(line)) => {
             let v: Value = serde_json::from_str(line).map_err(|e| format!("unreadable PyTorch result: {e}"))?;
             let f = |k: &str| v.get(k).and_then(Value::as_f64).ok_or(format!("PyTorch result lacks `{k}`"));
-            let s = |k: &str| v.get(k).map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).unwrap_or_default();
+            let s = |k: &str| {
+                v.get(k).map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).unwrap_or_default()
+            };
             Ok(PyTorchTiming {
                 crop_s: f("crop_s")?,
                 image_s: f("image_s")?,
@@ -312,7 +326,12 @@ fn run_pytorch(opts: &BenchOptions, threads: i32) -> std::result::Result<PyTorch
         _ => {
             let err = String::from_utf8_lossy(&out.stderr);
             let tail: Vec<&str> = err.lines().rev().take(3).collect();
-            Err(format!("{} failed ({}): {}", python.display(), out.status, tail.into_iter().rev().collect::<Vec<_>>().join(" | ")))
+            Err(format!(
+                "{} failed ({}): {}",
+                python.display(),
+                out.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            ))
         }
     }
 }
@@ -378,4 +397,3 @@ fn windows((h, w): (usize, usize)) -> usize {
     let g = |n: usize| (n + 426).saturating_sub(641) / 426 + 1;
     g(h) * g(w)
 }
-

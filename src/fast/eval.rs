@@ -8,9 +8,9 @@ use ndarray::{Array4, IxDyn};
 use tch::{Device, Kind};
 
 use super::{check_device, device_name, from_any_array, Ctx, FastError, FastSegmentor, Precision, Recorder, Result};
+use crate::array::AnyArray;
 use crate::config::SegmentorConfig;
 use crate::eval::SegModel;
-use crate::weights::AnyArray;
 
 /// A [`FastSegmentor`] behind a lock (tch tensors are `Send` but not `Sync`; one device runs one
 /// image at a time anyway).
@@ -21,7 +21,12 @@ pub struct TchModel {
 
 impl TchModel {
     /// Builds the model from a state dict in MMSegmentation names on `device` in `precision`.
-    pub fn load(cfg: &SegmentorConfig, weights: Vec<(String, AnyArray)>, device: Device, precision: Precision) -> Result<Self> {
+    pub fn load(
+        cfg: &SegmentorConfig,
+        weights: Vec<(String, AnyArray)>,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Self> {
         check_device(device)?;
         let ctx = Ctx::new(device, precision);
         Ok(TchModel { model: Mutex::new(FastSegmentor::load(cfg, weights, ctx)?), ctx })

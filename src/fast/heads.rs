@@ -22,7 +22,17 @@ pub struct ConvModule {
 
 impl ConvModule {
     #[allow(clippy::too_many_arguments)]
-    pub fn load(src: &mut dyn Source, ctx: &Ctx, prefix: &str, cfg: &HeadConfig, cin: usize, cout: usize, k: usize, padding: usize, dilation: usize) -> Result<Self> {
+    pub fn load(
+        src: &mut dyn Source,
+        ctx: &Ctx,
+        prefix: &str,
+        cfg: &HeadConfig,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        padding: usize,
+        dilation: usize,
+    ) -> Result<Self> {
         let bn = match &cfg.norm {
             Some(n) => Some(BatchNorm::load(src, ctx, &join(prefix, "bn"), cout, n.eps)?),
             None => None,
@@ -98,16 +108,62 @@ impl DecodeHead {
                 Body::Uper {
                     pool_scales: pool_scales.clone(),
                     psp_modules: (0..pool_scales.len())
-                        .map(|k| ConvModule::load(src, ctx, &join(prefix, &format!("psp_modules.{k}.1")), cfg, top, ch, 1, 0, 1))
+                        .map(|k| {
+                            ConvModule::load(
+                                src,
+                                ctx,
+                                &join(prefix, &format!("psp_modules.{k}.1")),
+                                cfg,
+                                top,
+                                ch,
+                                1,
+                                0,
+                                1,
+                            )
+                        })
                         .collect::<Result<_>>()?,
-                    bottleneck: ConvModule::load(src, ctx, &join(prefix, "bottleneck"), cfg, top + pool_scales.len() * ch, ch, 3, 1, 1)?,
+                    bottleneck: ConvModule::load(
+                        src,
+                        ctx,
+                        &join(prefix, "bottleneck"),
+                        cfg,
+                        top + pool_scales.len() * ch,
+                        ch,
+                        3,
+                        1,
+                        1,
+                    )?,
                     lateral_convs: (0..n - 1)
-                        .map(|i| ConvModule::load(src, ctx, &join(prefix, &format!("lateral_convs.{i}")), cfg, cfg.in_channels[i], ch, 1, 0, 1))
+                        .map(|i| {
+                            ConvModule::load(
+                                src,
+                                ctx,
+                                &join(prefix, &format!("lateral_convs.{i}")),
+                                cfg,
+                                cfg.in_channels[i],
+                                ch,
+                                1,
+                                0,
+                                1,
+                            )
+                        })
                         .collect::<Result<_>>()?,
                     fpn_convs: (0..n - 1)
-                        .map(|i| ConvModule::load(src, ctx, &join(prefix, &format!("fpn_convs.{i}")), cfg, ch, ch, 3, 1, 1))
+                        .map(|i| {
+                            ConvModule::load(src, ctx, &join(prefix, &format!("fpn_convs.{i}")), cfg, ch, ch, 3, 1, 1)
+                        })
                         .collect::<Result<_>>()?,
-                    fpn_bottleneck: ConvModule::load(src, ctx, &join(prefix, "fpn_bottleneck"), cfg, n * ch, ch, 3, 1, 1)?,
+                    fpn_bottleneck: ConvModule::load(
+                        src,
+                        ctx,
+                        &join(prefix, "fpn_bottleneck"),
+                        cfg,
+                        n * ch,
+                        ch,
+                        3,
+                        1,
+                        1,
+                    )?,
                 }
             }
             HeadKind::Fcn { num_convs, kernel_size, concat_input, dilation } => {
@@ -117,10 +173,24 @@ impl DecodeHead {
                 let convs = (0..*num_convs)
                     .map(|i| {
                         let inp = if i == 0 { cin } else { ch };
-                        ConvModule::load(src, ctx, &join(prefix, &format!("convs.{i}")), cfg, inp, ch, k, pad, *dilation)
+                        ConvModule::load(
+                            src,
+                            ctx,
+                            &join(prefix, &format!("convs.{i}")),
+                            cfg,
+                            inp,
+                            ch,
+                            k,
+                            pad,
+                            *dilation,
+                        )
                     })
                     .collect::<Result<_>>()?;
-                let conv_cat = if *concat_input { Some(ConvModule::load(src, ctx, &join(prefix, "conv_cat"), cfg, cin + ch, ch, k, k / 2, 1)?) } else { None };
+                let conv_cat = if *concat_input {
+                    Some(ConvModule::load(src, ctx, &join(prefix, "conv_cat"), cfg, cin + ch, ch, k, k / 2, 1)?)
+                } else {
+                    None
+                };
                 Body::Fcn { convs, conv_cat }
             }
         };
@@ -141,7 +211,9 @@ impl DecodeHead {
         let check = |x: &Tensor, want: usize| -> Result<()> {
             let got = x.size()[1] as usize;
             if got != want {
-                return Err(FastError::Input(format!("{prefix}: input map has {got} channels, in_channels says {want}")));
+                return Err(FastError::Input(format!(
+                    "{prefix}: input map has {got} channels, in_channels says {want}"
+                )));
             }
             Ok(())
         };
@@ -152,7 +224,10 @@ impl DecodeHead {
                 Ok(vec![x.shallow_clone()])
             }
             InputTransform::MultipleSelect(idx) => {
-                let xs = idx.iter().map(|&i| pick(maps, i, prefix).map(Tensor::shallow_clone)).collect::<Result<Vec<_>>>()?;
+                let xs = idx
+                    .iter()
+                    .map(|&i| pick(maps, i, prefix).map(Tensor::shallow_clone))
+                    .collect::<Result<Vec<_>>>()?;
                 for (x, &c) in xs.iter().zip(&self.cfg.in_channels) {
                     check(x, c)?;
                 }

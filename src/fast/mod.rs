@@ -37,10 +37,11 @@ use std::collections::{BTreeMap, HashSet};
 use ndarray::{ArrayD, IxDyn};
 use tch::{Device, Kind, Tensor};
 
+use crate::array::AnyArray;
 use crate::config::ConfigError;
 use crate::conformance::case::Dtype;
 use crate::conformance::{Backend, BackendError, OutTensor, SegmentorRequest};
-use crate::weights::{AnyArray, WeightsError};
+use crate::weights::WeightsError;
 
 pub use segmentor::{FastSegmentor, SegOutput};
 
@@ -306,13 +307,20 @@ impl TchBackend {
         let inputs = from_any_array(&req.inputs, ctx.kind(), ctx.device)
             .map_err(|e| FastError::Input(format!("inputs: {e}")))?;
         if inputs.dim() != 4 {
-            return Err(FastError::Input(format!("inputs: expected an NCHW array (4 dimensions), got shape {:?}", req.inputs.shape())));
+            return Err(FastError::Input(format!(
+                "inputs: expected an NCHW array (4 dimensions), got shape {:?}",
+                req.inputs.shape()
+            )));
         }
         let mut rec = Recorder::only(req.wanted);
         model.forward(&inputs, &mut rec)?;
         let mut out = BTreeMap::new();
         for (k, t) in rec.tensors {
-            let v = if t.kind() == Kind::Int64 { OutTensor::Label(to_i64_array(&t)?) } else { OutTensor::Float(to_f64_array(&t)?) };
+            let v = if t.kind() == Kind::Int64 {
+                OutTensor::Label(to_i64_array(&t)?)
+            } else {
+                OutTensor::Float(to_f64_array(&t)?)
+            };
             out.insert(k, v);
         }
         Ok(out)

@@ -16,7 +16,10 @@ pub struct ConvTranspose {
 
 impl ConvTranspose {
     fn load(src: &mut dyn Source, ctx: &Ctx, prefix: &str, c: usize) -> Result<Self> {
-        Ok(ConvTranspose { weight: src.get(&join(prefix, "weight"), &[c, c, 2, 2], ctx.kind())?, bias: src.get(&join(prefix, "bias"), &[c], ctx.kind())? })
+        Ok(ConvTranspose {
+            weight: src.get(&join(prefix, "weight"), &[c, c, 2, 2], ctx.kind())?,
+            bias: src.get(&join(prefix, "bias"), &[c], ctx.kind())?,
+        })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::conv_transpose2d(x, &self.weight, Some(&self.bias), 2)
@@ -69,7 +72,11 @@ impl Feature2Pyramid {
         } else {
             None
         };
-        Ok(Feature2Pyramid { upsample_4x, upsample_2x: ConvTranspose::load(src, ctx, &join(prefix, "upsample_2x.0"), c)?, cfg: cfg.clone() })
+        Ok(Feature2Pyramid {
+            upsample_4x,
+            upsample_2x: ConvTranspose::load(src, ctx, &join(prefix, "upsample_2x.0"), c)?,
+            cfg: cfg.clone(),
+        })
     }
 
     /// Four backbone maps → four pyramid levels.

@@ -32,7 +32,20 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: i64, padding: 
 
 /// `F.conv_transpose2d(x, w, b, stride)`, no padding; weight layout (Cin, Cout, kh, kw).
 pub fn conv_transpose2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: i64) -> Result<Tensor> {
-    Ok(x.f_internal_convolution(w, b, [stride, stride], [0i64, 0], [1i64, 1], true, [0i64, 0], 1, false, false, true, ALLOW_TF32)?)
+    Ok(x.f_internal_convolution(
+        w,
+        b,
+        [stride, stride],
+        [0i64, 0],
+        [1i64, 1],
+        true,
+        [0i64, 0],
+        1,
+        false,
+        false,
+        true,
+        ALLOW_TF32,
+    )?)
 }
 
 /// `F.linear(x, w, b)` on the last axis.

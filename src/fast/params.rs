@@ -6,7 +6,8 @@ use ndarray::ArrayD;
 use tch::{Device, Kind, Tensor};
 
 use super::Result;
-use crate::weights::{AnyArray, WeightStore};
+use crate::array::AnyArray;
+use crate::weights::WeightStore;
 use crate::Float;
 
 /// A source of named parameters, handed out as tensors on the model's device.

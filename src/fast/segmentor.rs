@@ -14,8 +14,8 @@ use super::heads::DecodeHead;
 use super::neck::Feature2Pyramid;
 use super::params::{store_source, RandomSource, Source};
 use super::{ops, Ctx, FastError, Recorder, Result};
+use crate::array::AnyArray;
 use crate::config::{SegmentorConfig, TestMode};
-use crate::weights::AnyArray;
 
 /// The segmentor on one device, in one precision.
 pub struct FastSegmentor {
@@ -123,7 +123,9 @@ impl FastSegmentor {
         // [B, C, H, W] -> [K·B, C, hw, ww], window-major.
         let crops = windows
             .iter()
-            .map(|&(y1, y2, x1, x2)| Ok(img.f_narrow(2, y1 as i64, (y2 - y1) as i64)?.f_narrow(3, x1 as i64, (x2 - x1) as i64)?))
+            .map(|&(y1, y2, x1, x2)| {
+                Ok(img.f_narrow(2, y1 as i64, (y2 - y1) as i64)?.f_narrow(3, x1 as i64, (x2 - x1) as i64)?)
+            })
             .collect::<Result<Vec<Tensor>>>()?;
         let batch = Tensor::f_cat(&crops, 0)?;
         let logits = self.encode_decode(&batch, &mut Recorder::none())?;

@@ -62,7 +62,10 @@ pub struct Linear<T: Float> {
 
 impl<T: Float> Linear<T> {
     pub fn load(ws: &mut WeightStore<T>, prefix: &str, inp: usize, out: usize, bias: bool) -> Self {
-        Linear { weight: take2(ws, &join(prefix, "weight"), out, inp), bias: bias.then(|| take1(ws, &join(prefix, "bias"), out)) }
+        Linear {
+            weight: take2(ws, &join(prefix, "weight"), out, inp),
+            bias: bias.then(|| take1(ws, &join(prefix, "bias"), out)),
+        }
     }
     /// Applies to the last axis of (B, N, in) tokens.
     pub fn forward(&self, x: &Array3<T>) -> Array3<T> {
@@ -168,7 +171,7 @@ impl<T: Float> BeitAttention<T> {
                 let k = xb.slice(s![.., c + h * hd..c + (h + 1) * hd]);
                 let v = xb.slice(s![.., 2 * c + h * hd..2 * c + (h + 1) * hd]);
                 let mut attn = q.dot(&k.t()); // (N, N)
-                // + relative_position_bias[h, i, j] = table[index[i, j], h]
+                                              // + relative_position_bias[h, i, j] = table[index[i, j], h]
                 for (a, &r) in attn.as_slice_mut().expect("fresh array").iter_mut().zip(index.iter()) {
                     *a += table[[r, h]];
                 }
@@ -197,9 +200,7 @@ fn check_index<T: Float>(ws: &mut WeightStore<T>, key: &str, stored: &ArrayD<i64
         ));
         return;
     }
-    if let Some((pos, (s, c))) =
-        stored.iter().zip(computed.iter()).enumerate().find(|(_, (s, c))| **s != **c as i64)
-    {
+    if let Some((pos, (s, c))) = stored.iter().zip(computed.iter()).enumerate().find(|(_, (s, c))| **s != **c as i64) {
         let n = computed.ncols();
         ws.problem(format!("`{key}`[{}, {}] is {s}, the computed index is {c}", pos / n, pos % n));
     }
@@ -239,7 +240,13 @@ impl<T: Float> Ffn<T> {
             rec.put(&join(prefix, &format!("layers.{i}")), &h);
         }
         let y = self.fcs[last].forward(&h);
-        for name in [format!("layers.{last}"), format!("layers.{}", last + 1), "layers".into(), "gamma2".into(), "dropout_layer".into()] {
+        for name in [
+            format!("layers.{last}"),
+            format!("layers.{}", last + 1),
+            "layers".into(),
+            "gamma2".into(),
+            "dropout_layer".into(),
+        ] {
             rec.put(&join(prefix, &name), &y);
         }
         y
@@ -311,7 +318,8 @@ impl<T: Float> PatchEmbed<T> {
 
     /// (B, Cin, H, W) → tokens (B, Hp·Wp, C) and the grid (Hp, Wp).
     pub fn forward(&self, x: &Array4<T>, prefix: &str, rec: &mut Recorder<T>) -> (Array3<T>, (usize, usize)) {
-        let y = ops::conv2d(x.view(), self.weight.view(), Some(self.bias.view()), (self.patch, self.patch), (0, 0), (1, 1));
+        let y =
+            ops::conv2d(x.view(), self.weight.view(), Some(self.bias.view()), (self.patch, self.patch), (0, 0), (1, 1));
         rec.put(&join(prefix, "projection"), &y);
         let (b, c, hp, wp) = y.dim();
         // flatten(2).transpose(1, 2): token t = row t / Wp, column t % Wp.
@@ -352,7 +360,9 @@ impl<T: Float> Beit<T> {
         Beit {
             patch_embed: PatchEmbed::load(ws, &join(prefix, "patch_embed"), cfg),
             cls_token: cls,
-            layers: (0..cfg.num_layers).map(|i| BeitLayer::load(ws, &join(prefix, &format!("layers.{i}")), cfg)).collect(),
+            layers: (0..cfg.num_layers)
+                .map(|i| BeitLayer::load(ws, &join(prefix, &format!("layers.{i}")), cfg))
+                .collect(),
             ln1: cfg.final_norm.then(|| LayerNorm::load(ws, &join(prefix, "ln1"), c, cfg.norm.eps)),
             cfg: cfg.clone(),
         }
@@ -363,7 +373,10 @@ impl<T: Float> Beit<T> {
         let (b, cin, h, w) = img.dim();
         let p = self.cfg.patch_size;
         if cin != self.cfg.in_channels {
-            return Err(ModelError::Input(format!("input has {cin} channels, the backbone expects {}", self.cfg.in_channels)));
+            return Err(ModelError::Input(format!(
+                "input has {cin} channels, the backbone expects {}",
+                self.cfg.in_channels
+            )));
         }
         let grid = (h / p, w / p);
         if grid != self.cfg.window() {
@@ -409,5 +422,9 @@ impl<T: Float> Beit<T> {
 pub fn tokens_to_map<T: Float>(x: ArrayView3<T>, hp: usize, wp: usize) -> Array4<T> {
     let (b, _, c) = x.dim();
     let t = x.slice(s![.., 1.., ..]).to_owned();
-    t.into_shape_with_order((b, hp, wp, c)).expect("standard layout").permuted_axes([0, 3, 1, 2]).as_standard_layout().into_owned()
+    t.into_shape_with_order((b, hp, wp, c))
+        .expect("standard layout")
+        .permuted_axes([0, 3, 1, 2])
+        .as_standard_layout()
+        .into_owned()
 }

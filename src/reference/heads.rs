@@ -33,7 +33,16 @@ pub struct ConvModule<T: Float> {
 
 impl<T: Float> ConvModule<T> {
     #[allow(clippy::too_many_arguments)]
-    pub fn load(ws: &mut WeightStore<T>, prefix: &str, cfg: &HeadConfig, cin: usize, cout: usize, k: usize, padding: usize, dilation: usize) -> Self {
+    pub fn load(
+        ws: &mut WeightStore<T>,
+        prefix: &str,
+        cfg: &HeadConfig,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        padding: usize,
+        dilation: usize,
+    ) -> Self {
         let bn = cfg.norm.as_ref().map(|n| BatchNorm::load(ws, &join(prefix, "bn"), cout, n.eps));
         ConvModule {
             weight: take4(ws, &join(prefix, "conv.weight"), [cout, cin, k, k]),
@@ -108,13 +117,37 @@ impl<T: Float> DecodeHead<T> {
                 Body::Uper {
                     pool_scales: pool_scales.clone(),
                     psp_modules: (0..pool_scales.len())
-                        .map(|k| ConvModule::load(ws, &join(prefix, &format!("psp_modules.{k}.1")), cfg, top, ch, 1, 0, 1))
+                        .map(|k| {
+                            ConvModule::load(ws, &join(prefix, &format!("psp_modules.{k}.1")), cfg, top, ch, 1, 0, 1)
+                        })
                         .collect(),
-                    bottleneck: ConvModule::load(ws, &join(prefix, "bottleneck"), cfg, top + pool_scales.len() * ch, ch, 3, 1, 1),
+                    bottleneck: ConvModule::load(
+                        ws,
+                        &join(prefix, "bottleneck"),
+                        cfg,
+                        top + pool_scales.len() * ch,
+                        ch,
+                        3,
+                        1,
+                        1,
+                    ),
                     lateral_convs: (0..n - 1)
-                        .map(|i| ConvModule::load(ws, &join(prefix, &format!("lateral_convs.{i}")), cfg, cfg.in_channels[i], ch, 1, 0, 1))
+                        .map(|i| {
+                            ConvModule::load(
+                                ws,
+                                &join(prefix, &format!("lateral_convs.{i}")),
+                                cfg,
+                                cfg.in_channels[i],
+                                ch,
+                                1,
+                                0,
+                                1,
+                            )
+                        })
                         .collect(),
-                    fpn_convs: (0..n - 1).map(|i| ConvModule::load(ws, &join(prefix, &format!("fpn_convs.{i}")), cfg, ch, ch, 3, 1, 1)).collect(),
+                    fpn_convs: (0..n - 1)
+                        .map(|i| ConvModule::load(ws, &join(prefix, &format!("fpn_convs.{i}")), cfg, ch, ch, 3, 1, 1))
+                        .collect(),
                     fpn_bottleneck: ConvModule::load(ws, &join(prefix, "fpn_bottleneck"), cfg, n * ch, ch, 3, 1, 1),
                 }
             }
@@ -128,7 +161,8 @@ impl<T: Float> DecodeHead<T> {
                         ConvModule::load(ws, &join(prefix, &format!("convs.{i}")), cfg, inp, ch, k, pad, *dilation)
                     })
                     .collect();
-                let conv_cat = concat_input.then(|| ConvModule::load(ws, &join(prefix, "conv_cat"), cfg, cin + ch, ch, k, k / 2, 1));
+                let conv_cat = concat_input
+                    .then(|| ConvModule::load(ws, &join(prefix, "conv_cat"), cfg, cin + ch, ch, k, k / 2, 1));
                 Body::Fcn { convs, conv_cat }
             }
         };
@@ -148,7 +182,10 @@ impl<T: Float> DecodeHead<T> {
     fn transform_inputs(&self, maps: &[Array4<T>], prefix: &str) -> Result<Vec<Array4<T>>, ModelError> {
         let check = |x: &Array4<T>, want: usize| -> Result<(), ModelError> {
             if x.dim().1 != want {
-                return Err(ModelError::Input(format!("{prefix}: input map has {} channels, in_channels says {want}", x.dim().1)));
+                return Err(ModelError::Input(format!(
+                    "{prefix}: input map has {} channels, in_channels says {want}",
+                    x.dim().1
+                )));
             }
             Ok(())
         };
@@ -246,7 +283,14 @@ impl<T: Float> DecodeHead<T> {
             }
         };
         rec.put(&join(prefix, "dropout"), &feat);
-        let out = ops::conv2d(feat.view(), self.conv_seg_weight.view(), Some(self.conv_seg_bias.view()), (1, 1), (0, 0), (1, 1));
+        let out = ops::conv2d(
+            feat.view(),
+            self.conv_seg_weight.view(),
+            Some(self.conv_seg_bias.view()),
+            (1, 1),
+            (0, 0),
+            (1, 1),
+        );
         rec.put(&join(prefix, "conv_seg"), &out);
         rec.put(prefix, &out);
         Ok(out)

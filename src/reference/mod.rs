@@ -56,7 +56,11 @@ impl<T: Float> Recorder<T> {
 
     /// Records only the given names.
     pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Self {
-        Recorder { wanted: Some(names.into_iter().map(Into::into).collect()), floats: BTreeMap::new(), ints: BTreeMap::new() }
+        Recorder {
+            wanted: Some(names.into_iter().map(Into::into).collect()),
+            floats: BTreeMap::new(),
+            ints: BTreeMap::new(),
+        }
     }
 
     /// Records nothing.

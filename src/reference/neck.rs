@@ -25,7 +25,10 @@ pub struct ConvTranspose<T: Float> {
 
 impl<T: Float> ConvTranspose<T> {
     fn load(ws: &mut WeightStore<T>, prefix: &str, c: usize) -> Self {
-        ConvTranspose { weight: take4(ws, &join(prefix, "weight"), [c, c, 2, 2]), bias: take1(ws, &join(prefix, "bias"), c) }
+        ConvTranspose {
+            weight: take4(ws, &join(prefix, "weight"), [c, c, 2, 2]),
+            bias: take1(ws, &join(prefix, "bias"), c),
+        }
     }
     fn forward(&self, x: &Array4<T>) -> Array4<T> {
         ops::conv_transpose2d(x.view(), self.weight.view(), Some(self.bias.view()), (2, 2), (0, 0))
@@ -82,7 +85,11 @@ impl<T: Float> Feature2Pyramid<T> {
                 ConvTranspose::load(ws, &join(&p, "3"), c),
             )
         });
-        Feature2Pyramid { upsample_4x, upsample_2x: ConvTranspose::load(ws, &join(prefix, "upsample_2x.0"), c), cfg: cfg.clone() }
+        Feature2Pyramid {
+            upsample_4x,
+            upsample_2x: ConvTranspose::load(ws, &join(prefix, "upsample_2x.0"), c),
+            cfg: cfg.clone(),
+        }
     }
 
     /// Four backbone maps → four pyramid levels.

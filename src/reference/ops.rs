@@ -13,8 +13,8 @@
 
 use ndarray::parallel::prelude::*;
 use ndarray::{
-    linalg::general_mat_mul, s, Array, Array2, Array3, Array4, ArrayView, ArrayView1, ArrayView2,
-    ArrayView3, ArrayView4, ArrayViewMut2, Axis, Dimension, Zip,
+    linalg::general_mat_mul, s, Array, Array2, Array3, Array4, ArrayView, ArrayView1, ArrayView2, ArrayView3,
+    ArrayView4, ArrayViewMut2, Axis, Dimension, Zip,
 };
 
 use crate::Float;
@@ -85,27 +85,16 @@ where
 {
     debug_assert_eq!(x.dim().0, out.dim().0);
     debug_assert_eq!(x.dim().1, out.dim().1);
-    out.outer_iter_mut()
-        .into_par_iter()
-        .zip(x.outer_iter().into_par_iter())
-        .for_each(|(mut ob, xb)| {
-            ob.outer_iter_mut()
-                .into_par_iter()
-                .zip(xb.outer_iter().into_par_iter())
-                .for_each(|(op, xp)| f(xp, op));
-        });
+    out.outer_iter_mut().into_par_iter().zip(x.outer_iter().into_par_iter()).for_each(|(mut ob, xb)| {
+        ob.outer_iter_mut().into_par_iter().zip(xb.outer_iter().into_par_iter()).for_each(|(op, xp)| f(xp, op));
+    });
 }
 
 /// A zero (B, C, H, W) array whose channel planes are filled with `bias[c]` when given.
-fn channel_filled<T: Float>(
-    shape: (usize, usize, usize, usize),
-    bias: Option<ArrayView1<T>>,
-) -> Array4<T> {
+fn channel_filled<T: Float>(shape: (usize, usize, usize, usize), bias: Option<ArrayView1<T>>) -> Array4<T> {
     let mut out = Array4::zeros(shape);
     if let Some(bias) = bias {
-        Zip::from(out.axis_iter_mut(Axis(1)))
-            .and(&bias)
-            .par_for_each(|mut plane, &bv| plane.fill(bv));
+        Zip::from(out.axis_iter_mut(Axis(1))).and(&bias).par_for_each(|mut plane, &bv| plane.fill(bv));
     }
     out
 }
@@ -114,29 +103,14 @@ fn channel_filled<T: Float>(
 ///
 /// `x` is (N, in), `weight` (out, in), `bias` (out); the result is (N, out). One GEMM (split
 /// into parallel blocks) with the bias as its initial accumulator (`beta = 1`).
-pub fn linear<T: Float>(
-    x: ArrayView2<T>,
-    weight: ArrayView2<T>,
-    bias: Option<ArrayView1<T>>,
-) -> Array2<T> {
+pub fn linear<T: Float>(x: ArrayView2<T>, weight: ArrayView2<T>, bias: Option<ArrayView1<T>>) -> Array2<T> {
     let (n, in_features) = x.dim();
     let (out_features, w_in) = weight.dim();
-    assert_eq!(
-        in_features, w_in,
-        "linear: x has {in_features} features but weight expects {w_in}"
-    );
+    assert_eq!(in_features, w_in, "linear: x has {in_features} features but weight expects {w_in}");
     let (mut y, beta) = match bias {
         Some(b) => {
-            assert_eq!(
-                b.len(),
-                out_features,
-                "linear: bias length {} != out_features {out_features}",
-                b.len()
-            );
-            (
-                Array2::from_shape_fn((n, out_features), |(_, j)| b[j]),
-                T::one(),
-            )
+            assert_eq!(b.len(), out_features, "linear: bias length {} != out_features {out_features}", b.len());
+            (Array2::from_shape_fn((n, out_features), |(_, j)| b[j]), T::one())
         }
         None => (Array2::zeros((n, out_features)), T::zero()),
     };
@@ -169,23 +143,21 @@ pub fn layer_norm<T: Float>(
     let eps = T::from_f64_lossy(eps);
     let count: T = cast(c);
     let mut y = Array2::zeros((n, c));
-    Zip::from(y.rows_mut())
-        .and(x.rows())
-        .par_for_each(|mut yr, xr| {
-            let mean = sum_lanes(xr.iter().copied()) / count;
-            let var = sum_lanes(xr.iter().map(|&v| (v - mean) * (v - mean))) / count;
-            let rstd = T::one() / (var + eps).sqrt();
-            Zip::indexed(&mut yr).and(&xr).for_each(|j, yv, &xv| {
-                let mut v = (xv - mean) * rstd;
-                if let Some(w) = &weight {
-                    v *= w[j];
-                }
-                if let Some(b) = &bias {
-                    v += b[j];
-                }
-                *yv = v;
-            });
+    Zip::from(y.rows_mut()).and(x.rows()).par_for_each(|mut yr, xr| {
+        let mean = sum_lanes(xr.iter().copied()) / count;
+        let var = sum_lanes(xr.iter().map(|&v| (v - mean) * (v - mean))) / count;
+        let rstd = T::one() / (var + eps).sqrt();
+        Zip::indexed(&mut yr).and(&xr).for_each(|j, yv, &xv| {
+            let mut v = (xv - mean) * rstd;
+            if let Some(w) = &weight {
+                v *= w[j];
+            }
+            if let Some(b) = &bias {
+                v += b[j];
+            }
+            *yv = v;
         });
+    });
     y
 }
 
@@ -225,16 +197,9 @@ pub fn softmax_rows_inplace<T: Float>(mut x: ArrayViewMut2<T>) {
 /// Output length of a convolution/pooling window sweep along one axis:
 /// `(n + 2p - d(k-1) - 1)/s + 1`, asserting that the (dilated) kernel fits the padded input.
 fn window_out_len(op: &str, n: usize, k: usize, s: usize, p: usize, d: usize) -> usize {
-    assert!(
-        k > 0 && s > 0 && d > 0,
-        "{op}: kernel, stride and dilation must be positive"
-    );
+    assert!(k > 0 && s > 0 && d > 0, "{op}: kernel, stride and dilation must be positive");
     let ek = d * (k - 1) + 1;
-    assert!(
-        n + 2 * p >= ek,
-        "{op}: kernel extent {ek} is larger than the padded input size {}",
-        n + 2 * p
-    );
+    assert!(n + 2 * p >= ek, "{op}: kernel extent {ek} is larger than the padded input size {}", n + 2 * p);
     (n + 2 * p - ek) / s + 1
 }
 
@@ -305,10 +270,7 @@ fn im2col_tile<T: Float>(
                         if g.sw == 1 {
                             drow[lo..hi].copy_from_slice(&src[base..base + (hi - lo)]);
                         } else {
-                            for (d, s) in drow[lo..hi]
-                                .iter_mut()
-                                .zip(src[base..].iter().step_by(g.sw))
-                            {
+                            for (d, s) in drow[lo..hi].iter_mut().zip(src[base..].iter().step_by(g.sw)) {
                                 *d = *s;
                             }
                         }
@@ -355,17 +317,9 @@ fn conv2d_tiled<T: Float>(
 ) -> Array4<T> {
     let (b, cin, h, w) = x.dim();
     let (cout, w_cin, kh, kw) = weight.dim();
-    assert_eq!(
-        cin, w_cin,
-        "conv2d: input has {cin} channels but weight expects {w_cin}"
-    );
+    assert_eq!(cin, w_cin, "conv2d: input has {cin} channels but weight expects {w_cin}");
     if let Some(bv) = &bias {
-        assert_eq!(
-            bv.len(),
-            cout,
-            "conv2d: bias length {} != out channels {cout}",
-            bv.len()
-        );
+        assert_eq!(bv.len(), cout, "conv2d: bias length {} != out channels {cout}", bv.len());
     }
     let ho = window_out_len("conv2d", h, kh, stride.0, padding.0, dilation.0);
     let wo = window_out_len("conv2d", w, kw, stride.1, padding.1, dilation.1);
@@ -389,10 +343,7 @@ fn conv2d_tiled<T: Float>(
     let beta0 = if bias.is_some() { T::one() } else { T::zero() };
     let kk = kh * kw;
     let w_std = weight.as_standard_layout();
-    let wmat = w_std
-        .view()
-        .into_shape_with_order((cout, cin * kk))
-        .expect("standard-layout weight reshapes");
+    let wmat = w_std.view().into_shape_with_order((cout, cin * kk)).expect("standard-layout weight reshapes");
     let x_std = x.as_standard_layout();
     let x_std = x_std.view();
     let pointwise = kh == 1 && kw == 1 && stride == (1, 1) && padding == (0, 0);
@@ -408,49 +359,34 @@ fn conv2d_tiled<T: Float>(
     let rows_per_tile = rows_par.min(rows_nominal).max(1);
     let cin_block = (tile_elems / (kk * rows_nominal * wo)).clamp(1, cin.max(1));
     let n_kblocks = cin.div_ceil(cin_block);
-    let cin_block = if n_kblocks > 0 {
-        cin.div_ceil(n_kblocks)
-    } else {
-        1
-    };
+    let cin_block = if n_kblocks > 0 { cin.div_ceil(n_kblocks) } else { 1 };
 
-    out.outer_iter_mut()
-        .into_par_iter()
-        .zip(x_std.outer_iter().into_par_iter())
-        .for_each(|(ob, xb)| {
-            let mut omat = ob
-                .into_shape_with_order((cout, ho * wo))
-                .expect("output image is contiguous");
-            if pointwise {
-                let xmat = xb
-                    .into_shape_with_order((cin, h * w))
-                    .expect("standard-layout image reshapes");
-                gemm_into(wmat, xmat, beta0, omat.view_mut());
-                return;
+    out.outer_iter_mut().into_par_iter().zip(x_std.outer_iter().into_par_iter()).for_each(|(ob, xb)| {
+        let mut omat = ob.into_shape_with_order((cout, ho * wo)).expect("output image is contiguous");
+        if pointwise {
+            let xmat = xb.into_shape_with_order((cin, h * w)).expect("standard-layout image reshapes");
+            gemm_into(wmat, xmat, beta0, omat.view_mut());
+            return;
+        }
+        omat.axis_chunks_iter_mut(Axis(1), rows_per_tile * wo).into_par_iter().enumerate().for_each(|(t, mut oc)| {
+            let oh0 = t * rows_per_tile;
+            let nrows = oc.ncols() / wo;
+            let ncols = nrows * wo;
+            let mut cols = vec![T::zero(); cin_block.min(cin) * kk * ncols];
+            let mut c0 = 0;
+            while c0 < cin {
+                let c1 = (c0 + cin_block).min(cin);
+                let rows = (c1 - c0) * kk;
+                let buf = &mut cols[..rows * ncols];
+                im2col_tile(&xb, &g, (c0, c1), (oh0, nrows), buf);
+                let bmat = ArrayView2::from_shape((rows, ncols), &*buf).expect("im2col buffer shape");
+                let a = wmat.slice(s![.., c0 * kk..c1 * kk]);
+                let beta = if c0 == 0 { beta0 } else { T::one() };
+                general_mat_mul(T::one(), &a, &bmat, beta, &mut oc);
+                c0 = c1;
             }
-            omat.axis_chunks_iter_mut(Axis(1), rows_per_tile * wo)
-                .into_par_iter()
-                .enumerate()
-                .for_each(|(t, mut oc)| {
-                    let oh0 = t * rows_per_tile;
-                    let nrows = oc.ncols() / wo;
-                    let ncols = nrows * wo;
-                    let mut cols = vec![T::zero(); cin_block.min(cin) * kk * ncols];
-                    let mut c0 = 0;
-                    while c0 < cin {
-                        let c1 = (c0 + cin_block).min(cin);
-                        let rows = (c1 - c0) * kk;
-                        let buf = &mut cols[..rows * ncols];
-                        im2col_tile(&xb, &g, (c0, c1), (oh0, nrows), buf);
-                        let bmat = ArrayView2::from_shape((rows, ncols), &*buf)
-                            .expect("im2col buffer shape");
-                        let a = wmat.slice(s![.., c0 * kk..c1 * kk]);
-                        let beta = if c0 == 0 { beta0 } else { T::one() };
-                        general_mat_mul(T::one(), &a, &bmat, beta, &mut oc);
-                        c0 = c1;
-                    }
-                });
         });
+    });
     out
 }
 
@@ -479,15 +415,9 @@ pub fn conv_transpose2d<T: Float>(
 /// Output length of a transposed convolution along one axis: `(n - 1)·s - 2p + k`.
 fn transposed_out_len(n: usize, k: usize, s: usize, p: usize) -> usize {
     assert!(n > 0, "conv_transpose2d: empty input spatial size");
-    assert!(
-        k > 0 && s > 0,
-        "conv_transpose2d: kernel and stride must be positive"
-    );
+    assert!(k > 0 && s > 0, "conv_transpose2d: kernel and stride must be positive");
     let full = (n - 1) * s + k;
-    assert!(
-        full > 2 * p,
-        "conv_transpose2d: padding {p} leaves no output (uncropped size {full})"
-    );
+    assert!(full > 2 * p, "conv_transpose2d: padding {p} leaves no output (uncropped size {full})");
     full - 2 * p
 }
 
@@ -502,17 +432,9 @@ fn conv_transpose2d_tiled<T: Float>(
 ) -> Array4<T> {
     let (b, cin, h, w) = x.dim();
     let (w_cin, cout, kh, kw) = weight.dim();
-    assert_eq!(
-        cin, w_cin,
-        "conv_transpose2d: input has {cin} channels but weight expects {w_cin}"
-    );
+    assert_eq!(cin, w_cin, "conv_transpose2d: input has {cin} channels but weight expects {w_cin}");
     if let Some(bv) = &bias {
-        assert_eq!(
-            bv.len(),
-            cout,
-            "conv_transpose2d: bias length {} != out channels {cout}",
-            bv.len()
-        );
+        assert_eq!(bv.len(), cout, "conv_transpose2d: bias length {} != out channels {cout}", bv.len());
     }
     let ho = transposed_out_len(h, kh, stride.0, padding.0);
     let wo = transposed_out_len(w, kw, stride.1, padding.1);
@@ -523,10 +445,7 @@ fn conv_transpose2d_tiled<T: Float>(
     let kk = kh * kw;
     let hw = h * w;
     let w_std = weight.as_standard_layout();
-    let wmat = w_std
-        .view()
-        .into_shape_with_order((cin, cout * kk))
-        .expect("standard-layout weight reshapes");
+    let wmat = w_std.view().into_shape_with_order((cin, cout * kk)).expect("standard-layout weight reshapes");
     let x_std = x.as_standard_layout();
     let x_std = x_std.view();
 
@@ -537,50 +456,42 @@ fn conv_transpose2d_tiled<T: Float>(
     let chunk = cout.div_ceil(cout.div_ceil(chunk));
     let (sh, sw, ph, pw) = (stride.0, stride.1, padding.0 as isize, padding.1 as isize);
 
-    out.outer_iter_mut()
-        .into_par_iter()
-        .zip(x_std.outer_iter().into_par_iter())
-        .for_each(|(mut ob, xb)| {
-            let xmat = xb
-                .into_shape_with_order((cin, hw))
-                .expect("standard-layout image reshapes");
-            ob.axis_chunks_iter_mut(Axis(0), chunk)
-                .into_par_iter()
-                .enumerate()
-                .for_each(|(t, mut oc)| {
-                    let co0 = t * chunk;
-                    let nco = oc.len_of(Axis(0));
-                    let a = wmat.slice(s![.., co0 * kk..(co0 + nco) * kk]);
-                    let mut cols = Array2::zeros((nco * kk, hw));
-                    general_mat_mul(T::one(), &a.t(), &xmat, T::zero(), &mut cols);
-                    let cs = cols.as_slice().expect("fresh array is contiguous");
-                    for (ci, mut plane) in oc.outer_iter_mut().enumerate() {
-                        let ps = plane.as_slice_mut().expect("output plane is contiguous");
-                        for ki in 0..kh {
-                            for kj in 0..kw {
-                                let row = &cs[((ci * kh + ki) * kw + kj) * hw..][..hw];
-                                for ih in 0..h {
-                                    let oh = (ih * sh + ki) as isize - ph;
-                                    if oh < 0 || oh >= ho as isize {
-                                        continue;
-                                    }
-                                    let orow = &mut ps[oh as usize * wo..(oh as usize + 1) * wo];
-                                    for (iw, &v) in row[ih * w..(ih + 1) * w].iter().enumerate() {
-                                        let ow = (iw * sw + kj) as isize - pw;
-                                        if ow >= 0 && (ow as usize) < wo {
-                                            orow[ow as usize] += v;
-                                        }
-                                    }
+    out.outer_iter_mut().into_par_iter().zip(x_std.outer_iter().into_par_iter()).for_each(|(mut ob, xb)| {
+        let xmat = xb.into_shape_with_order((cin, hw)).expect("standard-layout image reshapes");
+        ob.axis_chunks_iter_mut(Axis(0), chunk).into_par_iter().enumerate().for_each(|(t, mut oc)| {
+            let co0 = t * chunk;
+            let nco = oc.len_of(Axis(0));
+            let a = wmat.slice(s![.., co0 * kk..(co0 + nco) * kk]);
+            let mut cols = Array2::zeros((nco * kk, hw));
+            general_mat_mul(T::one(), &a.t(), &xmat, T::zero(), &mut cols);
+            let cs = cols.as_slice().expect("fresh array is contiguous");
+            for (ci, mut plane) in oc.outer_iter_mut().enumerate() {
+                let ps = plane.as_slice_mut().expect("output plane is contiguous");
+                for ki in 0..kh {
+                    for kj in 0..kw {
+                        let row = &cs[((ci * kh + ki) * kw + kj) * hw..][..hw];
+                        for ih in 0..h {
+                            let oh = (ih * sh + ki) as isize - ph;
+                            if oh < 0 || oh >= ho as isize {
+                                continue;
+                            }
+                            let orow = &mut ps[oh as usize * wo..(oh as usize + 1) * wo];
+                            for (iw, &v) in row[ih * w..(ih + 1) * w].iter().enumerate() {
+                                let ow = (iw * sw + kj) as isize - pw;
+                                if ow >= 0 && (ow as usize) < wo {
+                                    orow[ow as usize] += v;
                                 }
                             }
                         }
-                        if let Some(bv) = &bias {
-                            let bval = bv[co0 + ci];
-                            ps.iter_mut().for_each(|v| *v += bval);
-                        }
                     }
-                });
+                }
+                if let Some(bv) = &bias {
+                    let bval = bv[co0 + ci];
+                    ps.iter_mut().for_each(|v| *v += bval);
+                }
+            }
         });
+    });
     out
 }
 
@@ -599,16 +510,8 @@ pub fn batch_norm_inplace<T: Float>(
     eps: f64,
 ) {
     let c = x.len_of(Axis(1));
-    assert_eq!(
-        running_mean.len(),
-        c,
-        "batch_norm: running_mean length != {c}"
-    );
-    assert_eq!(
-        running_var.len(),
-        c,
-        "batch_norm: running_var length != {c}"
-    );
+    assert_eq!(running_mean.len(), c, "batch_norm: running_mean length != {c}");
+    assert_eq!(running_var.len(), c, "batch_norm: running_var length != {c}");
     if let Some(wv) = &weight {
         assert_eq!(wv.len(), c, "batch_norm: weight length != {c}");
     }
@@ -680,9 +583,7 @@ pub fn max_pool2d<T: Float>(
 /// The adaptive pooling bins of an axis of length `n` pooled to `m`:
 /// bin `i` is `[floor(i·n/m), ceil((i+1)·n/m))`.
 fn adaptive_bins(n: usize, m: usize) -> Vec<(usize, usize)> {
-    (0..m)
-        .map(|i| ((i * n) / m, ((i + 1) * n).div_ceil(m)))
-        .collect()
+    (0..m).map(|i| ((i * n) / m, ((i + 1) * n).div_ceil(m))).collect()
 }
 
 /// `torch.nn.AdaptiveAvgPool2d(out)` on `x` (B, C, H, W) → (B, C, out.0, out.1).
@@ -693,10 +594,7 @@ fn adaptive_bins(n: usize, m: usize) -> Vec<(usize, usize)> {
 /// kernel). Output sizes larger than the input repeat bins of size 1. Parallel over planes.
 pub fn adaptive_avg_pool2d<T: Float>(x: ArrayView4<T>, out: (usize, usize)) -> Array4<T> {
     let (b, c, h, w) = x.dim();
-    assert!(
-        (h > 0 || out.0 == 0) && (w > 0 || out.1 == 0),
-        "adaptive_avg_pool2d: empty input plane"
-    );
+    assert!((h > 0 || out.0 == 0) && (w > 0 || out.1 == 0), "adaptive_avg_pool2d: empty input plane");
     let rows = adaptive_bins(h, out.0);
     let colbins = adaptive_bins(w, out.1);
     let mut y = Array4::zeros((b, c, out.0, out.1));
@@ -766,19 +664,12 @@ fn linear_taps<T: Float>(n: usize, m: usize, align_corners: bool) -> Vec<LinearT
 ///
 /// Equal input and output sizes return a copy of `x` (the formula is the identity there).
 /// Parallel over planes.
-pub fn interpolate_bilinear<T: Float>(
-    x: ArrayView4<T>,
-    out: (usize, usize),
-    align_corners: bool,
-) -> Array4<T> {
+pub fn interpolate_bilinear<T: Float>(x: ArrayView4<T>, out: (usize, usize), align_corners: bool) -> Array4<T> {
     let (b, c, h, w) = x.dim();
     if (h, w) == out {
         return x.as_standard_layout().into_owned();
     }
-    assert!(
-        (h > 0 || out.0 == 0) && (w > 0 || out.1 == 0),
-        "interpolate_bilinear: empty input plane"
-    );
+    assert!((h > 0 || out.0 == 0) && (w > 0 || out.1 == 0), "interpolate_bilinear: empty input plane");
     let th = linear_taps::<T>(h, out.0, align_corners);
     let tw = linear_taps::<T>(w, out.1, align_corners);
     let mut y = Array4::zeros((b, c, out.0, out.1));
@@ -803,26 +694,20 @@ pub fn argmax_channels<T: Float>(x: ArrayView4<T>) -> Array3<i64> {
     let (b, c, h, w) = x.dim();
     assert!(c > 0, "argmax_channels: no channels");
     let mut out = Array3::<i64>::zeros((b, h, w));
-    out.outer_iter_mut()
-        .into_par_iter()
-        .zip(x.outer_iter().into_par_iter())
-        .for_each(|(mut ob, xb)| {
-            ob.outer_iter_mut()
-                .into_par_iter()
-                .enumerate()
-                .for_each(|(row, mut orow)| {
-                    let mut best = xb.slice(s![0, row, ..]).to_vec();
-                    for ch in 1..c {
-                        let xrow = xb.slice(s![ch, row, ..]);
-                        for ((bv, o), &v) in best.iter_mut().zip(orow.iter_mut()).zip(xrow) {
-                            if !bv.is_nan() && (v > *bv || v.is_nan()) {
-                                *bv = v;
-                                *o = ch as i64;
-                            }
-                        }
+    out.outer_iter_mut().into_par_iter().zip(x.outer_iter().into_par_iter()).for_each(|(mut ob, xb)| {
+        ob.outer_iter_mut().into_par_iter().enumerate().for_each(|(row, mut orow)| {
+            let mut best = xb.slice(s![0, row, ..]).to_vec();
+            for ch in 1..c {
+                let xrow = xb.slice(s![ch, row, ..]);
+                for ((bv, o), &v) in best.iter_mut().zip(orow.iter_mut()).zip(xrow) {
+                    if !bv.is_nan() && (v > *bv || v.is_nan()) {
+                        *bv = v;
+                        *o = ch as i64;
                     }
-                });
+                }
+            }
         });
+    });
     out
 }
 
@@ -835,13 +720,7 @@ pub fn add_inplace<T: Float, D: Dimension>(a: &mut Array<T, D>, b: ArrayView<T, 
 /// `x *= gamma` per column: x (N, C), gamma (C) (the layer-scale `gamma * x`), in parallel
 /// over rows.
 pub fn mul_channel_inplace<T: Float>(x: &mut Array2<T>, gamma: ArrayView1<T>) {
-    assert_eq!(
-        x.ncols(),
-        gamma.len(),
-        "mul_channel_inplace: gamma length {} != {} columns",
-        gamma.len(),
-        x.ncols()
-    );
+    assert_eq!(x.ncols(), gamma.len(), "mul_channel_inplace: gamma length {} != {} columns", gamma.len(), x.ncols());
     Zip::from(x.rows_mut()).par_for_each(|mut row| {
         Zip::from(&mut row).and(&gamma).for_each(|v, &g| *v *= g);
     });
@@ -861,10 +740,7 @@ mod tests {
         }
         /// Uniform in [-1, 1).
         fn next(&mut self) -> f64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
+            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
         }
         fn vec<T: Float>(&mut self, n: usize) -> Array1<T> {
@@ -959,9 +835,7 @@ mod tests {
     fn check_layer_norm<T: Float>() {
         let mut rng = Lcg::new(2);
         let (n, c) = (13, 768);
-        let x = rng
-            .mat::<T>((n, c))
-            .mapv(|v| v * T::from_f64_lossy(3.0) + T::one());
+        let x = rng.mat::<T>((n, c)).mapv(|v| v * T::from_f64_lossy(3.0) + T::one());
         // Plain normalisation: mean 0, variance 1 (up to eps).
         let y = layer_norm(x.view(), None, None, 0.0);
         for row in y.rows() {
@@ -990,13 +864,7 @@ mod tests {
                 mag[[r, j]] = (z * wf[j]).abs() + bf[j].abs() + (wf[j] * 1.0).abs();
             }
         }
-        assert_close(
-            &y,
-            &want,
-            &mag,
-            50.0 * T::epsilon().to_f64_exact(),
-            "layer_norm",
-        );
+        assert_close(&y, &want, &mag, 50.0 * T::epsilon().to_f64_exact(), "layer_norm");
         // Weight only / bias only.
         let yw = layer_norm(x.view(), Some(w.view()), None, eps);
         let yb = layer_norm(x.view(), None, Some(b.view()), eps);
@@ -1044,9 +912,7 @@ mod tests {
 
     #[test]
     fn relu_values() {
-        let mut a =
-            ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![-1.0f64, 0.0, 2.5, -0.1, f64::NAN, 7.0])
-                .unwrap();
+        let mut a = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![-1.0f64, 0.0, 2.5, -0.1, f64::NAN, 7.0]).unwrap();
         relu_inplace(&mut a);
         let v = a.into_raw_vec_and_offset().0;
         assert_eq!(&v[..4], &[0.0, 0.0, 2.5, 0.0]);
@@ -1062,10 +928,7 @@ mod tests {
         let xf = f64s(&x);
         for (r, row) in y.rows().into_iter().enumerate() {
             let s: f64 = row.iter().map(|v| v.to_f64_exact()).sum();
-            assert!(
-                (s - 1.0).abs() < 64.0 * T::epsilon().to_f64_exact(),
-                "softmax sum {s}"
-            );
+            assert!((s - 1.0).abs() < 64.0 * T::epsilon().to_f64_exact(), "softmax sum {s}");
             let max = xf.row(r).fold(f64::NEG_INFINITY, |m, &v| m.max(v));
             let z: f64 = xf.row(r).iter().map(|&v| (v - max).exp()).sum();
             for (j, v) in row.iter().enumerate() {
@@ -1125,10 +988,8 @@ mod tests {
                                 for v in 0..kw {
                                     let ih = (i * s.0 + u * d.0) as isize - p.0 as isize;
                                     let iw = (j * s.1 + v * d.1) as isize - p.1 as isize;
-                                    if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < wd
-                                    {
-                                        let t =
-                                            w[[o, c, u, v]] * x[[n, c, ih as usize, iw as usize]];
+                                    if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < wd {
+                                        let t = w[[o, c, u, v]] * x[[n, c, ih as usize, iw as usize]];
                                         acc += t;
                                         mag += t.abs();
                                     }
@@ -1170,34 +1031,19 @@ mod tests {
 
     fn check_conv2d<T: Float>() {
         let mut rng = Lcg::new(4);
-        for (ci, &((bn, cin, h, wd), (cout, kh, kw), s, p, d, with_bias)) in
-            CONV_CASES.iter().enumerate()
-        {
+        for (ci, &((bn, cin, h, wd), (cout, kh, kw), s, p, d, with_bias)) in CONV_CASES.iter().enumerate() {
             let x = rng.t4::<T>((bn, cin, h, wd));
             let w = rng.t4::<T>((cout, cin, kh, kw));
             let b = rng.vec::<T>(cout);
             let bias = with_bias.then(|| b.view());
-            let (want, mag) = naive_conv2d(
-                &f64s(&x),
-                &f64s(&w),
-                with_bias.then(|| f64s(&b)).as_ref(),
-                s,
-                p,
-                d,
-            );
+            let (want, mag) = naive_conv2d(&f64s(&x), &f64s(&w), with_bias.then(|| f64s(&b)).as_ref(), s, p, d);
             let tol = dot_tol::<T>(cin * kh * kw + 1);
             let y = conv2d(x.view(), w.view(), bias, s, p, d);
             assert_close(&y, &want, &mag, tol, &format!("conv2d case {ci}"));
             // Tiny budgets: many row tiles, input channels accumulated in small blocks.
             for budget in [1, 2 * kh * kw * wd] {
                 let yt = conv2d_tiled(x.view(), w.view(), bias, s, p, d, budget);
-                assert_close(
-                    &yt,
-                    &want,
-                    &mag,
-                    tol,
-                    &format!("conv2d case {ci} budget {budget}"),
-                );
+                assert_close(&yt, &want, &mag, tol, &format!("conv2d case {ci} budget {budget}"));
             }
             // Non-standard-layout input and weight.
             let xp = x.view().permuted_axes([0, 1, 3, 2]).to_owned();
@@ -1237,11 +1083,7 @@ mod tests {
                                 for v in 0..kw {
                                     let oh = (i * s.0 + u) as isize - p.0 as isize;
                                     let ow = (j * s.1 + v) as isize - p.1 as isize;
-                                    if oh >= 0
-                                        && ow >= 0
-                                        && (oh as usize) < ho
-                                        && (ow as usize) < wo
-                                    {
+                                    if oh >= 0 && ow >= 0 && (oh as usize) < ho && (ow as usize) < wo {
                                         let t = x[[n, c, i, j]] * w[[c, o, u, v]];
                                         y[[n, o, oh as usize, ow as usize]] += t;
                                         m[[n, o, oh as usize, ow as usize]] += t.abs();
@@ -1257,8 +1099,7 @@ mod tests {
             for n in 0..bn {
                 for o in 0..cout {
                     y.slice_mut(s![n, o, .., ..]).mapv_inplace(|v| v + b[o]);
-                    m.slice_mut(s![n, o, .., ..])
-                        .mapv_inplace(|v| v + b[o].abs());
+                    m.slice_mut(s![n, o, .., ..]).mapv_inplace(|v| v + b[o].abs());
                 }
             }
         }
@@ -1267,13 +1108,7 @@ mod tests {
 
     fn check_conv_transpose2d<T: Float>() {
         let mut rng = Lcg::new(5);
-        type Case = (
-            (usize, usize, usize, usize),
-            (usize, usize, usize),
-            (usize, usize),
-            (usize, usize),
-            bool,
-        );
+        type Case = ((usize, usize, usize, usize), (usize, usize, usize), (usize, usize), (usize, usize), bool);
         let cases: &[Case] = &[
             ((2, 6, 5, 4), (7, 2, 2), (2, 2), (0, 0), true), // the model's case
             ((1, 3, 4, 5), (2, 3, 3), (2, 2), (1, 1), true), // overlapping, cropped
@@ -1287,13 +1122,7 @@ mod tests {
             let w = rng.t4::<T>((cin, cout, kh, kw));
             let b = rng.vec::<T>(cout);
             let bias = with_bias.then(|| b.view());
-            let (want, mag) = naive_conv_transpose2d(
-                &f64s(&x),
-                &f64s(&w),
-                with_bias.then(|| f64s(&b)).as_ref(),
-                s,
-                p,
-            );
+            let (want, mag) = naive_conv_transpose2d(&f64s(&x), &f64s(&w), with_bias.then(|| f64s(&b)).as_ref(), s, p);
             let tol = dot_tol::<T>(cin * kh * kw + 1);
             let y = conv_transpose2d(x.view(), w.view(), bias, s, p);
             assert_close(&y, &want, &mag, tol, &format!("conv_transpose2d case {ci}"));
@@ -1320,36 +1149,20 @@ mod tests {
         let bs = rng.vec::<T>(c);
         let eps = 1e-5;
         let mut y = x.clone();
-        batch_norm_inplace(
-            &mut y,
-            mean.view(),
-            var.view(),
-            Some(wt.view()),
-            Some(bs.view()),
-            eps,
-        );
+        batch_norm_inplace(&mut y, mean.view(), var.view(), Some(wt.view()), Some(bs.view()), eps);
         let xf = f64s(&x);
         let mut want = Array4::zeros(x.dim());
         let mut mag = Array4::zeros(x.dim());
         for ((n, ch, i, j), v) in want.indexed_iter_mut() {
-            let z = (xf[[n, ch, i, j]] - mean[ch].to_f64_exact())
-                / (var[ch].to_f64_exact() + eps).sqrt()
+            let z = (xf[[n, ch, i, j]] - mean[ch].to_f64_exact()) / (var[ch].to_f64_exact() + eps).sqrt()
                 * wt[ch].to_f64_exact();
             *v = z + bs[ch].to_f64_exact();
             let mref: &mut f64 = &mut mag[[n, ch, i, j]];
-            *mref = (xf[[n, ch, i, j]] * wt[ch].to_f64_exact()).abs()
-                / (var[ch].to_f64_exact() + eps).sqrt()
-                + (mean[ch].to_f64_exact() * wt[ch].to_f64_exact()).abs()
-                    / (var[ch].to_f64_exact() + eps).sqrt()
+            *mref = (xf[[n, ch, i, j]] * wt[ch].to_f64_exact()).abs() / (var[ch].to_f64_exact() + eps).sqrt()
+                + (mean[ch].to_f64_exact() * wt[ch].to_f64_exact()).abs() / (var[ch].to_f64_exact() + eps).sqrt()
                 + bs[ch].to_f64_exact().abs();
         }
-        assert_close(
-            &y,
-            &want,
-            &mag,
-            16.0 * T::epsilon().to_f64_exact(),
-            "batch_norm",
-        );
+        assert_close(&y, &want, &mag, 16.0 * T::epsilon().to_f64_exact(), "batch_norm");
         // Exactly PyTorch's alpha/beta formulation, and weight/bias defaults.
         let mut y2 = x.clone();
         batch_norm_inplace(&mut y2, mean.view(), var.view(), None, None, eps);
@@ -1369,12 +1182,7 @@ mod tests {
 
     // ------------------------------------------------------------ pooling
 
-    fn naive_max_pool(
-        x: &Array4<f64>,
-        k: (usize, usize),
-        s: (usize, usize),
-        p: (usize, usize),
-    ) -> Array4<f64> {
+    fn naive_max_pool(x: &Array4<f64>, k: (usize, usize), s: (usize, usize), p: (usize, usize)) -> Array4<f64> {
         let (bn, c, h, w) = x.dim();
         let ho = (h + 2 * p.0 - k.0) / s.0 + 1;
         let wo = (w + 2 * p.1 - k.1) / s.1 + 1;
@@ -1412,10 +1220,7 @@ mod tests {
             let want = naive_max_pool(&f64s(&x), k, s, p);
             assert_eq!(y.shape(), want.shape());
             for (a, b) in y.iter().zip(&want) {
-                assert!(
-                    a.to_f64_exact() == *b || (a.is_nan() && b.is_nan()),
-                    "max_pool {a} vs {b}"
-                );
+                assert!(a.to_f64_exact() == *b || (a.is_nan() && b.is_nan()), "max_pool {a} vs {b}");
             }
         }
     }
@@ -1429,15 +1234,9 @@ mod tests {
     #[test]
     fn adaptive_bins_match_pytorch() {
         assert_eq!(adaptive_bins(20, 3), vec![(0, 7), (6, 14), (13, 20)]);
-        assert_eq!(
-            adaptive_bins(20, 6),
-            vec![(0, 4), (3, 7), (6, 10), (10, 14), (13, 17), (16, 20)]
-        );
+        assert_eq!(adaptive_bins(20, 6), vec![(0, 4), (3, 7), (6, 10), (10, 14), (13, 17), (16, 20)]);
         assert_eq!(adaptive_bins(40, 1), vec![(0, 40)]);
-        assert_eq!(
-            adaptive_bins(3, 5),
-            vec![(0, 1), (0, 2), (1, 2), (1, 3), (2, 3)]
-        );
+        assert_eq!(adaptive_bins(3, 5), vec![(0, 1), (0, 2), (1, 2), (1, 3), (2, 3)]);
         assert_eq!(adaptive_bins(2, 4), vec![(0, 1), (0, 1), (1, 2), (1, 2)]);
     }
 
@@ -1462,13 +1261,7 @@ mod tests {
                 *v = win.sum() / win.len() as f64;
                 mag[[n, c, i, j]] = win.mapv(f64::abs).sum() / win.len() as f64;
             }
-            assert_close(
-                &y,
-                &want,
-                &mag,
-                dot_tol::<T>(shape.2 * shape.3),
-                "adaptive_avg_pool2d",
-            );
+            assert_close(&y, &want, &mag, dot_tol::<T>(shape.2 * shape.3), "adaptive_avg_pool2d");
             if (shape.2, shape.3) == out {
                 assert_eq!(y, x);
             }
@@ -1492,23 +1285,16 @@ mod tests {
 
     #[test]
     fn bilinear_hand_computed() {
-        let x = arr2(&[[1.0f64, 2.0], [3.0, 4.0]])
-            .into_shape_with_order((1, 1, 2, 2))
-            .unwrap();
+        let x = arr2(&[[1.0f64, 2.0], [3.0, 4.0]]).into_shape_with_order((1, 1, 2, 2)).unwrap();
         let y = interpolate_bilinear(x.view(), (4, 4), false);
-        let want = arr2(&[
-            [1.0, 1.25, 1.75, 2.0],
-            [1.5, 1.75, 2.25, 2.5],
-            [2.5, 2.75, 3.25, 3.5],
-            [3.0, 3.25, 3.75, 4.0],
-        ]);
+        let want =
+            arr2(&[[1.0, 1.25, 1.75, 2.0], [1.5, 1.75, 2.25, 2.5], [2.5, 2.75, 3.25, 3.5], [3.0, 3.25, 3.75, 4.0]]);
         assert_eq!(y.slice(s![0, 0, .., ..]), want);
         let y32 = interpolate_bilinear(x.mapv(|v| v as f32).view(), (4, 4), false);
         assert_eq!(y32.slice(s![0, 0, .., ..]), want.mapv(|v| v as f32));
 
         let y = interpolate_bilinear(x.view(), (4, 4), true);
-        let want =
-            Array2::from_shape_fn((4, 4), |(i, j)| 1.0 + 2.0 * i as f64 / 3.0 + j as f64 / 3.0);
+        let want = Array2::from_shape_fn((4, 4), |(i, j)| 1.0 + 2.0 * i as f64 / 3.0 + j as f64 / 3.0);
         for (a, b) in y.iter().zip(&want) {
             assert!((a - b).abs() < 1e-15, "{a} vs {b}");
         }
@@ -1532,11 +1318,7 @@ mod tests {
             let dt = T::from_f64_lossy(d as f64);
             let half = T::from_f64_lossy(0.5);
             let src = if ac {
-                let scale = if m > 1 {
-                    (nt - T::one()) / (mt - T::one())
-                } else {
-                    T::zero()
-                };
+                let scale = if m > 1 { (nt - T::one()) / (mt - T::one()) } else { T::zero() };
                 scale * dt
             } else {
                 let v = nt / mt * (dt + half) - half;
@@ -1548,9 +1330,7 @@ mod tests {
             };
             let i0 = (src.floor().to_f64_exact() as usize).min(n - 1);
             let i1 = if i0 < n - 1 { i0 + 1 } else { i0 };
-            let l1 = (src - T::from_f64_lossy(i0 as f64))
-                .max(T::zero())
-                .min(T::one());
+            let l1 = (src - T::from_f64_lossy(i0 as f64)).max(T::zero()).min(T::one());
             (i0, i1, T::one() - l1, l1)
         };
         Array4::from_shape_fn((bn, c, out.0, out.1), |(n, ch, i, j)| {
@@ -1601,8 +1381,7 @@ mod tests {
                 assert_eq!(
                     y2[[0, 0, i, j]],
                     tap.2 * (T::one() * x[[0, 0, tap.0, j]] + T::zero() * x[[0, 0, tap.0, j]])
-                        + tap.3
-                            * (T::one() * x[[0, 0, tap.1, j]] + T::zero() * x[[0, 0, tap.1, j]])
+                        + tap.3 * (T::one() * x[[0, 0, tap.1, j]] + T::zero() * x[[0, 0, tap.1, j]])
                 );
             }
         }

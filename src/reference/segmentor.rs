@@ -64,7 +64,12 @@ impl<T: Float> EncoderDecoder<T> {
             backbone: Beit::load(ws, "backbone", &cfg.backbone),
             neck: cfg.neck.as_ref().map(|n| Feature2Pyramid::load(ws, "neck", n)),
             decode_head: DecodeHead::load(ws, "decode_head", &cfg.decode_head),
-            auxiliary_heads: cfg.auxiliary_heads.iter().enumerate().map(|(k, h)| DecodeHead::load(ws, &cfg.aux_prefix(k), h)).collect(),
+            auxiliary_heads: cfg
+                .auxiliary_heads
+                .iter()
+                .enumerate()
+                .map(|(k, h)| DecodeHead::load(ws, &cfg.aux_prefix(k), h))
+                .collect(),
             cfg: cfg.clone(),
         }
     }
@@ -103,7 +108,12 @@ impl<T: Float> EncoderDecoder<T> {
     }
 
     /// Slide inference over `crop`-sized windows every `stride`.
-    pub fn slide_inference(&self, img: &Array4<T>, crop: (usize, usize), stride: (usize, usize)) -> Result<Array4<T>, ModelError> {
+    pub fn slide_inference(
+        &self,
+        img: &Array4<T>,
+        crop: (usize, usize),
+        stride: (usize, usize),
+    ) -> Result<Array4<T>, ModelError> {
         let (b, _, h, w) = img.dim();
         let (hc, wc) = crop;
         let (hs, ws) = stride;
