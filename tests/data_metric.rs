@@ -287,8 +287,8 @@ fn random_images(seed: u64, n: usize, count: usize) -> Vec<(Array2<i64>, Array2<
     let mut rng = Rng(seed);
     (0..count)
         .map(|_| {
-            let h = 1 + rng.below(9) as usize;
-            let w = 1 + rng.below(9) as usize;
+            let h = 1 + rng.below(9);
+            let w = 1 + rng.below(9);
             let label = Array2::from_shape_fn((h, w), |_| if rng.below(8) == 0 { 255 } else { rng.below(n) as u8 });
             let pred = Array2::from_shape_fn((h, w), |(y, x)| {
                 let r = rng.below(10);

@@ -21,11 +21,9 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("beit-seg-eval-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh temporary directory, removed when the guard drops.
+fn tmp(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("beit-seg-eval-{name}-")).tempdir().unwrap()
 }
 
 struct Setup {
@@ -65,7 +63,8 @@ fn expected_metrics(case: &str) -> Value {
 #[test]
 fn one_run_reproduces_mmsegmentation_metrics() {
     let s = setup("pipeline-ade-tiny", None);
-    let out = tmp("one");
+    let out_guard = tmp("one");
+    let out = out_guard.path().to_path_buf();
     let spec = DatasetSpec::ade20k_val(&s.data);
     let r = eval::evaluate(&s.settings, s.model.as_ref(), &spec, s.identity.clone(), &opts(&out)).unwrap();
     assert!(r.complete);
@@ -93,7 +92,8 @@ fn one_run_reproduces_mmsegmentation_metrics() {
 fn msflip_run_reproduces_the_0x_tta_metrics() {
     let s = setup("pipeline-msflip-tiny", Some("ms-flip"));
     assert!(s.settings.aug.is_some());
-    let out = tmp("msflip");
+    let out_guard = tmp("msflip");
+    let out = out_guard.path().to_path_buf();
     let spec = DatasetSpec::ade20k_val(&s.data);
     let r = eval::evaluate(&s.settings, s.model.as_ref(), &spec, s.identity.clone(), &opts(&out)).unwrap();
     assert_eq!(r.evaluated, 2);
@@ -109,10 +109,12 @@ fn msflip_run_reproduces_the_0x_tta_metrics() {
 fn resumed_run_gives_the_same_totals_as_one_run() {
     let s = setup("pipeline-ade-tiny", None);
     let spec = DatasetSpec::ade20k_val(&s.data);
-    let full_dir = tmp("resume-full");
+    let full_dir_guard = tmp("resume-full");
+    let full_dir = full_dir_guard.path().to_path_buf();
     let full = eval::evaluate(&s.settings, s.model.as_ref(), &spec, s.identity.clone(), &opts(&full_dir)).unwrap();
 
-    let dir = tmp("resume");
+    let dir_guard = tmp("resume");
+    let dir = dir_guard.path().to_path_buf();
     // "Killed" after 2 images ...
     let o = RunOptions { stop_after: Some(2), ..opts(&dir) };
     let part = eval::evaluate(&s.settings, s.model.as_ref(), &spec, s.identity.clone(), &o).unwrap();
@@ -145,10 +147,12 @@ fn resumed_run_gives_the_same_totals_as_one_run() {
 fn three_shards_merged_give_the_same_totals_as_one_run() {
     let s = setup("pipeline-ade-tiny", None);
     let spec = DatasetSpec::ade20k_val(&s.data);
-    let full_dir = tmp("shard-full");
+    let full_dir_guard = tmp("shard-full");
+    let full_dir = full_dir_guard.path().to_path_buf();
     let full = eval::evaluate(&s.settings, s.model.as_ref(), &spec, s.identity.clone(), &opts(&full_dir)).unwrap();
 
-    let dir = tmp("shards");
+    let dir_guard = tmp("shards");
+    let dir = dir_guard.path().to_path_buf();
     let mut files = Vec::new();
     for k in 0..3 {
         let o = RunOptions { shard: Some(Shard { k, n: 3 }), class_names: s.names.clone(), ..opts(&dir) };
@@ -175,7 +179,8 @@ fn three_shards_merged_give_the_same_totals_as_one_run() {
     let e = eval::merge(&twice, &dir.join("bad.json"), None).unwrap_err().to_string();
     assert!(e.contains("more than once"), "{e}");
     // Shards of a different run are refused.
-    let other_dir = tmp("shards-other");
+    let other_dir_guard = tmp("shards-other");
+    let other_dir = other_dir_guard.path().to_path_buf();
     let o = RunOptions { shard: Some(Shard { k: 0, n: 3 }), limit: Some(3), ..opts(&other_dir) };
     let r = eval::evaluate(&s.settings, s.model.as_ref(), &spec, s.identity.clone(), &o).unwrap();
     let mixed = vec![r.results_path, files[0].clone(), files[1].clone()];
@@ -187,8 +192,9 @@ fn three_shards_merged_give_the_same_totals_as_one_run() {
 type Entry<'a> = (&'a str, Vec<u8>, Option<Vec<u8>>);
 
 /// A dataset in ADE20K layout made of two of the fixture's images plus `extra`.
-fn dataset_with(name: &str, extra: &[Entry]) -> PathBuf {
-    let root = tmp(name);
+fn dataset_with(name: &str, extra: &[Entry]) -> (tempfile::TempDir, PathBuf) {
+    let root_guard = tmp(name);
+    let root = root_guard.path().to_path_buf();
     let spec = DatasetSpec::ade20k_val(&root);
     std::fs::create_dir_all(spec.img_root()).unwrap();
     std::fs::create_dir_all(spec.ann_root()).unwrap();
@@ -203,18 +209,20 @@ fn dataset_with(name: &str, extra: &[Entry]) -> PathBuf {
             std::fs::write(spec.ann_root().join(format!("{stem}.png")), a).unwrap();
         }
     }
-    root
+    (root_guard, root)
 }
 
 fn png_rgb(h: usize, w: usize) -> Vec<u8> {
-    let p = std::env::temp_dir().join(format!("beit-seg-eval-{}-rgb-{h}x{w}.png", std::process::id()));
+    let f = tempfile::Builder::new().suffix(".png").tempfile().unwrap();
+    let p = f.path().to_path_buf();
     let img = Array3::from_shape_fn((h, w, 3), |(y, x, c)| ((y * 7 + x * 3 + c * 50) % 256) as u8);
     image::write_rgb_png(&p, img.view()).unwrap();
     std::fs::read(&p).unwrap()
 }
 
 fn png_label(h: usize, w: usize) -> Vec<u8> {
-    let p = std::env::temp_dir().join(format!("beit-seg-eval-{}-lab-{h}x{w}.png", std::process::id()));
+    let f = tempfile::Builder::new().suffix(".png").tempfile().unwrap();
+    let p = f.path().to_path_buf();
     let lab = Array2::from_shape_fn((h, w), |(y, x)| ((y / 4 + x / 5) % 6) as u8);
     image::write_label_png(&p, lab.view()).unwrap();
     std::fs::read(&p).unwrap()
@@ -224,9 +232,10 @@ fn png_label(h: usize, w: usize) -> Vec<u8> {
 fn image_too_small_for_the_crop_is_refused_naming_it() {
     let s = setup("pipeline-ade-tiny", None);
     // 20x100: aspect 5 > 4, Resize(256, 64) gives 51x256 < the 64x64 crop.
-    let root = dataset_with("small", &[("zz_long", png_rgb(20, 100), Some(png_label(20, 100)))]);
+    let (_root_guard, root) = dataset_with("small", &[("zz_long", png_rgb(20, 100), Some(png_label(20, 100)))]);
     let spec = DatasetSpec::ade20k_val(&root);
-    let out = tmp("small-out");
+    let out_guard = tmp("small-out");
+    let out = out_guard.path().to_path_buf();
     let e = eval::evaluate(&s.settings, s.model.as_ref(), &spec, s.identity.clone(), &opts(&out)).unwrap_err();
     let msg = e.to_string();
     assert!(
@@ -236,7 +245,8 @@ fn image_too_small_for_the_crop_is_refused_naming_it() {
     assert!(msg.contains("--skip-bad"), "{msg}");
     // The images before it are recorded: a rerun with --skip-bad in a fresh directory
     // evaluates the others and lists the refused one.
-    let out2 = tmp("small-out2");
+    let out2_guard = tmp("small-out2");
+    let out2 = out2_guard.path().to_path_buf();
     let o = RunOptions { skip_bad: true, ..opts(&out2) };
     let r = eval::evaluate(&s.settings, s.model.as_ref(), &spec, s.identity.clone(), &o).unwrap();
     assert_eq!(r.evaluated, 2);
@@ -261,10 +271,11 @@ fn bad_dataset_files_are_reported_by_name() {
         (("g_text", b"hello".to_vec(), Some(png_label(64, 80))), "g_text.jpg"),
     ];
     for ((stem, img, ann), named) in &cases {
-        let root = dataset_with(&format!("bad-{stem}"), &[(stem, img.clone(), ann.clone())]);
+        let (_root_guard, root) = dataset_with(&format!("bad-{stem}"), &[(stem, img.clone(), ann.clone())]);
         let spec = DatasetSpec::ade20k_val(&root);
         let out = tmp(&format!("bad-{stem}-out"));
-        let e = eval::evaluate(&s.settings, s.model.as_ref(), &spec, s.identity.clone(), &opts(&out)).unwrap_err();
+        let e =
+            eval::evaluate(&s.settings, s.model.as_ref(), &spec, s.identity.clone(), &opts(out.path())).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains(named), "{stem}: the error does not name {named}: {msg}");
         if *stem == "e_rgbann" {
@@ -274,21 +285,22 @@ fn bad_dataset_files_are_reported_by_name() {
     // All of them at once with --skip-bad: the good images are evaluated, the bad ones listed
     // with their reasons, and the totals equal those of the good images alone.
     let extra: Vec<Entry> = cases.iter().map(|(e, _)| e.clone()).collect();
-    let root = dataset_with("bad-all", &extra);
-    let out = tmp("bad-all-out");
+    let (_root_guard, root) = dataset_with("bad-all", &extra);
+    let out_guard = tmp("bad-all-out");
+    let out = out_guard.path().to_path_buf();
     let o = RunOptions { skip_bad: true, ..opts(&out) };
     let r =
         eval::evaluate(&s.settings, s.model.as_ref(), &DatasetSpec::ade20k_val(&root), s.identity.clone(), &o).unwrap();
     assert_eq!(r.evaluated, 2);
     let skipped: Vec<&str> = r.skipped.iter().map(|x| x.stem.as_str()).collect();
     assert_eq!(skipped, vec!["c_noann", "d_corrupt", "e_rgbann", "f_size", "g_text"]);
-    let good = dataset_with("good-only", &[]);
+    let (_good_guard, good) = dataset_with("good-only", &[]);
     let g = eval::evaluate(
         &s.settings,
         s.model.as_ref(),
         &DatasetSpec::ade20k_val(&good),
         s.identity.clone(),
-        &opts(&tmp("good-out")),
+        &opts(tmp("good-out").path()),
     )
     .unwrap();
     assert_eq!(r.totals, g.totals);

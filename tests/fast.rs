@@ -20,12 +20,15 @@ use proptest::test_runner::FileFailurePersistence;
 use serde_json::{json, Value};
 
 use beit_seg::array::AnyArray;
+use beit_seg::backend::reference::{RefBackend, RefModel};
+use beit_seg::backend::tch::{TchBackend, TchModel};
+use beit_seg::backend::{Backend, Model};
 use beit_seg::config::SegmentorConfig;
-use beit_seg::conformance::case::{discover, Case, Dtype, Tolerance};
+use beit_seg::conformance::case::{discover, Case, CaseKind, Dtype, Tolerance};
 use beit_seg::conformance::compare::{compare_floats, compare_labels, Status};
 use beit_seg::conformance::report::CaseStatus;
-use beit_seg::conformance::{run_case, Backend, SegmentorRequest, VerifyOptions};
-use beit_seg::fast::{self, Ctx, FastSegmentor, Precision, TchBackend};
+use beit_seg::conformance::{run_case, Target, VerifyOptions};
+use beit_seg::fast::{self, Ctx, FastSegmentor, Precision};
 use beit_seg::reference::segmentor::EncoderDecoder;
 use beit_seg::reference::Recorder;
 use beit_seg::weights::WeightStore;
@@ -45,14 +48,14 @@ fn verify_tch_cpu_passes_every_bundled_segmentor_case_with_full_coverage() {
     let (mut n, mut f64_cases) = (0, 0);
     for d in &dirs {
         let c = Case::load(d).unwrap();
-        if c.kind != "segmentor" {
+        if c.kind != CaseKind::Segmentor {
             continue;
         }
         n += 1;
         if c.dtype == Dtype::F64 {
             f64_cases += 1;
         }
-        let r = run_case(&c, &backend, &VerifyOptions::default());
+        let r = run_case(&c, &Target::Backend(&backend), &VerifyOptions::default());
         assert_eq!(r.run_dtype, c.dtype.name(), "{}: float64 cases must run in float64", c.name);
         if r.status != CaseStatus::Pass || r.covered() != r.tensors.len() {
             let bad: Vec<String> = r
@@ -115,16 +118,9 @@ fn a_wrong_patch_grid_is_an_error_not_a_panic() {
     let weights = beit_seg::array::read_npz(&c.file_field("weights").unwrap()).unwrap();
     let backend = TchBackend::new(Device::Cpu, Precision::Fp32).unwrap();
     let inputs = AnyArray::F32(ArrayD::zeros(IxDyn(&[1, 3, 64, 64])));
-    let err = backend
-        .run_segmentor(SegmentorRequest {
-            model: &cfg,
-            weights,
-            inputs,
-            dtype: Dtype::F32,
-            wanted: vec!["seg_logits".into()],
-        })
-        .expect_err("a 4x4 grid on a 6x8 window fails")
-        .to_string();
+    let model = backend.load(&cfg, weights, Dtype::F32).unwrap();
+    let err =
+        model.run(&inputs, &["seg_logits".to_string()]).expect_err("a 4x4 grid on a 6x8 window fails").to_string();
     assert!(err.contains("patch grid"), "{err}");
 }
 
@@ -166,15 +162,15 @@ fn half_precisions_run_and_stay_close_to_fp32() {
 /// The evaluation adapter gives the reference's logits (slide case, so the batched windows too).
 #[test]
 fn eval_model_matches_the_reference_model() {
-    use beit_seg::eval::{RefModel, SegModel};
-    use beit_seg::fast::eval::TchModel;
     let c = Case::load(&fixtures().join("slide-b2")).unwrap();
     let cfg = SegmentorConfig::from_value(&c.manifest["model"]).unwrap();
     let weights = beit_seg::array::read_npz(&c.file_field("weights").unwrap()).unwrap();
     let inputs = beit_seg::array::read_npy(&c.input_file("inputs").unwrap()).unwrap();
     let x: ndarray::Array4<f32> = inputs.to_float::<f32>().unwrap().into_dimensionality().unwrap();
     let x = x.slice(ndarray::s![0..1, .., .., ..]).to_owned();
-    let tch_model = TchModel::load(&cfg, weights.clone(), Device::Cpu, Precision::Fp32).unwrap();
+    let tch_model =
+        TchModel::new(FastSegmentor::load(&cfg, weights.clone(), Ctx::new(Device::Cpu, Precision::Fp32)).unwrap());
+    let _ = RefBackend;
     let ref_model = RefModel(EncoderDecoder::<f32>::load(&cfg, WeightStore::from_arrays(weights)).unwrap());
     assert!(tch_model.describe().starts_with("tch"));
     let a = tch_model.seg_logits(x.clone()).unwrap();
@@ -322,14 +318,15 @@ fn differential(m: &Model, precision: Precision, tol: Tolerance) -> Result<(), T
             let mut rec = Recorder::<f64>::all();
             let x = inputs.to_float::<f64>().unwrap().into_dimensionality().unwrap();
             model.forward(&x, &mut rec).unwrap();
-            (rec.floats, rec.ints)
+            rec.into_parts()
         }
         _ => {
             let model = EncoderDecoder::<f32>::load(&cfg, WeightStore::from_arrays(weights.clone())).unwrap();
             let mut rec = Recorder::<f32>::all();
             let x = inputs.to_float::<f32>().unwrap().into_dimensionality().unwrap();
             model.forward(&x, &mut rec).unwrap();
-            (rec.floats.into_iter().map(|(k, v)| (k, v.mapv(|x| x as f64))).collect(), rec.ints)
+            let (floats, ints) = rec.into_parts();
+            (floats.into_iter().map(|(k, v)| (k, v.mapv(|x| x as f64))).collect(), ints)
         }
     };
     // tch.
@@ -340,10 +337,10 @@ fn differential(m: &Model, precision: Precision, tol: Tolerance) -> Result<(), T
     model.forward(&x, &mut rec).unwrap();
 
     let ref_names: BTreeSet<&String> = ref_floats.keys().chain(ref_ints.keys()).collect();
-    let tch_names: BTreeSet<&String> = rec.tensors.keys().collect();
+    let tch_names: BTreeSet<&String> = rec.names().collect();
     prop_assert_eq!(&ref_names, &tch_names, "recorded output names differ");
     for (name, want) in &ref_floats {
-        let got = fast::to_f64_array(&rec.tensors[name]).unwrap();
+        let got = fast::to_f64_array(rec.get(name).expect("recorded")).unwrap();
         let r = compare_floats(name, &got, want, tol);
         prop_assert!(
             r.status == Status::Pass,
@@ -355,7 +352,7 @@ fn differential(m: &Model, precision: Precision, tol: Tolerance) -> Result<(), T
         );
     }
     for (name, want) in &ref_ints {
-        let got = fast::to_i64_array(&rec.tensors[name]).unwrap();
+        let got = fast::to_i64_array(rec.get(name).expect("recorded")).unwrap();
         let r = compare_labels(name, &got, want, ref_floats.get("seg_logits"), tol);
         prop_assert!(r.status == Status::Pass, "{}: {} violations, {:?}", name, r.violations, r.note);
     }

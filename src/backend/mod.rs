@@ -3,7 +3,7 @@
 //! wanted names → named outputs). `verify`, `eval`, `predict` and `bench` all go through it;
 //! backends are chosen by one typed [`BackendKind`], parsed in one place ([`open`]).
 //!
-//! * [`reference`]: the ndarray reference (`ref`), f32 and f64, always built;
+//! * [`reference`] — the ndarray reference (`ref`), f32 and f64, always built;
 //! * `tch` (feature `tch`): the libtorch path on the CPU or a CUDA device, fp32/fp64 conformant,
 //!   fp16/bf16 for reports.
 //!

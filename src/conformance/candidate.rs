@@ -131,8 +131,11 @@ impl CandidateSource {
     }
 }
 
+/// Tensors by name and the optional `metrics.json` of a candidate location.
+type RawCandidate = (Vec<(String, AnyArray)>, Option<Value>);
+
 /// Every tensor (by file stem or archive key) and `metrics.json` of a candidate location.
-fn read_raw(location: &Path) -> Result<(Vec<(String, AnyArray)>, Option<Value>), CandidateError> {
+fn read_raw(location: &Path) -> Result<RawCandidate, CandidateError> {
     if location.is_file() {
         let tensors = if location.extension().is_some_and(|e| e == "npz") {
             read_npz(location)?

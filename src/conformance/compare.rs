@@ -92,6 +92,16 @@ fn fmt_index(shape: &[usize], mut flat: usize) -> String {
     format!("{idx:?}")
 }
 
+/// `; N non-finite value(s) produced` when `actual` holds NaN/inf where `expected` is finite.
+fn non_finite_note(actual: &ArrayD<f64>, expected: &ArrayD<f64>) -> String {
+    let n = actual.iter().zip(expected.iter()).filter(|(a, e)| !a.is_finite() && e.is_finite()).count();
+    if n > 0 {
+        format!("; {n} non-finite (NaN/inf) value(s) produced where the fixture is finite")
+    } else {
+        String::new()
+    }
+}
+
 /// Compares float tensors (both widened to f64).
 pub fn compare_floats(name: &str, actual: &ArrayD<f64>, expected: &ArrayD<f64>, tol: Tolerance) -> TensorResult {
     if actual.shape() != expected.shape() {
@@ -128,8 +138,13 @@ pub fn compare_floats(name: &str, actual: &ArrayD<f64>, expected: &ArrayD<f64>, 
             }
         }
     }
-    let note =
-        worst.map(|(i, a, e, _)| format!("worst at {}: got {a:e}, expected {e:e}", fmt_index(expected.shape(), i)));
+    let note = worst.map(|(i, a, e, _)| {
+        format!(
+            "worst at {}: got {a:e}, expected {e:e}{}",
+            fmt_index(expected.shape(), i),
+            non_finite_note(actual, expected)
+        )
+    });
     TensorResult {
         name: name.to_string(),
         status: if violations == 0 { Status::Pass } else { Status::Fail },
@@ -236,6 +251,36 @@ pub fn compare_labels(
     }
 }
 
+/// Compares expected tensors with produced ones, in expected (forward) order. Label maps named
+/// `pred` / `pred.<stem>` use the expected `seg_logits` / `seg_logits.<stem>` for the near-tie
+/// rule; an expected tensor that is not produced is NOT COVERED.
+pub fn compare_outputs(
+    expected: &[(String, AnyArray)],
+    produced: &Outputs,
+    tol_for: impl Fn(&str) -> Tolerance,
+) -> Vec<TensorResult> {
+    let find = |n: &str| expected.iter().find(|(k, _)| k == n).map(|(_, a)| a);
+    expected
+        .iter()
+        .map(|(name, exp)| {
+            let tol = tol_for(name);
+            match (produced.get(name), exp.is_float()) {
+                (None, _) => TensorResult::not_covered(name, exp.shape(), tol),
+                (Some(OutTensor::Float(a)), true) => compare_floats(name, a, &exp.to_f64(), tol),
+                (Some(OutTensor::Label(a)), false) => {
+                    let logits_name =
+                        if name == "pred" { "seg_logits".to_string() } else { name.replacen("pred", "seg_logits", 1) };
+                    let logits = find(&logits_name).filter(|l| l.is_float()).map(|l| l.to_f64());
+                    let ltol = tol_for(&logits_name);
+                    compare_labels(name, a, &exp.to_i64().unwrap_or_default(), logits.as_ref(), ltol)
+                }
+                (Some(OutTensor::Float(a)), false) => compare_floats(name, a, &exp.to_f64(), tol),
+                (Some(OutTensor::Label(a)), true) => compare_floats(name, &a.mapv(|v| v as f64), &exp.to_f64(), tol),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,34 +331,4 @@ mod tests {
         let r = compare_labels("pred", &flipped, &expected, None, tol);
         assert_eq!(r.status, Status::Fail);
     }
-}
-
-/// Compares expected tensors with produced ones, in expected (forward) order. Label maps named
-/// `pred` / `pred.<stem>` use the expected `seg_logits` / `seg_logits.<stem>` for the near-tie
-/// rule; an expected tensor that is not produced is NOT COVERED.
-pub fn compare_outputs(
-    expected: &[(String, AnyArray)],
-    produced: &Outputs,
-    tol_for: impl Fn(&str) -> Tolerance,
-) -> Vec<TensorResult> {
-    let find = |n: &str| expected.iter().find(|(k, _)| k == n).map(|(_, a)| a);
-    expected
-        .iter()
-        .map(|(name, exp)| {
-            let tol = tol_for(name);
-            match (produced.get(name), exp.is_float()) {
-                (None, _) => TensorResult::not_covered(name, exp.shape(), tol),
-                (Some(OutTensor::Float(a)), true) => compare_floats(name, a, &exp.to_f64(), tol),
-                (Some(OutTensor::Label(a)), false) => {
-                    let logits_name =
-                        if name == "pred" { "seg_logits".to_string() } else { name.replacen("pred", "seg_logits", 1) };
-                    let logits = find(&logits_name).filter(|l| l.is_float()).map(|l| l.to_f64());
-                    let ltol = tol_for(&logits_name);
-                    compare_labels(name, a, &exp.to_i64().unwrap_or_default(), logits.as_ref(), ltol)
-                }
-                (Some(OutTensor::Float(a)), false) => compare_floats(name, a, &exp.to_f64(), tol),
-                (Some(OutTensor::Label(a)), true) => compare_floats(name, &a.mapv(|v| v as f64), &exp.to_f64(), tol),
-            }
-        })
-        .collect()
 }

@@ -188,8 +188,8 @@ pub fn case_table(r: &CaseReport, failures_only: bool) -> String {
     let w = rows.iter().map(|t| t.name.len()).max().unwrap_or(6).max(6);
     let _ = writeln!(
         out,
-        "    {:<w$}  {:<20} {:>9} {:>9} {:>8}  {:<17} {}",
-        "tensor", "shape", "max_abs", "max_rel", "viol", "rtol/atol", "result"
+        "    {:<w$}  {:<20} {:>9} {:>9} {:>8}  {:<17} result",
+        "tensor", "shape", "max_abs", "max_rel", "viol", "rtol/atol"
     );
     for t in rows {
         let shape = format!("{:?}", t.expected_shape);

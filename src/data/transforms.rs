@@ -1,8 +1,8 @@
 //! Test-time image transforms of MMSegmentation's ADE20K pipeline, bit-exact.
 //!
-//! * [`rescale_size`]: mmcv's keep-ratio size rule (`Resize(scale=(2560, 640), keep_ratio=True)`).
+//! * [`rescale_size`] — mmcv's keep-ratio size rule (`Resize(scale=(2560, 640), keep_ratio=True)`).
 //! * [`resize_bilinear_u8`]: OpenCV's fixed-point `cv2.resize(..., INTER_LINEAR)` on uint8.
-//! * [`normalize`]: `SegDataPreProcessor` (BGR→RGB flip, then `(x - mean) / std` in float32).
+//! * [`normalize`] — `SegDataPreProcessor` (BGR→RGB flip, then `(x - mean) / std` in float32).
 //!
 //! See spec §5.1, §5.2 and §9.1.
 

@@ -151,7 +151,7 @@ pub fn evaluate(
     let listing = ade20k::list(spec, opts.skip_bad)?;
     let total = listing.samples.len() + listing.skipped.len();
     let num_images = opts.limit.map_or(total, |l| l.min(total));
-    let in_run = |i: usize| i < num_images && opts.shard.map_or(true, |s| s.contains(i));
+    let in_run = |i: usize| i < num_images && opts.shard.is_none_or(|s| s.contains(i));
     // The data is identified by its layout and listing (not its root path, so shards may run on
     // machines that mount it elsewhere).
     let mut stems_hash: u64 = 0xcbf2_9ce4_8422_2325; // FNV-1a 64
@@ -237,9 +237,8 @@ pub fn evaluate(
 
     let mut file = OpenOptions::new().append(true).open(&rpath).map_err(io_err(&rpath))?;
     report(opts, Event::Start { planned, recorded: records.len() });
-    let mut new_images = 0usize;
     let mut stopped = false;
-    for (index, w) in work.iter() {
+    for (new_images, (index, w)) in work.iter().enumerate() {
         if opts.stop_after.is_some_and(|k| new_images >= k) {
             stopped = true;
             break;
@@ -271,7 +270,6 @@ pub fn evaluate(
         file.write_all(format!("{line}\n").as_bytes()).map_err(io_err(&rpath))?;
         file.flush().map_err(io_err(&rpath))?;
         records.push(rec);
-        new_images += 1;
         let last = records.last().expect("just pushed");
         report(
             opts,

@@ -236,8 +236,6 @@ impl TestPipeline {
     }
 }
 
-/// MMSegmentation 0.x multi-scale + flip TTA (see the module docs).
-
 /// Everything about how an image becomes a prediction (besides the network itself).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalSettings {

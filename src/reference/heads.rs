@@ -84,6 +84,8 @@ fn pick<'a, T: Float>(maps: &'a [Array4<T>], idx: i64, prefix: &str) -> Result<&
     Ok(&maps[i as usize])
 }
 
+// One value per head: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Body<T: Float> {
     Uper {
         pool_scales: Vec<usize>,

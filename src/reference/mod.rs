@@ -4,11 +4,11 @@
 //! (`backbone.layers.3.attn`, `neck.upsample_4x.1`, `decode_head.fpn_convs.0.bn`), so a fixture
 //! output name, a weight key and a Rust field line up:
 //!
-//! * [`ops`]: pure operators (linear, LayerNorm, GELU, conv, BN, pools, bilinear resize, argmax);
-//! * [`beit`]: the BEiT backbone (patch embed, relative-position attention, layer scale);
-//! * [`neck`]: Feature2Pyramid;
-//! * [`heads`]: ConvModule, UPerHead (+PPM) and FCNHead;
-//! * [`segmentor`]: EncoderDecoder with whole and slide inference.
+//! * [`ops`] — pure operators (linear, LayerNorm, GELU, conv, BN, pools, bilinear resize, argmax);
+//! * [`beit`] — the BEiT backbone (patch embed, relative-position attention, layer scale);
+//! * [`neck`] — Feature2Pyramid;
+//! * [`heads`] — ConvModule, UPerHead (+PPM) and FCNHead;
+//! * [`segmentor`] — EncoderDecoder with whole and slide inference.
 //!
 //! Everything is generic over [`Float`](crate::Float) (f32 and f64), so the float64 twin fixtures
 //! run through exactly the same code.
