@@ -305,6 +305,26 @@ impl BeitConfig {
     }
 
     /// The relative-position window (patch grid of `img_size`).
+    /// Checks that an input of `cin` channels and `h`×`w` pixels fits this backbone: the
+    /// channel count, and a patch grid equal to the relative-position window (fixed by
+    /// `img_size`; MMSegmentation fails on other grids too). The message says why.
+    pub fn check_input(&self, cin: usize, h: usize, w: usize) -> Result<(), String> {
+        if cin != self.in_channels {
+            return Err(format!("input has {cin} channels, the backbone expects {}", self.in_channels));
+        }
+        let p = self.patch_size;
+        let grid = (h / p, w / p);
+        let win = self.window();
+        if grid != win {
+            return Err(format!(
+                "input {h}x{w} gives a {}x{} patch grid, but BEiT's relative-position window is fixed by img_size {:?} to {}x{} \
+                 (MMSegmentation fails on this input too: use slide inference with crop_size = img_size)",
+                grid.0, grid.1, self.img_size, win.0, win.1
+            ));
+        }
+        Ok(())
+    }
+
     pub fn window(&self) -> (usize, usize) {
         (self.img_size.0 / self.patch_size, self.img_size.1 / self.patch_size)
     }

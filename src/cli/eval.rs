@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::backend::{self, BackendKind, BackendSpec, Model};
+use crate::backend::{self, BackendSpec, Model};
 use crate::config::SegmentorConfig;
 use crate::data::ade20k::{DatasetSpec, Shard};
 use crate::data::image;
@@ -57,16 +57,8 @@ pub struct ModelArgs {
     /// ADE20K, 150 classes, slide 640/426).
     #[arg(long, value_parser = ["beit-base-640", "beit-large-640"])]
     pub preset: Option<String>,
-    /// The implementation that runs the network: `ref` (the ndarray reference, float32) or `tch`
-    /// (libtorch; builds with `--features tch`).
-    #[arg(long, value_enum, default_value = "ref")]
-    pub backend: BackendKind,
-    /// Device of the `tch` backend: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Precision of the `tch` backend: fp32 (conformant), fp16 or bf16 (faster, not conformant).
-    #[arg(long, default_value = "fp32")]
-    pub precision: String,
+    #[command(flatten)]
+    pub backend: super::BackendArgs,
     /// Test-time augmentation: `ms-flip` (MMSegmentation 0.x multi-scale + flip, 12 passes).
     #[arg(long, value_parser = ["none", "ms-flip"])]
     pub aug: Option<String>,
@@ -212,13 +204,6 @@ pub fn load_config(config: Option<&Path>, preset_name: Option<&str>) -> Result<L
     Ok(LoadedConfig { model_json, model, dataset, source })
 }
 
-impl ModelArgs {
-    /// The backend these arguments select.
-    pub fn spec(&self) -> BackendSpec {
-        BackendSpec { kind: self.backend, device: self.device.clone(), precision: self.precision.clone() }
-    }
-}
-
 /// Builds the network: the checkpoint (any dialect, converted on load) on the chosen backend.
 pub fn build_model(spec: &BackendSpec, cfg: &SegmentorConfig, checkpoint: &Path) -> Result<Box<dyn Model>> {
     let backend = backend::open(spec)?;
@@ -301,7 +286,7 @@ pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
     if let Some(w) = image::jpeg_decoder_warning() {
         eprintln!("{w}");
     }
-    let model = build_model(&args.model.spec(), &cfg.model, &args.model.checkpoint)?;
+    let model = build_model(&args.model.backend.spec(), &cfg.model, &args.model.checkpoint)?;
     let identity = json!({
         "model": cfg.model_json,
         "checkpoint": file_identity(&args.model.checkpoint),
@@ -364,7 +349,7 @@ pub fn run_predict(args: PredictArgs) -> Result<ExitCode> {
             eprintln!("{w}");
         }
     }
-    let model = build_model(&args.model.spec(), &cfg.model, &args.model.checkpoint)?;
+    let model = build_model(&args.model.backend.spec(), &cfg.model, &args.model.checkpoint)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let palette = image::palette(settings.num_classes);
     let names = class_names(&cfg).unwrap_or_else(|| {

@@ -79,6 +79,33 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Which backend runs the model (shared by `verify`, `eval` and `predict`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// The implementation that runs the network: `ref` (the ndarray reference) or `tch`
+    /// (libtorch; build with `--features tch`).
+    #[arg(long, value_enum, default_value = "ref")]
+    pub backend: crate::backend::BackendKind,
+    /// Device of the `tch` backend: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Precision of the `tch` backend for float32 work: fp32 (conformant, TF32 off), fp16 or
+    /// bf16 (faster, reported, not conformant). float64 cases run in float64 with fp32.
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+}
+
+impl BackendArgs {
+    /// The backend these arguments select.
+    pub fn spec(&self) -> crate::backend::BackendSpec {
+        crate::backend::BackendSpec {
+            kind: self.backend,
+            device: self.device.clone(),
+            precision: self.precision.clone(),
+        }
+    }
+}
+
 /// Writes a report the user asked for by name, atomically (a crash never leaves half a file).
 pub fn write_report(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     use anyhow::Context;

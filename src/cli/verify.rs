@@ -8,8 +8,8 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::progress::Progress;
-use super::write_report;
-use crate::backend::{self, BackendKind, BackendSpec};
+use super::{write_report, BackendArgs};
+use crate::backend;
 use crate::conformance::candidate::CandidateSource;
 use crate::conformance::case::{discover, Case, NameFilter};
 use crate::conformance::names::NameMap;
@@ -32,17 +32,9 @@ pub struct VerifyArgs {
     /// Case directories, or directories containing cases.
     #[arg(required = true, value_name = "CASE")]
     pub dirs: Vec<PathBuf>,
-    /// The implementation under test: `ref` (the ndarray reference) or `tch` (libtorch;
-    /// build with `--features tch`). Ignored with --candidate.
-    #[arg(long, value_enum, default_value = "ref")]
-    pub backend: BackendKind,
-    /// Device of the `tch` backend: cpu, cuda, cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Precision of the `tch` backend for float32 cases: fp32 (conformant, TF32 off), fp16,
-    /// bf16 (reported, not conformant). float64 cases run in float64 with fp32.
-    #[arg(long, default_value = "fp32")]
-    pub precision: String,
+    /// The implementation under test (ignored with --candidate).
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// Compare tensors another implementation wrote instead of running ours: DIR/<output>.npy
     /// for one case (or DIR.npz / DIR.safetensors), DIR/<case name>/<output>.npy for several;
     /// `metrics.json` for pipeline/metric cases (docs/fixture-format.md, docs/validating.md).
@@ -110,8 +102,7 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
             Target::Candidate { source: &source, single: cases.len() == 1 }
         }
         None => {
-            let spec = BackendSpec { kind: a.backend, device: a.device.clone(), precision: a.precision.clone() };
-            backend_box = backend::open(&spec)?;
+            backend_box = backend::open(&a.backend.spec())?;
             Target::Backend(backend_box.as_ref())
         }
     };

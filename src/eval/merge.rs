@@ -5,10 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::results::{read_results, sum_records, ResultsHeader};
+use super::results::{read_results, skipped_and_evaluated, sum_records, ResultsHeader};
 use super::run::{as_written, class_names, format_report, result_json, write_atomic, Outcome};
 use super::{io_err, EvalError};
-use crate::data::ade20k::Skipped;
 use crate::metrics::compute_metrics;
 
 /// Combines the results files of the shards of one run into the totals and metrics one
@@ -79,19 +78,7 @@ pub fn merge(files: &[PathBuf], out: &Path, class_names_opt: Option<Vec<String>>
     let totals =
         sum_records(&records, header.num_classes).map_err(|msg| EvalError::Results { path: first.clone(), msg })?;
     let metrics = compute_metrics(&totals);
-    let mut skipped: Vec<Skipped> = records
-        .iter()
-        .filter_map(|r| {
-            r.skipped.as_ref().map(|why| Skipped {
-                index: r.index,
-                stem: r.stem.clone(),
-                path: PathBuf::new(),
-                reason: why.clone(),
-            })
-        })
-        .collect();
-    skipped.sort_by_key(|s| s.index);
-    let evaluated = records.iter().filter(|r| r.skipped.is_none()).count();
+    let (skipped, evaluated) = skipped_and_evaluated(&records);
     let recorded: Option<Vec<String>> = header
         .run
         .get("classes")

@@ -148,3 +148,20 @@ pub fn count_lines(path: &Path) -> Result<usize, EvalError> {
     let f = File::open(path).map_err(io_err(path))?;
     Ok(BufReader::new(f).lines().count())
 }
+
+/// The skipped images of `records` (in index order) and the number of evaluated ones.
+pub fn skipped_and_evaluated(records: &[ImageRecord]) -> (Vec<crate::data::ade20k::Skipped>, usize) {
+    let mut skipped: Vec<crate::data::ade20k::Skipped> = records
+        .iter()
+        .filter_map(|r| {
+            r.skipped.as_ref().map(|why| crate::data::ade20k::Skipped {
+                index: r.index,
+                stem: r.stem.clone(),
+                path: std::path::PathBuf::new(),
+                reason: why.clone(),
+            })
+        })
+        .collect();
+    skipped.sort_by_key(|s| s.index);
+    (skipped, records.iter().filter(|r| r.skipped.is_none()).count())
+}

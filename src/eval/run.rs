@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::results::{read_results, sum_records, ImageRecord, ResultsHeader, RESULTS_VERSION};
+use super::results::{read_results, skipped_and_evaluated, sum_records, ImageRecord, ResultsHeader, RESULTS_VERSION};
 use super::{image_areas, io_err, predict_with, EvalError, EvalSettings};
 use crate::backend::Model;
 use crate::data::ade20k::{self, DatasetSpec, Shard, Skipped};
@@ -281,19 +281,7 @@ pub fn evaluate(
     let totals =
         sum_records(&records, settings.num_classes).map_err(|msg| EvalError::Results { path: rpath.clone(), msg })?;
     let metrics = compute_metrics(&totals);
-    let mut skipped: Vec<Skipped> = records
-        .iter()
-        .filter_map(|r| {
-            r.skipped.as_ref().map(|why| Skipped {
-                index: r.index,
-                stem: r.stem.clone(),
-                path: PathBuf::new(),
-                reason: why.clone(),
-            })
-        })
-        .collect();
-    skipped.sort_by_key(|s| s.index);
-    let evaluated = records.iter().filter(|r| r.skipped.is_none()).count();
+    let (skipped, evaluated) = skipped_and_evaluated(&records);
     let complete = !stopped && records.len() == planned;
     let partial = match (complete, opts.shard) {
         (false, _) => Some("incomplete run".to_string()),

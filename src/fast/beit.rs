@@ -301,25 +301,7 @@ impl Beit {
     pub fn forward(&self, img: &Tensor, prefix: &str, rec: &mut Recorder) -> Result<Vec<Tensor>> {
         let s = img.size();
         let (b, cin, h, w) = (s[0], s[1] as usize, s[2] as usize, s[3] as usize);
-        let p = self.cfg.patch_size;
-        if cin != self.cfg.in_channels {
-            return Err(FastError::Input(format!(
-                "input has {cin} channels, the backbone expects {}",
-                self.cfg.in_channels
-            )));
-        }
-        let grid = (h / p, w / p);
-        if grid != self.cfg.window() {
-            return Err(FastError::Input(format!(
-                "input {h}x{w} gives a {}x{} patch grid, but BEiT's relative-position window is fixed by img_size {:?} to {}x{} \
-                 (MMSegmentation fails on this input too: use slide inference with crop_size = img_size)",
-                grid.0,
-                grid.1,
-                self.cfg.img_size,
-                self.cfg.window().0,
-                self.cfg.window().1
-            )));
-        }
+        self.cfg.check_input(cin, h, w).map_err(FastError::Input)?;
         let (tokens, (hp, wp)) = self.patch_embed.forward(img, &join(prefix, "patch_embed"), rec)?;
         let c = self.cfg.embed_dims as i64;
         // cls token prepended: [B, N, C] -> [B, N+1, C]

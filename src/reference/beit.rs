@@ -329,25 +329,7 @@ impl<T: Float> Beit<T> {
     /// (B, Cin, H, W) normalised images → the `out_indices` feature maps (B, C, Hp, Wp).
     pub fn forward(&self, img: &Array4<T>, prefix: &str, rec: &mut Recorder<T>) -> Result<Vec<Array4<T>>, ModelError> {
         let (b, cin, h, w) = img.dim();
-        let p = self.cfg.patch_size;
-        if cin != self.cfg.in_channels {
-            return Err(ModelError::Input(format!(
-                "input has {cin} channels, the backbone expects {}",
-                self.cfg.in_channels
-            )));
-        }
-        let grid = (h / p, w / p);
-        if grid != self.cfg.window() {
-            return Err(ModelError::Input(format!(
-                "input {h}x{w} gives a {}x{} patch grid, but BEiT's relative-position window is fixed by img_size {:?} to {}x{} \
-                 (MMSegmentation fails on this input too: use slide inference with crop_size = img_size)",
-                grid.0,
-                grid.1,
-                self.cfg.img_size,
-                self.cfg.window().0,
-                self.cfg.window().1
-            )));
-        }
+        self.cfg.check_input(cin, h, w).map_err(ModelError::Input)?;
         let (tokens, (hp, wp)) = self.patch_embed.forward(img, &join(prefix, "patch_embed"), rec);
         let c = self.cfg.embed_dims;
         let n = hp * wp;

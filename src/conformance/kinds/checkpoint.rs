@@ -187,20 +187,30 @@ pub fn compare_conversion(
     results
 }
 
+/// Compares a candidate's tensors with `expected` by [`compare_tensor`] (dtype-aware).
+fn candidate_outcome(
+    case: &Case,
+    expected: &[(String, AnyArray)],
+    source: &crate::conformance::candidate::CandidateSource,
+    single: bool,
+) -> Result<KindOutcome, RunError> {
+    let cand = source.read(&case.name, single, &expected_shapes(expected))?;
+    let tensors = expected
+        .iter()
+        .map(|(k, e)| match cand.tensors.get(k) {
+            Some((a, _)) => compare_tensor(k, a, e, case.tolerance_for(k)),
+            None => TensorResult::not_covered(k, e.shape(), case.tolerance_for(k)),
+        })
+        .collect();
+    Ok(KindOutcome { tensors, unused: cand.unused, ..Default::default() })
+}
+
 /// Runs a `converter` case: our converter, or the candidate's converted tensors (then a tensor
 /// the fixture does not expect is listed as unused, not failed).
 pub fn run_converter(case: &Case, target: &Target<'_>) -> Result<KindOutcome, RunError> {
     if let Target::Candidate { source, single } = target {
         let expected = read_expected(&case.file_field("expected")?)?;
-        let cand = source.read(&case.name, *single, &expected_shapes(&expected))?;
-        let tensors = expected
-            .iter()
-            .map(|(k, e)| match cand.tensors.get(k) {
-                Some((a, _)) => compare_tensor(k, a, e, case.tolerance_for(k)),
-                None => TensorResult::not_covered(k, e.shape(), case.tolerance_for(k)),
-            })
-            .collect();
-        return Ok(KindOutcome { tensors, unused: cand.unused, ..Default::default() });
+        return candidate_outcome(case, &expected, source, *single);
     }
     Ok(KindOutcome { tensors: converter_ours(case)?, ..Default::default() })
 }
@@ -229,19 +239,7 @@ fn window_field(case: &Case, key: &str) -> Result<(usize, usize), RunError> {
 /// Runs a `relpos_resize` case: our resize, or the candidate's `table`.
 pub fn run_relpos(case: &Case, target: &Target<'_>) -> Result<KindOutcome, RunError> {
     if let Target::Candidate { source, single } = target {
-        let mut expected = Vec::with_capacity(case.outputs.len());
-        for (name, file) in &case.outputs {
-            expected.push((name.clone(), case.read_output(file)?));
-        }
-        let cand = source.read(&case.name, *single, &expected_shapes(&expected))?;
-        let tensors = expected
-            .iter()
-            .map(|(k, e)| match cand.tensors.get(k) {
-                Some((a, _)) => compare_tensor(k, a, e, case.tolerance_for(k)),
-                None => TensorResult::not_covered(k, e.shape(), case.tolerance_for(k)),
-            })
-            .collect();
-        return Ok(KindOutcome { tensors, unused: cand.unused, ..Default::default() });
+        return candidate_outcome(case, &super::read_expected(case)?, source, *single);
     }
     Ok(KindOutcome { tensors: relpos_ours(case)?, ..Default::default() })
 }
