@@ -8,6 +8,8 @@ from importlib import metadata
 
 import numpy as np
 
+import common  # noqa: F401  (re-exported for run.py)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
