@@ -30,11 +30,11 @@ def limits(case):
     b = case["model"]["backbone"]
     out = ["backbone only: timm has no Feature2Pyramid neck, UPerHead or FCNHead"]
     if case["model"]["test_cfg"].get("mode") == "slide":
-        out.append("slide case: only seg_logits/pred are expected, which a backbone cannot produce")
+        out.append("slide: only seg_logits/pred are expected, which a backbone cannot produce")
     if b.get("patch_norm"):
-        out.append("patch_norm=True: Beit builds PatchEmbed without norm_layer (timm/models/beit.py Beit.__init__)")
+        out.append("patch_norm: Beit builds PatchEmbed without norm_layer (timm/models/beit.py Beit.__init__)")
     if b.get("final_norm"):
-        out.append("final_norm=True: forward_intermediates(norm=True) applies self.norm to EVERY "
+        out.append("final_norm: forward_intermediates(norm=True) applies self.norm to EVERY "
                    "intermediate (timm/models/beit.py:840), mmseg only to the last block's output")
     return out
 
