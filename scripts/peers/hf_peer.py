@@ -97,8 +97,7 @@ def build(case, sd_mm, variant, attn="sdpa", eps=None):
         return None, [f"BeitConfig rejected the config: {e}"]
     if variant != "converted":
         cfg._out_indices = [i + 2 for i in b["out_indices"]]
-        notes.append(f"out_indices {list(b['out_indices'])} -> {cfg._out_indices} (set on config._out_indices: "
-                     "the validator rejects indices above num_hidden_layers)")
+        notes.append(f"out_indices {list(b['out_indices'])} -> {cfg._out_indices}")
     cfg._attn_implementation = attn
     model = BeitForSemanticSegmentation(cfg).eval()
     if variant == "patched":

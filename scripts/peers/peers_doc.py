@@ -358,10 +358,34 @@ def findings(results, by, work):
                     w(f"- {pid} {c}: {short(n)}")
     w("")
     w("AdaptiveAvgPool2d to 2/3/6 bins of a 3x4 (or 5x7) map is not a whole-factor pooling, which the "
-      "TorchScript symbolic (`torch/onnx/symbolic_opset9.py` adaptive_avg_pool2d) refuses. "
-      "With `dynamo=True` the same model exports (uneven bins as explicit slices/means) and onnxruntime matches "
-      "MMSegmentation on every exposed intermediate, including the uneven PPM bins (ppm-nondiv) and the unrolled "
-      "slide windows (slide-b2); see the onnx-dynamo table.")
+      "TorchScript symbolic refuses (torch/onnx/_internal/torchscript_exporter/symbolic_opset9.py:1717); every "
+      "BEiT-UPerNet config hits it (BEiT-B at 640: a 20x20 map pooled to 3 and 6 bins). "
+      "With `dynamo=True` the same model exports and onnxruntime matches MMSegmentation on every exposed "
+      "intermediate, including the uneven PPM bins (ppm-nondiv), and on slide-b2 (the per-window graph run "
+      "inside MMSegmentation's own slide_inference); see the onnx-dynamo table.")
+    w("")
+    w("### 8. What /work/shared/spec/peers.md claimed, checked here")
+    w("")
+    w("- Confirmed: the HF feature tap is two blocks early (finding 1; the rule is read from the source and shown "
+      "per level above; out_index 0 additionally wraps to the last block); HF's LayerNorm eps 1e-12 (finding 2, "
+      "~2e-6 at the first LayerNorm, float64 only); `channels` hard-coded to `hidden_size` (finding 5); all HF "
+      "interpolations bilinear with align_corners=False, PPM/FPN/fpn_bottleneck/FCN (incl. `concat_input`) "
+      "otherwise identical to mmseg (hf-patched passes, uneven PPM bins included); timm taps after block i with "
+      "eps 1e-6 and matches mmseg's backbone (finding 6); the TorchScript ONNX export fails on the PPM (finding 7).")
+    w("- Refuted / corrected: \"at the native window this resampling is an identity\" holds only for square "
+      "windows; for non-square native windows HF's per-forward resampling is wrong (finding 3), so HF is not "
+      "correct on non-square inputs with a table trained for them (all BEiT checkpoints are square, so the released "
+      "models are not affected at their native size). \"FCN concat_input\" is expressible in HF "
+      "(`auxiliary_concat_input`, hf-patched passes var-fcn-concat). The `[3, 5, 7, 11]` -> 2/4/6/10 claim follows "
+      "from the rule; it was not rerun on a 12-layer model here (no such fixture).")
+    w("- New: HF eager attention runs softmax in float32 inside a float64 model (finding 4); `BeitConfig` cannot "
+      "express mmseg's taps for the last block (finding 1); timm's `norm=True` normalizes every intermediate "
+      "(finding 6); the dynamo exporter handles the uneven PPM bins, and exporting the whole slide loop needs "
+      "strict `torch.export` (non-strict stops at `assert (count_mat == 0).sum() == 0`, "
+      "mmseg/models/segmentors/encoder_decoder.py:289; the strict trace took ~130 s here), so the ONNX peer "
+      "exports the per-window network and runs MMSegmentation's own `slide_inference` around it.")
+    w("- Not checked: HF's image processor defaults (0.5/0.5 mean/std, bicubic square resize): the fixtures' "
+      "inputs are already normalized; the real-checkpoint logits slice of HF's integration test.")
     w("")
     return "\n".join(o)
 

@@ -172,8 +172,11 @@ def main():
                     if has_candidate:
                         comparator = "beit-seg verify --candidate"
                         cmd = [b, "verify", "--candidate", cand, "--allow-uncovered", "--json", part, "--quiet"]
-                        if p["names"]:
-                            cmd += ["--names", p["names"]]
+                        if p["names"]:  # the built-in maps (compiled from src/conformance/names/*.json)
+                            nm = p["names"]
+                            if os.environ.get("PEERS_NAMES_FROM_FILES"):  # a binary built before the maps
+                                nm = os.path.join(ROOT, "src", "conformance", "names", nm + ".json")
+                            cmd += ["--names", nm]
                     else:
                         comparator = "scripts/peers/pycompare.py (fallback: this binary has no verify --candidate)"
                         nm = os.path.join(ROOT, "src", "conformance", "names", p["names"] + ".json") if p["names"] else None
