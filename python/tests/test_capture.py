@@ -108,6 +108,26 @@ def test_transforms_and_duplicates():
         raise AssertionError("two tensors mapping to one fixture name must fail")
 
 
+def test_builtin_maps():
+    """src/conformance/names/{hf,timm}.json (compiled into beit-seg) parse and map the key names."""
+    names = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src", "conformance", "names")
+    hf = bc.load_names(os.path.join(names, "hf.json"))
+    for cand, fx in [("beit.layers.3.layernorm_before", "backbone.layers.3.ln1"), ("beit.layers.11", "backbone.layers.11"),
+                     ("beit.layers.0.attention.0", "backbone.layers.0.attn"), ("fpn@input.2", "backbone.2"),
+                     ("fpn.0", "neck.0"), ("fpn.fpn1.normalization", "neck.upsample_4x.1"),
+                     ("decode_head.psp_modules.blocks.3", "decode_head.psp_modules.3"),
+                     ("decode_head.psp_bottleneck.convolution", "decode_head.bottleneck.conv"),
+                     ("decode_head.classifier", "decode_head.conv_seg"), ("decode_head", "decode_head"),
+                     ("auxiliary_head.conv_cat.activation", "auxiliary_head.conv_cat.activate"),
+                     ("beit.hidden_states.4", None), ("decode_head.psp_modules.2", None)]:
+        assert bc.map_name(hf, cand)[0] == fx, (cand, bc.map_name(hf, cand)[0], fx)
+    timm = bc.load_names(os.path.join(names, "timm.json"))
+    for cand, fx in [("blocks.5.norm2", "backbone.layers.5.ln2"), ("blocks.2.mlp.act", "backbone.layers.2.ffn.layers.0.1"),
+                     ("forward_intermediates.3", "backbone.3"), ("patch_embed", "backbone.patch_embed.0"),
+                     ("blocks.1", "backbone.layers.1"), ("norm", None)]:
+        assert bc.map_name(timm, cand)[0] == fx, (cand, bc.map_name(timm, cand)[0], fx)
+
+
 if __name__ == "__main__":
     for name, fn in list(globals().items()):
         if name.startswith("test_"):

@@ -208,3 +208,16 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
+def build_for_capture(case_dir, case):
+    """`python python/beit_seg_capture.py --path scripts/peers --model hf_peer:build_for_capture ...`:
+    the hf-patched model for a case (an example of the helper's builder signature)."""
+    d = case_dir
+    model, _notes, _dropped, _missing = build(case, common.mmseg_weights(d, case), "patched")
+    return model
+
+
+def forward_for_capture(module, x):
+    """HF models take `pixel_values=`."""
+    return module(pixel_values=x)
