@@ -364,6 +364,11 @@ def findings(results, by, work):
       "intermediate, including the uneven PPM bins (ppm-nondiv), and on slide-b2 (the per-window graph run "
       "inside MMSegmentation's own slide_inference); see the onnx-dynamo table.")
     w("")
+    w("float64: a float64 graph exports with dynamo (`onnx_peer.py --dynamo --f64 tiny-whole-f64`), but "
+      "onnxruntime 1.32's CPU provider has no double Conv (`NOT_IMPLEMENTED: Could not find an implementation for "
+      "Conv(11) node`), so ONNX Runtime can only be checked in fp32 (the f64 cases with `--as-f32`); not part of "
+      "run.sh (the float64 export alone took ~130 s).")
+    w("")
     w("### 8. What /work/shared/spec/peers.md claimed, checked here")
     w("")
     w("- Confirmed: the HF feature tap is two blocks early (finding 1; the rule is read from the source and shown "
