@@ -166,6 +166,34 @@ fn a_name_map_renames_and_relays_tensors() {
     assert!(r.unused.iter().any(|u| u == "blocks.0"));
 }
 
+/// A candidate named as HF transformers' modules (the built-in `hf` map read backwards) passes
+/// with `--names hf`, and fails without it.
+#[test]
+fn an_hf_named_candidate_passes_with_the_builtin_map() {
+    for (name, builtin) in [("tiny-whole-f64", "hf"), ("tiny-whole-f64", "timm")] {
+        let case = Case::load(&fixture(name)).unwrap();
+        let map = NameMap::load(builtin).unwrap();
+        let mut renamed = 0;
+        let tensors: Vec<_> = expected_tensors(&case)
+            .into_iter()
+            .map(|(k, a)| match map.candidate_name(&k) {
+                Some((cand, t)) if t.is_empty() && cand != k => {
+                    renamed += 1;
+                    (cand, a)
+                }
+                _ => (k, a),
+            })
+            .collect();
+        assert!(renamed >= 10, "{builtin}: only {renamed} names mapped");
+        let tmp = tempfile::tempdir().unwrap();
+        save_outputs(tmp.path(), &tensors, None).unwrap();
+        let r = run(&case, tmp.path(), Some(map), &VerifyOptions::default(), true);
+        assert_eq!(r.status, CaseStatus::Pass, "{builtin}: {:?} unused {:?}", r.message, r.unused);
+        let r = run(&case, tmp.path(), None, &VerifyOptions::default(), true);
+        assert_eq!(r.status, CaseStatus::Fail, "{builtin}");
+    }
+}
+
 #[test]
 fn metric_candidate_compares_two_decimal_summaries() {
     let case = Case::load(&fixture("metric-basic")).unwrap();

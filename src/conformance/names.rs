@@ -228,6 +228,24 @@ impl NameMap {
         Ok(NameMap { source: src.to_string(), description: m.description, rules })
     }
 
+    /// The candidate name (and transforms) under which this map expects fixture tensor
+    /// `fixture`: the first rule whose `fixture` pattern matches it. For tools and tests that
+    /// write a port's layout from fixture names.
+    pub fn candidate_name(&self, fixture: &str) -> Option<(String, Vec<Transform>)> {
+        for r in &self.rules {
+            let Some(f) = &r.fixture else { continue };
+            if let Some(vars) = match_pattern(f, fixture) {
+                if let Ok(name) = fill(&r.candidate, &vars) {
+                    // The forward direction must agree (an earlier rule may shadow this one).
+                    if matches!(self.map(&name), Mapped::To { fixture: ref g, .. } if g == fixture) {
+                        return Some((name, r.transform.clone()));
+                    }
+                }
+            }
+        }
+        None
+    }
+
     /// What candidate tensor `name` becomes: the first rule that matches, or its own name.
     pub fn map(&self, name: &str) -> Mapped {
         for r in &self.rules {
