@@ -142,15 +142,15 @@ fn a_name_map_renames_and_relays_tensors() {
     .unwrap();
     let renamed: Vec<_> = expected_tensors(&case)
         .into_iter()
-        .filter_map(|(k, a)| {
+        .map(|(k, a)| {
             if let Some(i) = k.strip_prefix("backbone.layers.").filter(|r| r.parse::<usize>().is_ok()) {
-                Some((format!("blocks.{i}"), a))
+                (format!("blocks.{i}"), a)
             } else if let Some(j) = k.strip_prefix("backbone.").filter(|r| r.len() == 1) {
                 let AnyArray::F32(x) = a else { panic!() };
                 let nhwc = x.permuted_axes(vec![0, 2, 3, 1]).as_standard_layout().into_owned();
-                Some((format!("features_nhwc.{j}"), AnyArray::F32(nhwc)))
+                (format!("features_nhwc.{j}"), AnyArray::F32(nhwc))
             } else {
-                Some((k, a))
+                (k, a)
             }
         })
         .chain([("debug.0".to_string(), AnyArray::F32(ndarray::ArrayD::zeros(vec![2])))])
