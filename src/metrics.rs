@@ -1,5 +1,5 @@
 //! MMSegmentation 1.2.2's `IoUMetric` (`mmseg/evaluation/metrics/iou_metric.py`), exactly
-//! (spec §7): per-image histograms, float32 totals, per-class IoU / Acc and the summary numbers
+//! (docs/mmseg-beit-upernet.md §7): per-image histograms, float32 totals, per-class IoU / Acc and the summary numbers
 //! `aAcc`, `mIoU`, `mAcc` rounded the way MMSegmentation prints them.
 //!
 //! Float semantics reproduced bit for bit:

@@ -6,7 +6,7 @@
 //! of a fixture case's `model`, with `data_preprocessor` and `test_cfg`), or an object with
 //! `model` and optionally `dataset` (as a `pipeline` fixture's `case.json`: layout, suffixes,
 //! `test_pipeline`, `classes`, `aug`), or a built-in preset matching the real configs
-//! (`beit-base-640`, `beit-large-640`, spec §1).
+//! (`beit-base-640`, `beit-large-640`, docs/mmseg-beit-upernet.md §1).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -151,7 +151,7 @@ pub struct LoadedConfig {
     pub source: String,
 }
 
-/// The built-in model configs (spec §1): MMSegmentation 1.2.2
+/// The built-in model configs (docs/mmseg-beit-upernet.md §1): MMSegmentation 1.2.2
 /// `configs/beit/beit-{base,large}_upernet_*_ade20k-640x640.py`.
 pub fn preset(name: &str) -> Option<Value> {
     let (c, layers, heads, out_indices, init_values, dpr) = match name {

@@ -2,7 +2,7 @@
 //! OpenCV's fixed-point bilinear resize) and the data preprocessor (channel flip + normalize).
 //!
 //! Everything here is a small pure function that matches one OpenCV / mmcv / MMSegmentation
-//! function bit for bit (spec §5.1, §5.2, §9.1); the metric is in [`crate::metrics`].
+//! function bit for bit (docs/mmseg-beit-upernet.md §5.1, §5.2, §9.1); the metric is in [`crate::metrics`].
 
 pub mod ade20k;
 pub mod image;

@@ -4,7 +4,7 @@
 //! * [`resize_bilinear_u8`]: OpenCV's fixed-point `cv2.resize(..., INTER_LINEAR)` on uint8.
 //! * [`normalize`] — `SegDataPreProcessor` (BGR→RGB flip, then `(x - mean) / std` in float32).
 //!
-//! See spec §5.1, §5.2 and §9.1.
+//! See docs/mmseg-beit-upernet.md §5.1, §5.2 and §9.1.
 
 use ndarray::{Array3, ArrayView3};
 

@@ -27,7 +27,7 @@
 //! flipped horizontally (12 augmentations, in that order); per augmentation the slide logits are
 //! resized to the original size, softmax is taken over classes, the flipped ones are flipped
 //! back, and the 12 probability maps are summed in order and divided by 12 (float32); the
-//! prediction is their argmax. MMSegmentation 1.x's `--tta` differs (spec §5.5) and is not
+//! prediction is their argmax. MMSegmentation 1.x's `--tta` differs (docs/mmseg-beit-upernet.md §5.5) and is not
 //! implemented. 0.x normalises with `mmcv.imnormalize` (multiplication by `1/std`); this
 //! implementation divides as 1.x's `SegDataPreProcessor` does (≤ 1 ulp apart).
 //!

@@ -22,7 +22,7 @@ pub struct Preprocess {
 }
 
 impl Preprocess {
-    /// The ADE20K configs' preprocessor (spec §5.2).
+    /// The ADE20K configs' preprocessor (docs/mmseg-beit-upernet.md §5.2).
     pub fn ade20k() -> Self {
         Preprocess {
             mean: crate::data::transforms::ADE20K_MEAN.to_vec(),

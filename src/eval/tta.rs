@@ -19,7 +19,7 @@ pub struct MsFlip {
 }
 
 impl MsFlip {
-    /// The BEiT ADE20K ms+flip recipe of MMSegmentation 0.x (spec §5.5).
+    /// The BEiT ADE20K ms+flip recipe of MMSegmentation 0.x (docs/mmseg-beit-upernet.md §5.5).
     pub fn ade20k() -> Self {
         MsFlip {
             img_scale: (2560, 640),
