@@ -55,7 +55,7 @@ static void beit_output_message(j_common_ptr cinfo) { (void)cinfo; }
 int beit_jpeg_decode(const unsigned char *data, size_t len, struct beit_jpeg_sink *sink) {
   struct jpeg_decompress_struct cinfo;
   struct beit_error_mgr err;
-  unsigned char *volatile out = NULL;
+  unsigned char *out = NULL;
 
   memset(&cinfo, 0, sizeof(cinfo));
   sink->message[0] = '\0';
@@ -103,7 +103,11 @@ int beit_jpeg_decode(const unsigned char *data, size_t len, struct beit_jpeg_sin
   size_t stride = (size_t)cinfo.output_width * (size_t)channels;
   while (cinfo.output_scanline < cinfo.output_height) {
     JSAMPROW row = out + (size_t)cinfo.output_scanline * stride;
-    jpeg_read_scanlines(&cinfo, &row, 1);
+    if (jpeg_read_scanlines(&cinfo, &row, 1) != 1) { /* cannot happen with a memory source */
+      strcpy(sink->message, "the decoder made no progress");
+      jpeg_destroy_decompress(&cinfo);
+      return 1;
+    }
   }
   jpeg_finish_decompress(&cinfo);
   jpeg_destroy_decompress(&cinfo);
