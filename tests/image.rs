@@ -205,3 +205,13 @@ fn oversized_jpegs_are_refused_before_decoding() {
     let e = image::decode_bgr_limited(&jpeg_bytes(), Path::new("big.jpg"), 100).unwrap_err().to_string();
     assert!(e.contains("big.jpg") && e.contains("too large"), "{e}");
 }
+
+#[test]
+fn a_huge_progressive_header_is_refused_before_allocating() {
+    // A 9x9 progressive JPEG whose frame header claims 60000x60000 (3.6e9 pixels, above OpenCV's
+    // 2^30): refused before libjpeg allocates the whole-image coefficient buffer (~20 GB).
+    let mut b = std::fs::read(test_data("pil_prog_420_9x9.jpg")).unwrap();
+    let i = marker_at(&b, 0xC2);
+    b[i + 5..i + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]);
+    assert_decode_error(&b, "huge.jpg", "60000x60000 pixels is too large");
+}

@@ -87,7 +87,9 @@ int beit_jpeg_decode(const unsigned char *data, size_t len, struct beit_jpeg_sin
 
   int channels = cinfo.num_components == 4 ? 4 : 3;
   cinfo.out_color_space = channels == 4 ? JCS_CMYK : JCS_EXT_BGR;
-  jpeg_start_decompress(&cinfo);
+  /* The size check (and the caller's buffer) come before jpeg_start_decompress, which would
+   * allocate the whole-image coefficient buffer of a progressive JPEG. */
+  jpeg_calc_output_dimensions(&cinfo);
   if (cinfo.output_components != channels) {
     snprintf(sink->message, JMSG_LENGTH_MAX, "unexpected %d output components", cinfo.output_components);
     jpeg_destroy_decompress(&cinfo);
@@ -97,6 +99,13 @@ int beit_jpeg_decode(const unsigned char *data, size_t len, struct beit_jpeg_sin
   if (out == NULL) {
     snprintf(sink->message, JMSG_LENGTH_MAX, "image of %ux%u pixels is too large", cinfo.output_width,
              cinfo.output_height);
+    jpeg_destroy_decompress(&cinfo);
+    return 1;
+  }
+  JDIMENSION width = cinfo.output_width, height = cinfo.output_height;
+  jpeg_start_decompress(&cinfo);
+  if (cinfo.output_components != channels || cinfo.output_width != width || cinfo.output_height != height) {
+    strcpy(sink->message, "output shape changed while starting");
     jpeg_destroy_decompress(&cinfo);
     return 1;
   }
