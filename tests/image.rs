@@ -215,3 +215,15 @@ fn a_huge_progressive_header_is_refused_before_allocating() {
     b[i + 5..i + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]);
     assert_decode_error(&b, "huge.jpg", "60000x60000 pixels is too large");
 }
+
+/// Found by the fuzz target: a PNG whose header claims 1035 x 9175047 pixels made the decoder
+/// allocate the whole 28 GB frame before reading any data (out-of-memory abort). Its CRCs are
+/// recomputed here: the fuzz build of the `png` crate does not check them.
+#[test]
+fn fuzz_regression_png_with_a_huge_height() {
+    let b = std::fs::read(test_data("fuzz-png-huge-height.bin")).unwrap();
+    let e = decode_bgr(&b, Path::new("huge.png")).unwrap_err().to_string();
+    assert!(e.starts_with("huge.png: cannot decode image:") && e.contains("too large"), "{e}");
+    let e = decode_label(&b, Path::new("huge.png")).unwrap_err().to_string();
+    assert!(e.starts_with("huge.png: "), "{e}");
+}

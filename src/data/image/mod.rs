@@ -92,15 +92,15 @@ pub fn decode_bgr(bytes: &[u8], path: &Path) -> Result<Array3<u8>, ImageError> {
     decode_bgr_limited(bytes, path, MAX_PIXELS)
 }
 
-/// [`decode_bgr`] refusing JPEGs of more than `max_pixels` pixels before decoding them (the fuzz
-/// target keeps memory small with it; PNGs keep the `png` crate's own limits).
+/// [`decode_bgr`] refusing images of more than `max_pixels` pixels before decoding them (the fuzz
+/// target keeps memory small with it).
 pub fn decode_bgr_limited(bytes: &[u8], path: &Path, max_pixels: usize) -> Result<Array3<u8>, ImageError> {
     let (img, orientation) = match sniff(bytes) {
         Some(Format::Jpeg) => {
             let (img, exif) = jpeg::decode_jpeg(bytes, path, max_pixels.min(MAX_PIXELS))?;
             (img, exif.as_deref().and_then(exif_orientation))
         }
-        Some(Format::Png) => png::decode_png_bgr(bytes, path)?,
+        Some(Format::Png) => png::decode_png_bgr(bytes, path, max_pixels.min(MAX_PIXELS))?,
         None if bytes.is_empty() => return Err(decode_err(path, "the file is empty")),
         None => return Err(decode_err(path, "not a JPEG or PNG file (unknown signature)")),
     };
