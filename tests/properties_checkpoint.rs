@@ -70,39 +70,24 @@ fn config(cases: u32) -> ProptestConfig {
     }
 }
 
-/// A fresh empty directory under the system temp dir (removed by [`TmpDir`]'s drop).
-struct TmpDir(PathBuf);
+/// A fresh empty directory (the `tempfile` crate; removed when dropped).
+struct TmpDir(tempfile::TempDir);
 
 impl TmpDir {
     fn new(tag: &str) -> Self {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let d = std::env::temp_dir().join(format!(
-            "beit-seg-pckpt-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        TmpDir(d)
+        TmpDir(tempfile::Builder::new().prefix(&format!("beit-seg-pckpt-{tag}-")).tempdir().unwrap())
     }
     fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
+        self.0.path().join(name)
     }
     /// The names of the directory's entries, sorted.
     fn entries(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&self.0)
+        let mut v: Vec<String> = std::fs::read_dir(self.0.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         v.sort();
         v
-    }
-}
-
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
