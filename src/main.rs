@@ -7,7 +7,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use beit_seg::checkpoint::{
-    convert, detect_dialect, read_any, write_any, ConvertOptions, Dialect, ReadOptions, WriteOptions,
+    convert, detect_dialect, export, read_any, write_any, ConvertOptions, Dialect, ExportOptions, ReadOptions,
+    WriteOptions,
 };
 use beit_seg::cli_eval::{run_eval, run_merge, run_predict, EvalArgs, MergeArgs, PredictArgs};
 use beit_seg::conformance::case::{discover, glob_match};
@@ -98,6 +99,10 @@ enum Command {
         /// Keep the final norm as mmseg's `ln1` (for final_norm=True models).
         #[arg(long)]
         final_norm: bool,
+        /// Export dialect: after converting to mmseg names, write hf (transformers
+        /// BeitForSemanticSegmentation) or beit-official (UNILM/timm, backbone only) names.
+        #[arg(long = "to")]
+        to: Option<String>,
         /// Replace DST if it exists.
         #[arg(long)]
         force: bool,
@@ -296,8 +301,15 @@ fn convert_cmd(
     patch_size: usize,
     format: Option<String>,
     final_norm: bool,
+    to: Option<String>,
     force: bool,
 ) -> Result<ExitCode> {
+    let to = match to {
+        None => None,
+        Some(n) => {
+            Some(Dialect::from_name(&n).with_context(|| format!("unknown --to dialect `{n}` (hf, beit-official)"))?)
+        }
+    };
     let dialect = match from {
         None => None,
         Some(n) => Some(Dialect::from_name(&n).with_context(|| {
@@ -326,10 +338,25 @@ fn convert_cmd(
         bail!("{} exists; pass --force to replace it", dst.display());
     }
     let opts = ReadOptions { widen_half: true, opaque_globals: true };
-    let state = read_any(&src, opts).with_context(|| format!("reading {}", src.display()))?;
+    // Checkpoint errors name the file already (src/checkpoint/mod.rs): no path context here.
+    let state = read_any(&src, opts)?;
     let n_in = state.len();
     let (out, report) = convert(state, &ConvertOptions { dialect, dst_window, final_norm })
         .with_context(|| format!("converting {}", src.display()))?;
+    let (out, report) = match to {
+        None => (out, report),
+        Some(to) => {
+            println!(
+                "{}: dialect {}, {} tensors in, {} in mmseg names",
+                src.display(),
+                report.dialect,
+                n_in,
+                out.len()
+            );
+            export(out, to, &ExportOptions::default())
+                .with_context(|| format!("exporting {} to {to}", src.display()))?
+        }
+    };
     println!("{}: dialect {}, {} tensors in, {} out", src.display(), report.dialect, n_in, out.len());
     for (a, b) in &report.renamed {
         println!("  renamed  {a} -> {b}");
@@ -343,8 +370,7 @@ fn convert_cmd(
     for n in &report.notes {
         println!("  note: {n}");
     }
-    write_any(&dst, &out, WriteOptions { force, ..Default::default() })
-        .with_context(|| format!("writing {}", dst.display()))?;
+    write_any(&dst, &out, WriteOptions { force, ..Default::default() })?;
     println!("wrote {}", dst.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -372,8 +398,8 @@ fn main() -> ExitCode {
         Command::Eval(a) => run_eval(a),
         Command::Predict(a) => run_predict(a),
         Command::Merge(a) => run_merge(a),
-        Command::Convert { src, dst, from, img_size, patch_size, format, final_norm, force } => {
-            convert_cmd(src, dst, from, img_size, patch_size, format, final_norm, force)
+        Command::Convert { src, dst, from, img_size, patch_size, format, final_norm, to, force } => {
+            convert_cmd(src, dst, from, img_size, patch_size, format, final_norm, to, force)
         }
     };
     match res {

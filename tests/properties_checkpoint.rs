@@ -20,8 +20,8 @@ use proptest::test_runner::FileFailurePersistence;
 use beit_seg::array::AnyArray;
 use beit_seg::checkpoint::relpos::{geometric_ratio, source_grid, table_rows, target_grid, EXTRA_ROWS};
 use beit_seg::checkpoint::{
-    convert, detect_dialect, read_any, resize_rel_pos_table, write_any, write_npz, write_pth, write_safetensors,
-    CheckpointError, ConvertOptions, Dialect, ReadOptions, StoreDtype, WriteOptions,
+    convert, detect_dialect, export, read_any, resize_rel_pos_table, write_any, write_npz, write_pth,
+    write_safetensors, CheckpointError, ConvertOptions, Dialect, ExportOptions, ReadOptions, StoreDtype, WriteOptions,
 };
 use half::{bf16, f16};
 
@@ -914,4 +914,48 @@ fn bf16_to_f32(h: u16) -> f32 {
 }
 fn f32_to_bf16(x: f32) -> u16 {
     bf16::from_f32(x).to_bits()
+}
+
+// ------------------------------------------------------------------------------------ export
+
+/// An mmseg dict with the variations the exporter must carry: q/v biases on or off, final norm
+/// (from [`Backbone`]), auxiliary head present or absent, full or backbone-relative names.
+fn export_source(b: &Backbone, full: bool, qv_bias: bool, aux: bool) -> Vec<(String, AnyArray)> {
+    mmseg_dict(b, full)
+        .into_iter()
+        .filter(|(k, _)| qv_bias || !(k.ends_with("attn.q_bias") || k.ends_with("attn.v_bias")))
+        .filter(|(k, _)| aux || !k.starts_with("auxiliary_head."))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(config(96))]
+
+    #[test]
+    fn export_then_import_is_the_identity(
+        b in backbone(), full in any::<bool>(), qv_bias in any::<bool>(), aux in any::<bool>(), hf in any::<bool>(),
+    ) {
+        let src = export_source(&b, full, qv_bias, aux);
+        let to = if hf { Dialect::Hf } else { Dialect::BeitOfficial };
+        let (exported, rep) = export(src.clone(), to, &ExportOptions::default()).unwrap();
+        prop_assert_eq!(rep.dialect, to);
+        // The exported names are the target dialect's, and the importer recognises them.
+        let detected = detect_dialect(exported.iter().map(|(k, _)| k.as_str())).unwrap();
+        prop_assert_eq!(detected, to);
+        let opts = ConvertOptions { dialect: Some(to), final_norm: b.final_norm, ..Default::default() };
+        let (back, _) = convert(exported, &opts).unwrap();
+        // beit-official is backbone-only: the neck and heads are dropped, and the backbone comes
+        // back under backbone-relative names.
+        let want: Vec<(String, AnyArray)> = if to == Dialect::BeitOfficial {
+            prop_assert_eq!(rep.dropped.len(), src.iter().filter(|(k, _)| full && !k.starts_with("backbone.")).count());
+            src.iter()
+                .filter(|(k, _)| !full || k.starts_with("backbone."))
+                .map(|(k, a)| (k.strip_prefix("backbone.").unwrap_or(k).to_string(), a.clone()))
+                .collect()
+        } else {
+            prop_assert!(rep.dropped.is_empty(), "dropped {:?}", rep.dropped);
+            src.clone()
+        };
+        assert_same_dict(&format!("mmseg -> {to} -> mmseg"), &back, &want)?;
+    }
 }

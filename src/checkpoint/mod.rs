@@ -25,6 +25,7 @@
 //!   asked to.
 //! - [`mod@convert`]: dialect detection and renaming, following MMSegmentation 1.2.2's
 //!   `tools/model_converters/beit2mmseg.py` for official BEiT checkpoints (spec §6.2).
+//! - [`export`]: the inverse, from mmseg names to `hf` or `beit-official` names.
 //! - [`relpos`]: `BEiT.resize_rel_pos_embed`'s geometric-progression + bicubic-spline resize of
 //!   relative-position-bias tables (spec §6.3).
 //!
@@ -43,6 +44,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub mod convert;
+pub mod export;
 mod globals;
 mod nodes;
 mod pickle;
@@ -56,6 +58,7 @@ pub mod value;
 pub mod write;
 
 pub use convert::{convert, detect_dialect, ConversionReport, ConvertOptions, Dialect};
+pub use export::{export, ExportOptions};
 pub use read::{file_kind, read_any, FileKind};
 pub use relpos::{resize_rel_pos_any, resize_rel_pos_table};
 pub use safetensors::{read_safetensors, read_safetensors_bytes, write_safetensors};
