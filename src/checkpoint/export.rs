@@ -213,3 +213,7 @@ pub fn export(
     }
     Ok((out, report))
 }
+
+#[cfg(test)]
+#[path = "tests/export.rs"]
+mod tests;
