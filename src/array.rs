@@ -11,21 +11,30 @@ use npyz::{DType, NpyFile, Order, TypeChar};
 
 use crate::Float;
 
-/// Errors reading arrays. Every variant names the file (and entry) at fault.
+/// Errors reading arrays. As [`crate::checkpoint::CheckpointError`]: every message names the
+/// file once (callers do not add it again), then the entry at fault; an I/O error is shown once.
 #[derive(Debug, thiserror::Error)]
 pub enum ArrayError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: io::Error },
     #[error("{path}: not a readable .npy array{}: {msg}", entry.as_ref().map(|e| format!(" (entry `{e}`)")).unwrap_or_default())]
     BadNpy { path: PathBuf, entry: Option<String>, msg: String },
-    #[error("{path}: not a readable .npz archive: {msg}")]
+    #[error("{path}: {msg}")]
     BadNpz { path: PathBuf, msg: String },
-    #[error("{path}: entry `{key}` has dtype {dtype}, which is not supported here")]
+    #[error("{path}: {} has dtype {dtype}, which is not supported (float32/64, int32/64, uint8, bool are)", if key.is_empty() { "the array".to_string() } else { format!("entry `{key}`") })]
     UnsupportedDtype { path: PathBuf, key: String, dtype: String },
+}
+
+impl ArrayError {
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            ArrayError::Io { path, .. }
+            | ArrayError::BadNpy { path, .. }
+            | ArrayError::BadNpz { path, .. }
+            | ArrayError::UnsupportedDtype { path, .. } => path,
+        }
+    }
 }
 
 /// An n-dimensional array as stored in a `.npy` file, in its own dtype.
@@ -101,7 +110,32 @@ impl AnyArray {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ArrayError + '_ {
-    move |source| ArrayError::Io { path: path.to_path_buf(), source }
+    move |err| ArrayError::Io { path: path.to_path_buf(), err }
+}
+
+/// A zip crate error opening an archive, in plain words (shared by the `.npz` and `.pth`
+/// readers; the crate's own text is e.g. "invalid Zip archive: Could not find EOCD").
+pub(crate) fn describe_zip_error(e: &zip::result::ZipError) -> String {
+    use zip::result::ZipError as Z;
+    match e {
+        Z::InvalidArchive(m) if m.contains("EOCD") || m.to_ascii_lowercase().contains("end of central directory") => {
+            "not a zip archive (no end-of-central-directory record): the file may be truncated or not a checkpoint"
+                .into()
+        }
+        Z::InvalidArchive(m) => format!("a damaged zip archive ({m}): the file may be truncated or corrupted"),
+        Z::Io(io) => format!("a damaged zip archive ({io}): the file may be truncated"),
+        other => format!("an unreadable zip archive: {other}"),
+    }
+}
+
+/// An error reading a zip entry's data, in plain words (the crate says only "Invalid checksum"
+/// when the CRC-32 check at the entry's end fails).
+pub(crate) fn describe_entry_read_error(e: &io::Error) -> String {
+    if e.kind() == io::ErrorKind::InvalidData && e.to_string().contains("checksum") {
+        "the data is corrupted: its CRC-32 does not match the checksum stored in the archive".into()
+    } else {
+        format!("cannot be read: {e}")
+    }
 }
 
 /// Parses one `.npy` stream (C or Fortran order, either endianness).
@@ -170,18 +204,30 @@ pub fn read_npy(path: &Path) -> Result<AnyArray, ArrayError> {
 /// entry name without its `.npy` suffix, in archive order.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, AnyArray)>, ArrayError> {
     let file = File::open(path).map_err(io_err(path))?;
+    read_npz_from(io::BufReader::new(file), path)
+}
+
+/// [`read_npz`] of bytes held in memory; `name` is used in error messages.
+pub fn parse_npz(bytes: &[u8], name: &Path) -> Result<Vec<(String, AnyArray)>, ArrayError> {
+    read_npz_from(io::Cursor::new(bytes), name)
+}
+
+/// [`read_npz`] from any seekable reader; `path` is used in error messages. Every entry's CRC-32
+/// is checked (the zip crate verifies it when an entry is read to its end).
+pub fn read_npz_from<R: Read + io::Seek>(reader: R, path: &Path) -> Result<Vec<(String, AnyArray)>, ArrayError> {
     let bad = |msg: String| ArrayError::BadNpz { path: path.to_path_buf(), msg };
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
+    let mut zip = zip::ZipArchive::new(reader).map_err(|e| bad(format!(".npz: {}", describe_zip_error(&e))))?;
     let mut out = Vec::with_capacity(zip.len());
     for i in 0..zip.len() {
-        let mut f = zip.by_index(i).map_err(|e| bad(e.to_string()))?;
+        let mut f = zip.by_index(i).map_err(|e| bad(format!(".npz entry {i}: {}", describe_zip_error(&e))))?;
         if f.is_dir() {
             continue;
         }
         let name = f.name().to_string();
         let key = name.strip_suffix(".npy").unwrap_or(&name).to_string();
-        let mut bytes = Vec::with_capacity(f.size().min(1 << 32) as usize);
-        f.read_to_end(&mut bytes).map_err(|e| bad(format!("entry `{name}`: {e}")))?;
+        let mut bytes = Vec::with_capacity(f.size().min(1 << 24) as usize);
+        f.read_to_end(&mut bytes)
+            .map_err(|e| bad(format!(".npz entry `{name}`: {}", describe_entry_read_error(&e))))?;
         out.push((key.clone(), parse_npy(&bytes, path, Some(&key))?));
     }
     Ok(out)

@@ -1,42 +1,54 @@
-//! Small file-system helpers shared by the CLI, the evaluation and the checkpoint writers.
+//! Small file-system helpers shared by the CLI, the evaluation and the checkpoint writers:
+//! atomic writes through [`tempfile`] (a temporary file in the destination's directory, synced,
+//! then renamed into place, so a crash never leaves half a file).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Creates a new, empty temporary file beside `path` (same directory, so moving it into place
-/// is a rename), named `.<name>.tmp-<pid>-<n>` and never an existing file.
-pub fn create_staging(path: &Path) -> io::Result<(PathBuf, File)> {
-    let dir = match path.parent() {
+/// The directory `path` will live in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
-    };
-    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
-    loop {
-        let n = STAGING_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".{}.tmp-{}-{n}", name.to_string_lossy(), std::process::id()));
-        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
-            Ok(f) => return Ok((tmp, f)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
     }
 }
 
-/// Replaces `path` with `bytes` atomically: written to a staging file in the same directory,
-/// synced, then renamed over `path`, so a crash never leaves half a file. Used for outputs the
-/// user named explicitly (reports, results); the checkpoint writers add a no-clobber rule.
-pub fn replace_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let (tmp, mut f) = create_staging(path)?;
-    let res = f.write_all(bytes).and_then(|_| f.sync_all()).and_then(|_| {
-        drop(f);
-        std::fs::rename(&tmp, path)
-    });
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+/// Writes `path` atomically: `body` fills a new temporary file beside it (named
+/// `.<name>.tmp-XXXXXX`), which is synced and then moved into place: with `overwrite`, replacing
+/// any existing file ([`tempfile::NamedTempFile::persist`]); without, failing with
+/// [`io::ErrorKind::AlreadyExists`] if `path` exists, without a race
+/// ([`tempfile::NamedTempFile::persist_noclobber`]). On any error the temporary file is removed.
+pub fn write_atomic_with(
+    path: &Path,
+    overwrite: bool,
+    body: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
+    let dir = parent_dir(path);
+    let mut tmp = tempfile::Builder::new().prefix(&format!(".{}.tmp-", name.to_string_lossy())).tempfile_in(&dir)?;
+    body(tmp.as_file_mut())?;
+    tmp.as_file().sync_all()?;
+    if overwrite {
+        tmp.persist(path).map_err(|e| e.error)?;
+    } else {
+        tmp.persist_noclobber(path).map_err(|e| e.error)?;
     }
-    res
+    // Make the rename durable; not every platform can open a directory, which is fine.
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Replaces `path` with `bytes` atomically (see [`write_atomic_with`]). Used for outputs the
+/// user named explicitly (reports, results).
+pub fn replace_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, true, |f| f.write_all(bytes))
+}
+
+/// Writes `bytes` to a new file `path` atomically; never overwrites: an existing `path` is an
+/// [`io::ErrorKind::AlreadyExists`] error, decided at the rename, without a race.
+pub fn write_new_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, false, |f| f.write_all(bytes))
 }

@@ -18,12 +18,12 @@ use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
 use beit_seg::array::AnyArray;
-use beit_seg::checkpoint::half::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 use beit_seg::checkpoint::relpos::{geometric_ratio, source_grid, table_rows, target_grid, EXTRA_ROWS};
 use beit_seg::checkpoint::{
-    convert, detect_dialect, read_any, resize_rel_pos_table, write_any, write_npz, write_pth, write_safetensors,
-    CheckpointError, ConvertOptions, Dialect, ReadOptions, StoreDtype, WriteOptions,
+    convert, detect_dialect, export, read_any, resize_rel_pos_table, write_any, write_npz, write_pth,
+    write_safetensors, CheckpointError, ConvertOptions, Dialect, ExportOptions, ReadOptions, StoreDtype, WriteOptions,
 };
+use half::{bf16, f16};
 
 // ------------------------------------------------------------------------------- helpers
 
@@ -70,39 +70,24 @@ fn config(cases: u32) -> ProptestConfig {
     }
 }
 
-/// A fresh empty directory under the system temp dir (removed by [`TmpDir`]'s drop).
-struct TmpDir(PathBuf);
+/// A fresh empty directory (the `tempfile` crate; removed when dropped).
+struct TmpDir(tempfile::TempDir);
 
 impl TmpDir {
     fn new(tag: &str) -> Self {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let d = std::env::temp_dir().join(format!(
-            "beit-seg-pckpt-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        TmpDir(d)
+        TmpDir(tempfile::Builder::new().prefix(&format!("beit-seg-pckpt-{tag}-")).tempdir().unwrap())
     }
     fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
+        self.0.path().join(name)
     }
     /// The names of the directory's entries, sorted.
     fn entries(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&self.0)
+        let mut v: Vec<String> = std::fs::read_dir(self.0.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         v.sort();
         v
-    }
-}
-
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -139,6 +124,28 @@ fn describe(a: &AnyArray) -> String {
         head.join(", "),
         if n > 6 { ", ..." } else { "" }
     )
+}
+
+/// The entries sorted by key (for formats that do not keep the order).
+fn by_key(sd: &[(String, AnyArray)]) -> Vec<(String, AnyArray)> {
+    let mut v = sd.to_vec();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// [`assert_same_dict`], ignoring the order for `.safetensors` (the safetensors crate stores
+/// tensors by dtype alignment, then name).
+fn same_in_format(
+    ext: &str,
+    what: &str,
+    got: &[(String, AnyArray)],
+    want: &[(String, AnyArray)],
+) -> Result<(), TestCaseError> {
+    if ext == "safetensors" {
+        assert_same_dict(what, &by_key(got), &by_key(want))
+    } else {
+        assert_same_dict(what, got, want)
+    }
 }
 
 /// Two state dicts are equal: the same keys in the same order, tensors bit-equal.
@@ -402,7 +409,7 @@ proptest! {
             let p = dir.join(&format!("sd.{ext}"));
             write_any(&p, &sd, WriteOptions::default()).unwrap();
             let back = read_any(&p, ReadOptions::default()).unwrap();
-            assert_same_dict(&format!(".{ext}"), &back, &sd)?;
+            same_in_format(ext, &format!(".{ext}"), &back, &sd)?;
             // The format-specific writer writes the same bytes as write_any.
             let q = dir.join(&format!("direct.{ext}"));
             match ext {
@@ -427,14 +434,14 @@ proptest! {
             let p = dir.join(&format!("h.{ext}"));
             write_any(&p, &sd, WriteOptions { force: false, float_dtype: store }).unwrap();
             let back = read_any(&p, ReadOptions { widen_half: true, ..Default::default() }).unwrap();
-            assert_same_dict(&format!("{store:?} .{ext}"), &back, &want)?;
+            same_in_format(ext, &format!("{store:?} .{ext}"), &back, &want)?;
             // Without widening: refused exactly when some tensor is stored in half precision.
             match read_any(&p, ReadOptions::default()) {
                 Err(CheckpointError::HalfNotWidened { .. }) => prop_assert!(has_float, ".{}: HalfNotWidened without a float tensor", ext),
                 Err(e) => prop_assert!(false, ".{}: unexpected error {}", ext, e),
                 Ok(plain) => {
                     prop_assert!(!has_float, ".{}: half tensors read without widen_half", ext);
-                    assert_same_dict(&format!("{store:?} .{ext} (no floats)"), &plain, &sd)?;
+                    same_in_format(ext, &format!("{store:?} .{ext} (no floats)"), &plain, &sd)?;
                 }
             }
         }
@@ -892,5 +899,63 @@ proptest! {
             let k = format!("{prefix}layers.{i}.attn.relative_position_bias_table");
             prop_assert!(seen.contains(k.as_str()), "no `{}` in the output", k);
         }
+    }
+}
+
+/// IEEE half / bfloat16 conversions as the writers and readers use them (the `half` crate).
+fn f16_to_f32(h: u16) -> f32 {
+    f16::from_bits(h).to_f32()
+}
+fn f32_to_f16(x: f32) -> u16 {
+    f16::from_f32(x).to_bits()
+}
+fn bf16_to_f32(h: u16) -> f32 {
+    bf16::from_bits(h).to_f32()
+}
+fn f32_to_bf16(x: f32) -> u16 {
+    bf16::from_f32(x).to_bits()
+}
+
+// ------------------------------------------------------------------------------------ export
+
+/// An mmseg dict with the variations the exporter must carry: q/v biases on or off, final norm
+/// (from [`Backbone`]), auxiliary head present or absent, full or backbone-relative names.
+fn export_source(b: &Backbone, full: bool, qv_bias: bool, aux: bool) -> Vec<(String, AnyArray)> {
+    mmseg_dict(b, full)
+        .into_iter()
+        .filter(|(k, _)| qv_bias || !(k.ends_with("attn.q_bias") || k.ends_with("attn.v_bias")))
+        .filter(|(k, _)| aux || !k.starts_with("auxiliary_head."))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(config(96))]
+
+    #[test]
+    fn export_then_import_is_the_identity(
+        b in backbone(), full in any::<bool>(), qv_bias in any::<bool>(), aux in any::<bool>(), hf in any::<bool>(),
+    ) {
+        let src = export_source(&b, full, qv_bias, aux);
+        let to = if hf { Dialect::Hf } else { Dialect::BeitOfficial };
+        let (exported, rep) = export(src.clone(), to, &ExportOptions::default()).unwrap();
+        prop_assert_eq!(rep.dialect, to);
+        // The exported names are the target dialect's, and the importer recognises them.
+        let detected = detect_dialect(exported.iter().map(|(k, _)| k.as_str())).unwrap();
+        prop_assert_eq!(detected, to);
+        let opts = ConvertOptions { dialect: Some(to), final_norm: b.final_norm, ..Default::default() };
+        let (back, _) = convert(exported, &opts).unwrap();
+        // beit-official is backbone-only: the neck and heads are dropped, and the backbone comes
+        // back under backbone-relative names.
+        let want: Vec<(String, AnyArray)> = if to == Dialect::BeitOfficial {
+            prop_assert_eq!(rep.dropped.len(), src.iter().filter(|(k, _)| full && !k.starts_with("backbone.")).count());
+            src.iter()
+                .filter(|(k, _)| !full || k.starts_with("backbone."))
+                .map(|(k, a)| (k.strip_prefix("backbone.").unwrap_or(k).to_string(), a.clone()))
+                .collect()
+        } else {
+            prop_assert!(rep.dropped.is_empty(), "dropped {:?}", rep.dropped);
+            src.clone()
+        };
+        assert_same_dict(&format!("mmseg -> {to} -> mmseg"), &back, &want)?;
     }
 }

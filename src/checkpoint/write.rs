@@ -6,23 +6,24 @@
 //!   `torch._utils._rebuild_tensor_v2` and `torch.<T>Storage`), `archive/data/<i>` (raw
 //!   little-endian storage bytes, 64-byte aligned as torch aligns them), `archive/byteorder`,
 //!   `archive/version`.
-//! - `.safetensors`: 8-byte header length, JSON header (tensors in the given order, contiguous
-//!   offsets, `__metadata__ = {"format": "pt"}`), padded with spaces to a multiple of 8, data.
-//! - `.npz`: `np.savez`-compatible: an uncompressed zip of `<key>.npy` (format 1.0, header
-//!   padded to 64 bytes as numpy writes it).
+//! - `.safetensors`: see [`super::safetensors`] (the `safetensors` crate).
+//! - `.npz`: `np.savez`-compatible: an uncompressed zip of `<key>.npy` entries written by the
+//!   `npyz` crate (little-endian dtypes, C order).
 //!
-//! Every writer is atomic: the file is written to a temporary name in the destination directory,
-//! synced, then moved into place; an existing file is never replaced unless
-//! [`WriteOptions::force`] is set.
+//! Every writer is atomic ([`crate::fsutil::write_atomic_with`]): the file is written to a
+//! temporary name in the destination directory, synced, then moved into place; an existing file
+//! is never replaced unless [`WriteOptions::force`] is set.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
-use super::half::{f32_to_bf16, f32_to_f16};
+use half::{bf16, f16};
+
+use super::safetensors::write_safetensors;
 use super::CheckpointError;
 use crate::array::AnyArray;
 
@@ -50,7 +51,7 @@ pub struct WriteOptions {
 
 /// Element type on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Disk {
+pub(super) enum Disk {
     F32,
     F64,
     F16,
@@ -62,7 +63,7 @@ enum Disk {
 }
 
 impl Disk {
-    fn size(self) -> usize {
+    pub(super) fn size(self) -> usize {
         match self {
             Disk::F64 | Disk::I64 => 8,
             Disk::F32 | Disk::I32 => 4,
@@ -82,16 +83,17 @@ impl Disk {
             Disk::Bool => "BoolStorage",
         }
     }
-    fn safetensors(self) -> &'static str {
+    /// numpy / torch name of the dtype.
+    pub(super) fn name(self) -> &'static str {
         match self {
-            Disk::F32 => "F32",
-            Disk::F64 => "F64",
-            Disk::F16 => "F16",
-            Disk::BF16 => "BF16",
-            Disk::I64 => "I64",
-            Disk::I32 => "I32",
-            Disk::U8 => "U8",
-            Disk::Bool => "BOOL",
+            Disk::F32 => "float32",
+            Disk::F64 => "float64",
+            Disk::F16 => "float16",
+            Disk::BF16 => "bfloat16",
+            Disk::I64 => "int64",
+            Disk::I32 => "int32",
+            Disk::U8 => "uint8",
+            Disk::Bool => "bool",
         }
     }
     fn numpy(self) -> Option<&'static str> {
@@ -107,7 +109,7 @@ impl Disk {
     }
 }
 
-fn disk_of(a: &AnyArray, store: StoreDtype) -> Disk {
+pub(super) fn disk_of(a: &AnyArray, store: StoreDtype) -> Disk {
     match (a, store) {
         (AnyArray::F32(_) | AnyArray::F64(_), StoreDtype::F16) => Disk::F16,
         (AnyArray::F32(_) | AnyArray::F64(_), StoreDtype::BF16) => Disk::BF16,
@@ -142,11 +144,11 @@ fn write_elements(w: &mut impl Write, a: &AnyArray, disk: Disk) -> io::Result<()
     }
     match (a, disk) {
         (AnyArray::F32(x), Disk::F32) => stream!(x, |v: f32| v.to_le_bytes()),
-        (AnyArray::F32(x), Disk::F16) => stream!(x, |v: f32| f32_to_f16(v).to_le_bytes()),
-        (AnyArray::F32(x), Disk::BF16) => stream!(x, |v: f32| f32_to_bf16(v).to_le_bytes()),
+        (AnyArray::F32(x), Disk::F16) => stream!(x, |v: f32| f16::from_f32(v).to_le_bytes()),
+        (AnyArray::F32(x), Disk::BF16) => stream!(x, |v: f32| bf16::from_f32(v).to_le_bytes()),
         (AnyArray::F64(x), Disk::F64) => stream!(x, |v: f64| v.to_le_bytes()),
-        (AnyArray::F64(x), Disk::F16) => stream!(x, |v: f64| f32_to_f16(v as f32).to_le_bytes()),
-        (AnyArray::F64(x), Disk::BF16) => stream!(x, |v: f64| f32_to_bf16(v as f32).to_le_bytes()),
+        (AnyArray::F64(x), Disk::F16) => stream!(x, |v: f64| f16::from_f32(v as f32).to_le_bytes()),
+        (AnyArray::F64(x), Disk::BF16) => stream!(x, |v: f64| bf16::from_f32(v as f32).to_le_bytes()),
         (AnyArray::I64(x), _) => stream!(x, |v: i64| v.to_le_bytes()),
         (AnyArray::I32(x), _) => stream!(x, |v: i32| v.to_le_bytes()),
         (AnyArray::U8(x), _) => stream!(x, |v: u8| [v]),
@@ -156,7 +158,15 @@ fn write_elements(w: &mut impl Write, a: &AnyArray, disk: Disk) -> io::Result<()
     w.write_all(&buf)
 }
 
-fn check_keys(path: &Path, tensors: &[(String, AnyArray)]) -> Result<(), CheckpointError> {
+/// The elements of `a` as little-endian `disk` bytes, in memory.
+pub(super) fn encode_elements(a: &AnyArray, disk: Disk) -> Vec<u8> {
+    let mut v = Vec::with_capacity(numel(a) * disk.size());
+    // Writing to a Vec cannot fail, and `disk` comes from `disk_of(a, ..)`.
+    let _ = write_elements(&mut v, a, disk);
+    v
+}
+
+pub(super) fn check_keys(path: &Path, tensors: &[(String, AnyArray)]) -> Result<(), CheckpointError> {
     let mut seen = std::collections::HashSet::new();
     for (k, _) in tensors {
         if !seen.insert(k.as_str()) {
@@ -169,64 +179,26 @@ fn check_keys(path: &Path, tensors: &[(String, AnyArray)]) -> Result<(), Checkpo
 // ---------------------------------------------------------------------------------------------
 // Atomic writes
 
-/// Writes `path` through a temporary file in the same directory, then moves it into place.
-/// Without `force`, an existing `path` is an error (checked before writing and again, without a
-/// race, when moving into place).
+/// Writes `path` atomically through [`crate::fsutil::write_atomic_with`] (no overwrite unless
+/// `force`; an existing `path` is [`CheckpointError::Exists`], checked before writing and again,
+/// without a race, at the rename).
 fn atomic_write(
     path: &Path,
     force: bool,
-    body: impl FnOnce(File) -> Result<File, CheckpointError>,
+    body: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> Result<(), CheckpointError> {
     if !force && path.exists() {
         return Err(CheckpointError::Exists { path: path.to_path_buf() });
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let (tmp, file) = crate::fsutil::create_staging(path).map_err(|e| match e.kind() {
-        io::ErrorKind::InvalidInput => {
-            CheckpointError::Write { path: path.to_path_buf(), msg: "not a file path".into() }
-        }
-        _ => CheckpointError::Io { path: path.to_path_buf(), source: e },
-    })?;
-    let result = (|| {
-        let file = body(file)?;
-        file.sync_all().map_err(CheckpointError::io(&tmp))?;
-        drop(file);
-        if force {
-            fs::rename(&tmp, path).map_err(CheckpointError::io(path))?;
-        } else {
-            // hard_link fails if `path` exists: a no-clobber move.
-            match fs::hard_link(&tmp, path) {
-                Ok(()) => {
-                    let _ = fs::remove_file(&tmp);
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    return Err(CheckpointError::Exists { path: path.to_path_buf() })
-                }
-                Err(_) => {
-                    // File systems without hard links: check, then rename.
-                    if path.exists() {
-                        return Err(CheckpointError::Exists { path: path.to_path_buf() });
-                    }
-                    fs::rename(&tmp, path).map_err(CheckpointError::io(path))?;
-                }
-            }
-        }
-        if let Ok(d) = File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    crate::fsutil::write_atomic_with(path, force, body).map_err(|e| match e.kind() {
+        io::ErrorKind::AlreadyExists => CheckpointError::Exists { path: path.to_path_buf() },
+        _ => CheckpointError::Write { path: path.to_path_buf(), msg: e.to_string() },
+    })
 }
 
-fn zip_err(path: &Path) -> impl Fn(zip::result::ZipError) -> CheckpointError + '_ {
-    move |e| CheckpointError::Write { path: path.to_path_buf(), msg: e.to_string() }
+/// [`atomic_write`] of bytes held in memory.
+pub(super) fn atomic_write_bytes(path: &Path, force: bool, bytes: &[u8]) -> Result<(), CheckpointError> {
+    atomic_write(path, force, |f| f.write_all(bytes))
 }
 
 fn stored(len: u64) -> SimpleFileOptions {
@@ -345,11 +317,9 @@ pub fn write_pth(path: &Path, tensors: &[(String, AnyArray)], opts: WriteOptions
     p.op(b'.');
     atomic_write(path, opts.force, |file| {
         let mut z = ZipWriter::new(BufWriter::new(file));
-        let zerr = zip_err(path);
-        let ioerr = |e: io::Error| CheckpointError::Write { path: path.to_path_buf(), msg: e.to_string() };
-        let small = |name: &str, z: &mut ZipWriter<BufWriter<File>>, data: &[u8]| -> Result<(), CheckpointError> {
-            z.start_file(format!("archive/{name}"), stored(data.len() as u64)).map_err(zip_err(path))?;
-            z.write_all(data).map_err(ioerr)
+        let small = |name: &str, z: &mut ZipWriter<BufWriter<&mut File>>, data: &[u8]| -> io::Result<()> {
+            z.start_file(format!("archive/{name}"), stored(data.len() as u64))?;
+            z.write_all(data)
         };
         small("data.pkl", &mut z, &p.buf)?;
         small(".format_version", &mut z, b"1")?;
@@ -358,95 +328,38 @@ pub fn write_pth(path: &Path, tensors: &[(String, AnyArray)], opts: WriteOptions
         for (i, (_, a)) in tensors.iter().enumerate() {
             let disk = disk_of(a, opts.float_dtype);
             let len = (numel(a) * disk.size()) as u64;
-            z.start_file(format!("archive/data/{i}"), stored(len).with_alignment(64)).map_err(&zerr)?;
-            write_elements(&mut z, a, disk).map_err(ioerr)?;
+            z.start_file(format!("archive/data/{i}"), stored(len).with_alignment(64))?;
+            write_elements(&mut z, a, disk)?;
         }
         small("version", &mut z, b"3\n")?;
-        let w = z.finish().map_err(&zerr)?;
-        w.into_inner().map_err(|e| CheckpointError::Write { path: path.to_path_buf(), msg: e.to_string() })
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
-// .safetensors
-
-/// Writes a `.safetensors` file (tensors in the given order).
-pub fn write_safetensors(
-    path: &Path,
-    tensors: &[(String, AnyArray)],
-    opts: WriteOptions,
-) -> Result<(), CheckpointError> {
-    check_keys(path, tensors)?;
-    let mut header = serde_json::Map::new();
-    let mut meta = serde_json::Map::new();
-    meta.insert("format".into(), "pt".into());
-    header.insert("__metadata__".into(), serde_json::Value::Object(meta));
-    let mut offset = 0u64;
-    for (k, a) in tensors {
-        if k == "__metadata__" {
-            return Err(CheckpointError::Write {
-                path: path.to_path_buf(),
-                msg: "a tensor cannot be named `__metadata__` in .safetensors".into(),
-            });
-        }
-        let disk = disk_of(a, opts.float_dtype);
-        let len = (numel(a) * disk.size()) as u64;
-        header.insert(
-            k.clone(),
-            serde_json::json!({ "dtype": disk.safetensors(), "shape": a.shape(), "data_offsets": [offset, offset + len] }),
-        );
-        offset += len;
-    }
-    let mut h = serde_json::to_vec(&serde_json::Value::Object(header))
-        .map_err(|e| CheckpointError::Write { path: path.to_path_buf(), msg: e.to_string() })?;
-    while h.len() % 8 != 0 {
-        h.push(b' ');
-    }
-    atomic_write(path, opts.force, |file| {
-        let ioerr = |e: io::Error| CheckpointError::Write { path: path.to_path_buf(), msg: e.to_string() };
-        let mut w = BufWriter::new(file);
-        w.write_all(&(h.len() as u64).to_le_bytes()).map_err(ioerr)?;
-        w.write_all(&h).map_err(ioerr)?;
-        for (_, a) in tensors {
-            write_elements(&mut w, a, disk_of(a, opts.float_dtype)).map_err(ioerr)?;
-        }
-        w.into_inner().map_err(|e| CheckpointError::Write { path: path.to_path_buf(), msg: e.to_string() })
+        z.finish()?.flush()
     })
 }
 
 // ---------------------------------------------------------------------------------------------
 // .npz
 
-/// The `.npy` (format 1.0, or 2.0 for headers over 64 KiB) header of an array, as numpy writes
-/// it: the dict literal padded with spaces and a newline to a multiple of 64 bytes.
-fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
-    let shape_s = match shape.len() {
-        0 => "()".to_string(),
-        1 => format!("({},)", shape[0]),
-        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
-    };
-    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
-    for (major, len_bytes) in [(1u8, 2usize), (2u8, 4usize)] {
-        let pre = 6 + 2 + len_bytes;
-        let total = (pre + dict.len() + 1).div_ceil(64) * 64;
-        let hlen = total - pre;
-        if major == 1 && hlen > u16::MAX as usize {
-            continue;
-        }
-        let mut out = Vec::with_capacity(total);
-        out.extend_from_slice(b"\x93NUMPY");
-        out.extend_from_slice(&[major, 0]);
-        if major == 1 {
-            out.extend_from_slice(&(hlen as u16).to_le_bytes());
-        } else {
-            out.extend_from_slice(&(hlen as u32).to_le_bytes());
-        }
-        out.extend_from_slice(dict.as_bytes());
-        out.resize(total - 1, b' ');
-        out.push(b'\n');
-        return out;
+/// Writes one `.npy` entry (`descr`, C order, `a.shape()`) with `npyz`.
+fn write_npy_entry(w: &mut impl Write, a: &AnyArray, descr: &str) -> io::Result<()> {
+    use npyz::WriterBuilder;
+    let ts: npyz::TypeStr = descr.parse().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e}")))?;
+    let shape: Vec<u64> = a.shape().iter().map(|&d| d as u64).collect();
+    macro_rules! put {
+        ($t:ty, $x:expr) => {{
+            let mut npy =
+                npyz::WriteOptions::<$t>::new().dtype(npyz::DType::Plain(ts)).shape(&shape).writer(w).begin_nd()?;
+            npy.extend($x.iter().copied())?;
+            npy.finish()
+        }};
     }
-    Vec::new()
+    match a {
+        AnyArray::F32(x) => put!(f32, x),
+        AnyArray::F64(x) => put!(f64, x),
+        AnyArray::I64(x) => put!(i64, x),
+        AnyArray::I32(x) => put!(i32, x),
+        AnyArray::U8(x) => put!(u8, x),
+        AnyArray::Bool(x) => put!(bool, x),
+    }
 }
 
 /// Writes an `np.savez`-compatible `.npz` (uncompressed). Half-precision storage is refused:
@@ -459,23 +372,22 @@ pub fn write_npz(path: &Path, tensors: &[(String, AnyArray)], opts: WriteOptions
             msg: format!("{:?} storage is not supported for .npz (use .safetensors or .pth)", opts.float_dtype),
         });
     }
+    let mut entries = Vec::with_capacity(tensors.len());
+    for (k, a) in tensors {
+        let descr = disk_of(a, StoreDtype::Native).numpy().ok_or_else(|| CheckpointError::Write {
+            path: path.to_path_buf(),
+            msg: format!("`{k}`: no numpy dtype"),
+        })?;
+        entries.push((k, a, descr));
+    }
     atomic_write(path, opts.force, |file| {
         let mut z = ZipWriter::new(BufWriter::new(file));
-        let ioerr = |e: io::Error| CheckpointError::Write { path: path.to_path_buf(), msg: e.to_string() };
-        for (k, a) in tensors {
-            let disk = disk_of(a, StoreDtype::Native);
-            let descr = disk.numpy().ok_or_else(|| CheckpointError::Write {
-                path: path.to_path_buf(),
-                msg: format!("`{k}`: no numpy dtype"),
-            })?;
-            let header = npy_header(descr, a.shape());
-            let len = header.len() as u64 + (numel(a) * disk.size()) as u64;
-            z.start_file(format!("{k}.npy"), stored(len)).map_err(zip_err(path))?;
-            z.write_all(&header).map_err(ioerr)?;
-            write_elements(&mut z, a, disk).map_err(ioerr)?;
+        for (k, a, descr) in entries {
+            let len = (1 << 16) + (numel(a) * disk_of(a, StoreDtype::Native).size()) as u64;
+            z.start_file(format!("{k}.npy"), stored(len))?;
+            write_npy_entry(&mut z, a, descr)?;
         }
-        let w = z.finish().map_err(zip_err(path))?;
-        w.into_inner().map_err(|e| CheckpointError::Write { path: path.to_path_buf(), msg: e.to_string() })
+        z.finish()?.flush()
     })
 }
 

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::checkpoint::{convert as convert_state, detect_dialect, read_any, write_any, ConvertOptions, Dialect};
+use crate::checkpoint::{
+    convert as convert_state, detect_dialect, export, read_any, write_any, ConvertOptions, Dialect, ExportOptions,
+};
 use crate::checkpoint::{ReadOptions, WriteOptions};
 
 /// List the tensors of a checkpoint (.pth, .safetensors, .npz) or .npy file: key, dtype, shape,
@@ -26,7 +28,9 @@ pub struct InspectArgs {
 /// Prints what was renamed, dropped and resized. DST is never overwritten without --force, and
 /// is written atomically (temporary file + rename).
 ///
-/// Example: beit-seg convert beit_base_patch16_224_pt22k_ft22k.pth beit-b.pth --img-size 640
+/// Examples:
+///   beit-seg convert beit_base_patch16_224_pt22k_ft22k.pth beit-b.pth --img-size 640
+///   beit-seg convert fixtures/tiny-whole/weights.npz hf.safetensors --to hf
 #[derive(Args, Debug, Clone)]
 pub struct ConvertArgs {
     /// The checkpoint to read.
@@ -48,6 +52,10 @@ pub struct ConvertArgs {
     /// Keep the final norm as mmseg's `ln1` (for final_norm=True models).
     #[arg(long)]
     pub final_norm: bool,
+    /// Export dialect: after converting to mmseg names, write `hf` (transformers
+    /// BeitForSemanticSegmentation) or `beit-official` (UNILM/timm, backbone only) names.
+    #[arg(long = "to", value_name = "DIALECT")]
+    pub to: Option<String>,
     /// Replace DST if it exists.
     #[arg(long)]
     pub force: bool,
@@ -85,6 +93,12 @@ pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
 
 /// `beit-seg convert`.
 pub fn convert(a: ConvertArgs) -> Result<ExitCode> {
+    let to = match &a.to {
+        None => None,
+        Some(n) => {
+            Some(Dialect::from_name(n).with_context(|| format!("unknown --to dialect `{n}` (hf, beit-official)"))?)
+        }
+    };
     let dialect = match &a.from {
         None => None,
         Some(n) => Some(Dialect::from_name(n).with_context(|| {
@@ -115,6 +129,20 @@ pub fn convert(a: ConvertArgs) -> Result<ExitCode> {
     let n_in = state.len();
     let (out, report) = convert_state(state, &ConvertOptions { dialect, dst_window, final_norm: a.final_norm })
         .with_context(|| format!("converting {}", a.src.display()))?;
+    let (out, report) = match to {
+        None => (out, report),
+        Some(to) => {
+            println!(
+                "{}: dialect {}, {} tensors in, {} in mmseg names",
+                a.src.display(),
+                report.dialect,
+                n_in,
+                out.len()
+            );
+            export(out, to, &ExportOptions::default())
+                .with_context(|| format!("exporting {} to {to}", a.src.display()))?
+        }
+    };
     println!("{}: dialect {}, {} tensors in, {} out", a.src.display(), report.dialect, n_in, out.len());
     for (x, y) in &report.renamed {
         println!("  renamed  {x} -> {y}");

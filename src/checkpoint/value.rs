@@ -1,0 +1,72 @@
+//! What the readers return besides flat state dicts: [`ReadOptions`] and the unpickled object
+//! tree [`Value`].
+
+use crate::array::AnyArray;
+
+/// How to read tensors.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadOptions {
+    /// Read float16 / bfloat16 tensors widened (exactly) to float32. When false such a tensor is
+    /// an error that says so.
+    pub widen_half: bool,
+    /// Turn objects of globals outside the allow-list into inert [`Value::Opaque`] placeholders
+    /// instead of failing (nothing is executed either way). Off by default, as
+    /// `torch.load(weights_only=True)`.
+    pub opaque_globals: bool,
+}
+
+/// An unpickled object tree.
+#[derive(Debug, Clone)]
+pub enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    /// An integer that does not fit in i64: little-endian two's-complement bytes.
+    BigInt(Vec<u8>),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    List(Vec<Value>),
+    Tuple(Vec<Value>),
+    /// A dict or `OrderedDict`, in insertion order (a repeated key keeps its first position and
+    /// its last value, as in Python).
+    Dict(Vec<(Value, Value)>),
+    Tensor(AnyArray),
+    /// An object of a global outside the allow-list (only with [`ReadOptions::opaque_globals`]),
+    /// or a torch layout; holds the global's dotted name.
+    Opaque(String),
+}
+
+impl Value {
+    /// The value stored under string key `key` of a dict.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Dict(items) => items.iter().find(|(k, _)| matches!(k, Value::Str(s) if s == key)).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    pub fn as_tensor(&self) -> Option<&AnyArray> {
+        match self {
+            Value::Tensor(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// A short description of the kind of value (for error messages).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::None => "None",
+            Value::Bool(_) => "bool",
+            Value::Int(_) | Value::BigInt(_) => "int",
+            Value::Float(_) => "float",
+            Value::Str(_) => "str",
+            Value::Bytes(_) => "bytes",
+            Value::List(_) => "list",
+            Value::Tuple(_) => "tuple",
+            Value::Dict(_) => "dict",
+            Value::Tensor(_) => "tensor",
+            Value::Opaque(_) => "object",
+        }
+    }
+}
