@@ -88,6 +88,8 @@ mod backend {
 
 #[cfg(feature = "blas")]
 mod backend {
+    // Links the BLAS implementation (the system OpenBLAS) that ndarray's `blas` backend calls.
+    use blas_src as _;
     use ndarray::linalg::general_mat_mul;
     use ndarray::{ArrayView2, ArrayViewMut2};
 
