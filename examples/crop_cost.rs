@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use beit_seg::array::AnyArray;
-use beit_seg::cli_eval::preset;
+use beit_seg::cli::eval::preset;
 use beit_seg::config::SegmentorConfig;
 use beit_seg::reference::ops;
 use beit_seg::reference::segmentor::EncoderDecoder;

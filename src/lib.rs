@@ -1,21 +1,28 @@
 //! beit-seg: a numerical reference and conformance suite for MMSegmentation's BEiT + UPerNet
 //! semantic segmentation.
 //!
-//! Data flows one way: files → [`config`] + [`weights`] → [`reference`] model → outputs →
-//! [`conformance`] comparison and report.
+//! Data flows one way (see docs/architecture.md), and the modules are listed in that order:
+//! files ([`array`], [`checkpoint`]) → config ([`config`]) + weights ([`weights`]) → a model on a
+//! backend ([`model`] shared, [`reference`], `fast`, [`backend`]) → named outputs → evaluation
+//! ([`data`], [`metrics`], [`eval`]) and comparison ([`conformance`]) → reports.
 pub mod array;
 pub mod checkpoint;
 pub mod config;
-pub mod conformance;
 pub mod float;
 pub mod fsutil;
-pub mod reference;
 pub mod weights;
 
-pub use float::Float;
-pub mod cli_eval;
-pub mod data;
-pub mod eval;
+pub mod backend;
 #[cfg(feature = "tch")]
 pub mod fast;
+pub mod model;
+pub mod reference;
+
+pub mod conformance;
+pub mod data;
+pub mod eval;
 pub mod metrics;
+
+pub mod cli;
+
+pub use float::{Dtype, Float};

@@ -115,3 +115,74 @@ impl<T: Float> WeightStore<T> {
         }
     }
 }
+
+/// A state dict: tensors by key, in file order.
+pub type StateDict = Vec<(String, AnyArray)>;
+
+/// Why a checkpoint could not become a model's state dict.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Read(#[from] crate::checkpoint::CheckpointError),
+    #[error("{path}: a backbone-only checkpoint ({dialect}) cannot build a whole segmentor")]
+    BackboneOnly { path: std::path::PathBuf, dialect: crate::checkpoint::Dialect },
+    #[error("{path}: {msg}")]
+    NotFinite { path: std::path::PathBuf, msg: String },
+}
+
+/// Reads a checkpoint in any supported format (`.pth`, `.safetensors`, `.npz`) and dialect
+/// (MMSegmentation, official BEiT, UNILM ADE20K, HF; `dialect` forces one, otherwise it is
+/// detected) as an MMSegmentation state dict for `model`: converted, with relative-position
+/// tables resized to the configured window. Non-allow-listed pickle globals in metadata become
+/// inert placeholders (`opaque_globals`; nothing is executed either way). Weights holding NaN
+/// or infinity are refused by key and count.
+pub fn load_state_dict(
+    path: &std::path::Path,
+    model: &crate::config::SegmentorConfig,
+    dialect: Option<crate::checkpoint::Dialect>,
+) -> Result<StateDict, LoadError> {
+    use crate::checkpoint::{convert, detect_dialect, read_any, ConvertOptions, Dialect, ReadOptions};
+    let state = read_any(path, ReadOptions { widen_half: true, opaque_globals: true })?;
+    let bad = non_finite(&state);
+    if !bad.is_empty() {
+        return Err(LoadError::NotFinite {
+            path: path.to_path_buf(),
+            msg: format!("weights are not finite: {}", bad.join(", ")),
+        });
+    }
+    let dialect = match dialect {
+        Some(d) => d,
+        None => detect_dialect(state.iter().map(|(k, _)| k.as_str()))
+            .map_err(|e| crate::checkpoint::CheckpointError::Format { path: path.to_path_buf(), msg: e.to_string() })?,
+    };
+    if dialect == Dialect::Mmseg {
+        return Ok(state);
+    }
+    let (wh, ww) = model.backbone.window();
+    let opts = ConvertOptions {
+        dialect: Some(dialect),
+        dst_window: (wh == ww).then_some((wh, ww)),
+        final_norm: model.backbone.final_norm,
+    };
+    let (out, _report) = convert(state, &opts)
+        .map_err(|e| crate::checkpoint::CheckpointError::Format { path: path.to_path_buf(), msg: e.to_string() })?;
+    if !out.iter().any(|(k, _)| k.starts_with("backbone.")) {
+        return Err(LoadError::BackboneOnly { path: path.to_path_buf(), dialect });
+    }
+    Ok(out)
+}
+
+/// `key: N NaN, M inf` for every float tensor of `arrays` that holds non-finite values.
+pub fn non_finite(arrays: &[(String, AnyArray)]) -> Vec<String> {
+    arrays.iter().filter_map(|(k, a)| non_finite_summary(a).map(|s| format!("`{k}`: {s}"))).collect()
+}
+
+/// `N NaN, M inf` when `a` is a float array holding non-finite values.
+pub fn non_finite_summary(a: &AnyArray) -> Option<String> {
+    let (nan, inf) = match a {
+        AnyArray::F32(x) => x.iter().fold((0, 0), |(n, i), v| (n + v.is_nan() as usize, i + v.is_infinite() as usize)),
+        AnyArray::F64(x) => x.iter().fold((0, 0), |(n, i), v| (n + v.is_nan() as usize, i + v.is_infinite() as usize)),
+        _ => (0, 0),
+    };
+    (nan + inf > 0).then(|| format!("{nan} NaN, {inf} inf of {} values", a.shape().iter().product::<usize>()))
+}

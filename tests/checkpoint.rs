@@ -1037,14 +1037,16 @@ mod fixture_cases {
     use std::path::{Path, PathBuf};
 
     use beit_seg::array::{read_npz, AnyArray};
+    use beit_seg::backend::reference::RefBackend;
     use beit_seg::checkpoint::{write_npz, WriteOptions};
     use beit_seg::conformance::case::{discover, Case};
-    use beit_seg::conformance::checkpoint_cases::{
+    use beit_seg::conformance::compare::Status;
+    use beit_seg::conformance::kinds::checkpoint::{
         compare_conversion, compare_tensor, convert_source, converter_options,
     };
-    use beit_seg::conformance::compare::Status;
     use beit_seg::conformance::report::CaseStatus;
-    use beit_seg::conformance::{run_case, run_case_dir, ReferenceBackend, VerifyOptions};
+    use beit_seg::conformance::{run_case, run_case_dir, Target, VerifyOptions};
+    const REF: Target<'static> = Target::Backend(&RefBackend);
 
     fn fixtures() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
@@ -1080,7 +1082,7 @@ mod fixture_cases {
         let mut kinds = std::collections::BTreeMap::<String, usize>::new();
         let mut failures = Vec::new();
         for d in &ours {
-            let r = run_case_dir(d, &ReferenceBackend, &VerifyOptions::default());
+            let r = run_case_dir(d, &REF, &VerifyOptions::default());
             *kinds.entry(r.kind.clone()).or_default() += 1;
             if r.status != CaseStatus::Pass || r.covered() != r.tensors.len() || r.tensors.is_empty() {
                 let bad: Vec<String> = r
@@ -1185,14 +1187,14 @@ mod fixture_cases {
         // End to end: the renamed expected file written into a copy of the case fails verify.
         let dir = copy_case("ckpt-official");
         write_npz(&dir.join("expected.npz"), &renamed, WriteOptions { force: true, ..Default::default() }).unwrap();
-        let rep = run_case_dir(&dir, &ReferenceBackend, &VerifyOptions::default());
+        let rep = run_case_dir(&dir, &REF, &VerifyOptions::default());
         assert_eq!(rep.status, CaseStatus::Fail);
         assert!(rep
             .tensors
             .iter()
             .any(|t| t.name == "unexpected:layers.1.ffn.layers.0.0.weight" && t.status == Status::Fail));
         // --allow-uncovered does not hide the unexpected key.
-        let rep = run_case_dir(&dir, &ReferenceBackend, &VerifyOptions { allow_uncovered: true, ..Default::default() });
+        let rep = run_case_dir(&dir, &REF, &VerifyOptions { allow_uncovered: true, ..Default::default() });
         assert_eq!(rep.status, CaseStatus::Fail);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1202,16 +1204,16 @@ mod fixture_cases {
         // A missing source.
         let dir = copy_case("ckpt-hf");
         std::fs::remove_file(dir.join("pytorch_model.bin")).unwrap();
-        let rep = run_case_dir(&dir, &ReferenceBackend, &VerifyOptions::default());
-        assert_eq!(rep.status, CaseStatus::Fail);
+        let rep = run_case_dir(&dir, &REF, &VerifyOptions::default());
+        assert_eq!(rep.status, CaseStatus::Error);
         assert!(rep.message.as_deref().unwrap_or("").contains("pytorch_model.bin"), "{:?}", rep.message);
         // A truncated expected file.
         let dir2 = copy_case("ckpt-hf");
         let p = dir2.join("expected.npz");
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
-        let rep = run_case_dir(&dir2, &ReferenceBackend, &VerifyOptions::default());
-        assert_eq!(rep.status, CaseStatus::Fail);
+        let rep = run_case_dir(&dir2, &REF, &VerifyOptions::default());
+        assert_eq!(rep.status, CaseStatus::Error);
         assert!(rep.message.as_deref().unwrap_or("").contains("expected.npz"), "{:?}", rep.message);
         for d in [dir, dir2] {
             let _ = std::fs::remove_dir_all(d);
@@ -1238,18 +1240,18 @@ mod fixture_cases {
         // Without its hint the official case is detected and still passes.
         let mut c = case("ckpt-official");
         c.manifest.as_object_mut().unwrap().remove("dialect");
-        let rep = run_case(&c, &ReferenceBackend, &VerifyOptions::default());
+        let rep = run_case(&c, &REF, &VerifyOptions::default());
         assert_eq!(rep.status, CaseStatus::Pass, "{:?}", rep.message);
         // A wrong hint is a failure, not a silent pass.
         let mut c = case("ckpt-unilm-ade");
         c.manifest["dialect"] = serde_json::json!("hf");
-        let rep = run_case(&c, &ReferenceBackend, &VerifyOptions::default());
+        let rep = run_case(&c, &REF, &VerifyOptions::default());
         assert_eq!(rep.status, CaseStatus::Fail);
         // The segmentor case converts its UNILM-ADE weights with or without the hint.
         let mut c = case("ckpt-unilm-ade-segmentor");
         assert_eq!(c.manifest["weights_dialect"], "unilm-ade");
         c.manifest.as_object_mut().unwrap().remove("weights_dialect");
-        let rep = run_case(&c, &ReferenceBackend, &VerifyOptions::default());
+        let rep = run_case(&c, &REF, &VerifyOptions::default());
         assert_eq!(rep.status, CaseStatus::Pass, "{:?}", rep.message);
     }
 
@@ -1276,7 +1278,7 @@ mod fixture_cases {
     #[test]
     fn relpos_case_fails_when_the_table_moves() {
         let c = case("relpos-24to32-1h");
-        let rep = run_case(&c, &ReferenceBackend, &VerifyOptions::default());
+        let rep = run_case(&c, &REF, &VerifyOptions::default());
         assert_eq!(rep.status, CaseStatus::Pass, "{:?}", rep.message);
         let want = c.read_output(&c.outputs[0].1).unwrap();
         let AnyArray::F32(w) = &want else { panic!("float32 table expected") };
@@ -1301,14 +1303,14 @@ mod fixture_cases {
         // A wrong destination window is a shape mismatch.
         let mut c2 = c.clone();
         c2.manifest["dst_window"] = serde_json::json!([31, 31]);
-        let rep = run_case(&c2, &ReferenceBackend, &VerifyOptions::default());
+        let rep = run_case(&c2, &REF, &VerifyOptions::default());
         assert_eq!(rep.status, CaseStatus::Fail);
         // Non-square windows are refused with an error (as MMSegmentation).
         let mut c3 = c.clone();
         c3.manifest["dst_window"] = serde_json::json!([32, 30]);
-        let rep = run_case(&c3, &ReferenceBackend, &VerifyOptions::default());
+        let rep = run_case(&c3, &REF, &VerifyOptions::default());
         assert!(
-            rep.status == CaseStatus::Fail && rep.message.as_deref().unwrap_or("").contains("square"),
+            rep.status == CaseStatus::Error && rep.message.as_deref().unwrap_or("").contains("square"),
             "{:?}",
             rep.message
         );

@@ -5,17 +5,20 @@
 //!   its output, so a failing module is named even when everything after it also fails;
 //! * corrupting one weight element or one config value makes verify fail at the right module.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array3, Array4, ArrayD, Ix4};
 
 use beit_seg::array::{read_npy, read_npz, AnyArray};
+use beit_seg::backend::reference::RefBackend;
+use beit_seg::backend::Backend;
 use beit_seg::config::SegmentorConfig;
+use beit_seg::conformance::case::CaseKind;
 use beit_seg::conformance::case::{discover, Case, Dtype, Tolerance};
+use beit_seg::conformance::compare::compare_outputs;
 use beit_seg::conformance::compare::{compare_floats, Status, TensorResult};
 use beit_seg::conformance::report::CaseStatus;
-use beit_seg::conformance::{compare_outputs, run_case, Backend, ReferenceBackend, SegmentorRequest, VerifyOptions};
+use beit_seg::conformance::{run_case, Target, VerifyOptions};
 use beit_seg::reference::beit::BeitLayer;
 use beit_seg::reference::heads::DecodeHead;
 use beit_seg::reference::neck::Feature2Pyramid;
@@ -68,14 +71,14 @@ fn every_bundled_case_passes_with_full_coverage() {
     let mut f64_cases = 0;
     for d in &dirs {
         let c = Case::load(d).unwrap();
-        if c.kind != "segmentor" {
+        if c.kind != CaseKind::Segmentor {
             continue;
         }
         if c.dtype == Dtype::F64 {
             f64_cases += 1;
             assert!(c.tolerance.rtol <= 1e-9, "{}: float64 twins must carry a tight tolerance", c.name);
         }
-        let r = run_case(&c, &ReferenceBackend, &VerifyOptions::default());
+        let r = run_case(&c, &Target::Backend(&RefBackend), &VerifyOptions::default());
         if r.status != CaseStatus::Pass || r.covered() != r.tensors.len() {
             failures.push(format!(
                 "{}: {:?} {}\n{}",
@@ -121,7 +124,7 @@ fn check_recorded<T: Float>(c: &Case, rec: &Recorder<T>, prefix: &str) -> usize 
     let mut n = 0;
     for (name, _) in &c.outputs {
         if name == prefix || name.starts_with(&format!("{prefix}.")) {
-            let got = rec.floats.get(name).unwrap_or_else(|| panic!("{}: `{name}` not produced", c.name));
+            let got = rec.float(name).unwrap_or_else(|| panic!("{}: `{name}` not produced", c.name));
             check(c, name, got);
             n += 1;
         }
@@ -261,7 +264,7 @@ fn rel_pos_index_matches_mmseg_buffer_at_640() {
         .1
         .to_i64()
         .unwrap();
-    let computed = beit_seg::reference::beit::relative_position_index((40, 40));
+    let computed = beit_seg::model::relative_position_index((40, 40));
     assert_eq!(stored.shape(), &[1601, 1601]);
     assert!(stored.iter().zip(computed.iter()).all(|(s, c)| *s == *c as i64));
     assert_eq!(computed[[0, 0]], 6243);
@@ -282,10 +285,8 @@ fn run_modified(
     let model = SegmentorConfig::from_value(&model_v).unwrap();
     let inputs = read_npy(&c.input_file("inputs").unwrap()).unwrap();
     let exp: Vec<(String, AnyArray)> = c.outputs.iter().map(|(n, f)| (n.clone(), c.read_output(f).unwrap())).collect();
-    let wanted = exp.iter().map(|(n, _)| n.clone()).collect();
-    let produced: BTreeMap<_, _> = ReferenceBackend
-        .run_segmentor(SegmentorRequest { model: &model, weights, inputs, dtype: c.dtype, wanted })
-        .unwrap();
+    let wanted: Vec<String> = exp.iter().map(|(n, _)| n.clone()).collect();
+    let produced = RefBackend.load(&model, weights, c.dtype).unwrap().run(&inputs, &wanted).unwrap();
     compare_outputs(&exp, &produced, |n| c.tolerance_for(n))
 }
 
@@ -365,7 +366,7 @@ fn input_grid_other_than_the_window_is_a_clear_error() {
 #[test]
 fn slide_output_shape_and_pred_agree() {
     let c = case("slide-b2");
-    let r = run_case(&c, &ReferenceBackend, &VerifyOptions::default());
+    let r = run_case(&c, &Target::Backend(&RefBackend), &VerifyOptions::default());
     assert_eq!(r.status, CaseStatus::Pass, "{:?}\n{}", r.message, fmt_failures(&r.tensors));
     let pred = expected(&c, "pred").to_i64().unwrap();
     let logits = expected(&c, "seg_logits").to_f64();

@@ -15,10 +15,11 @@ use ndarray::{arr2, Array2, Array3};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
+use beit_seg::backend::reference::RefBackend;
 use beit_seg::conformance::case::{discover, Case};
 use beit_seg::conformance::compare::Status;
 use beit_seg::conformance::report::CaseStatus;
-use beit_seg::conformance::{run_case_dir, ReferenceBackend, VerifyOptions};
+use beit_seg::conformance::{run_case_dir, Target, VerifyOptions};
 use beit_seg::data::transforms::{normalize, rescale_size, resize_bilinear_u8, ADE20K_MEAN, ADE20K_SCALE, ADE20K_STD};
 use beit_seg::metrics::{
     compute_metrics, intersect_and_union, nanmean_f32, numpy_sum_f32, per_class_table, reduce_zero_label,
@@ -229,12 +230,12 @@ fn data_cases() -> Vec<PathBuf> {
 #[test]
 fn every_bundled_resize_and_metric_case_passes() {
     let dirs = data_cases();
-    let kinds: Vec<String> = dirs.iter().map(|d| Case::load(d).unwrap().kind).collect();
+    let kinds: Vec<String> = dirs.iter().map(|d| Case::load(d).unwrap().kind.to_string()).collect();
     assert!(kinds.iter().filter(|k| *k == "resize").count() >= 3, "resize cases: {kinds:?}");
     assert!(kinds.iter().filter(|k| *k == "metric").count() >= 2, "metric cases: {kinds:?}");
     let mut failures = Vec::new();
     for d in &dirs {
-        let rep = run_case_dir(d, &ReferenceBackend, &VerifyOptions::default());
+        let rep = run_case_dir(d, &Target::Backend(&RefBackend), &VerifyOptions::default());
         if rep.status != CaseStatus::Pass || rep.tensors.iter().any(|t| t.status != Status::Pass) {
             failures.push(format!(
                 "{}: {:?} {:?} {:?}",

@@ -17,7 +17,8 @@ use serde_json::json;
 
 use beit_seg::array::AnyArray;
 use beit_seg::config::{BeitConfig, SegmentorConfig};
-use beit_seg::reference::beit::{relative_position_index, BeitAttention};
+use beit_seg::model::relative_position_index;
+use beit_seg::reference::beit::BeitAttention;
 use beit_seg::reference::ops;
 use beit_seg::reference::segmentor::EncoderDecoder;
 use beit_seg::reference::Recorder;
@@ -807,13 +808,20 @@ proptest! {
 /// The float64 reference behind the evaluation's model interface.
 struct F64Model(EncoderDecoder<f64>);
 
-impl beit_seg::eval::SegModel for F64Model {
+impl beit_seg::backend::Model for F64Model {
     fn describe(&self) -> String {
         "ref f64".into()
     }
-    fn seg_logits(&self, input: Array4<f32>) -> Result<Array4<f32>, String> {
+    fn run(
+        &self,
+        _inputs: &beit_seg::array::AnyArray,
+        _wanted: &[String],
+    ) -> Result<beit_seg::backend::Outputs, beit_seg::backend::BackendError> {
+        Err(beit_seg::backend::BackendError::Unsupported("seg_logits only".into()))
+    }
+    fn seg_logits(&self, input: Array4<f32>) -> Result<Array4<f32>, beit_seg::backend::BackendError> {
         let x = input.mapv(|v| v as f64);
-        let out = self.0.forward(&x, &mut Recorder::none()).map_err(|e| e.to_string())?;
+        let out = self.0.forward(&x, &mut Recorder::none())?;
         Ok(out.seg_logits.mapv(|v| v as f32))
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::array::{read_npy, AnyArray, ArrayError};
+pub use crate::float::Dtype;
 
 /// The fixture format this reader implements.
 pub const FORMAT: &str = "beit-fixture/1";
@@ -44,21 +45,75 @@ impl Tolerance {
     }
 }
 
-/// The precision a case was generated in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dtype {
-    F32,
-    F64,
+/// The kind of a case (docs/fixture-format.md), parsed when the case is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaseKind {
+    Segmentor,
+    Pipeline,
+    Metric,
+    Resize,
+    Converter,
+    RelposResize,
+    /// A kind this reader does not know: reported as skipped (a failure with `--strict`).
+    Unknown(String),
 }
 
-impl Dtype {
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "float32",
-            Dtype::F64 => "float64",
+impl CaseKind {
+    pub fn parse(s: &str) -> CaseKind {
+        match s {
+            "segmentor" => CaseKind::Segmentor,
+            "pipeline" => CaseKind::Pipeline,
+            "metric" => CaseKind::Metric,
+            "resize" => CaseKind::Resize,
+            "converter" => CaseKind::Converter,
+            "relpos_resize" => CaseKind::RelposResize,
+            other => CaseKind::Unknown(other.to_string()),
         }
     }
+
+    /// The name in `case.json`.
+    pub fn name(&self) -> &str {
+        match self {
+            CaseKind::Segmentor => "segmentor",
+            CaseKind::Pipeline => "pipeline",
+            CaseKind::Metric => "metric",
+            CaseKind::Resize => "resize",
+            CaseKind::Converter => "converter",
+            CaseKind::RelposResize => "relpos_resize",
+            CaseKind::Unknown(s) => s,
+        }
+    }
+
+    /// The manifest keys of this kind besides the common ones ([`COMMON_KEYS`]).
+    pub fn keys(&self) -> &'static [&'static str] {
+        match self {
+            CaseKind::Segmentor => &["model", "weights", "weights_dialect", "inputs", "outputs"],
+            CaseKind::Pipeline => {
+                &["model", "weights", "weights_dialect", "dataset", "outputs", "metrics", "per_class_table"]
+            }
+            CaseKind::Metric => {
+                &["num_classes", "ignore_index", "reduce_zero_label", "inputs", "metrics", "classes", "per_class_table"]
+            }
+            CaseKind::Resize => &["inputs", "sizes", "outputs"],
+            CaseKind::Converter => &["source", "dialect", "options", "expected"],
+            CaseKind::RelposResize => &["inputs", "src_window", "dst_window", "outputs"],
+            CaseKind::Unknown(_) => &[],
+        }
+    }
+
+    /// Every known kind name.
+    pub const KNOWN: [&'static str; 6] = ["segmentor", "pipeline", "metric", "resize", "converter", "relpos_resize"];
 }
+
+impl std::fmt::Display for CaseKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Manifest keys every kind may have.
+pub const COMMON_KEYS: [&str; 8] =
+    ["format", "name", "kind", "description", "provenance", "dtype", "tolerance", "tolerances"];
 
 /// One fixture case directory.
 #[derive(Debug, Clone)]
@@ -66,8 +121,11 @@ pub struct Case {
     pub dir: PathBuf,
     pub manifest: Value,
     pub name: String,
-    pub kind: String,
+    pub kind: CaseKind,
     pub description: String,
+    /// Manifest keys this reader does not know (a typo such as `tolerence` would otherwise be
+    /// silently ignored): warned about, an error with `--strict`.
+    pub unknown_keys: Vec<String>,
     pub dtype: Dtype,
     pub tolerance: Tolerance,
     pub tolerances: BTreeMap<String, Tolerance>,
@@ -84,7 +142,13 @@ impl Case {
     pub fn load(dir: &Path) -> Result<Case, CaseError> {
         let path = dir.join("case.json");
         let text = std::fs::read_to_string(&path).map_err(|e| CaseError::Io(format!("{}: {e}", path.display())))?;
-        let manifest: Value = serde_json::from_str(&text)
+        Self::parse(&text, dir)
+    }
+
+    /// Parses the text of `dir/case.json` (what [`Case::load`] reads; no file is touched).
+    pub fn parse(text: &str, dir: &Path) -> Result<Case, CaseError> {
+        let path = dir.join("case.json");
+        let manifest: Value = serde_json::from_str(text)
             .map_err(|e| CaseError::Manifest { path: path.clone(), msg: format!("invalid JSON: {e}") })?;
         let bad = |msg: String| CaseError::Manifest { path: path.clone(), msg };
         if !manifest.is_object() {
@@ -97,8 +161,18 @@ impl Case {
             }
             other => return Err(bad(format!("`format` must be \"{FORMAT}\", got {other:?}"))),
         }
-        let kind =
-            manifest.get("kind").and_then(Value::as_str).ok_or_else(|| bad("`kind` is missing".into()))?.to_string();
+        let kind = CaseKind::parse(
+            manifest.get("kind").and_then(Value::as_str).ok_or_else(|| bad("`kind` is missing".into()))?,
+        );
+        let obj = manifest.as_object().ok_or_else(|| bad("the manifest must be a JSON object".into()))?;
+        let unknown_keys: Vec<String> = if matches!(kind, CaseKind::Unknown(_)) {
+            Vec::new()
+        } else {
+            obj.keys()
+                .filter(|k| !COMMON_KEYS.contains(&k.as_str()) && !kind.keys().contains(&k.as_str()))
+                .cloned()
+                .collect()
+        };
         let name = manifest
             .get("name")
             .and_then(Value::as_str)
@@ -128,7 +202,18 @@ impl Case {
                 outputs.push((k.clone(), PathBuf::from(f)));
             }
         }
-        Ok(Case { dir: dir.to_path_buf(), manifest, name, kind, description, dtype, tolerance, tolerances, outputs })
+        Ok(Case {
+            dir: dir.to_path_buf(),
+            manifest,
+            name,
+            kind,
+            description,
+            unknown_keys,
+            dtype,
+            tolerance,
+            tolerances,
+            outputs,
+        })
     }
 
     /// The tolerance for output `name`.
@@ -171,7 +256,14 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CaseError> {
             found.push(p.parent().unwrap_or(Path::new(".")).to_path_buf());
             continue;
         }
+        let before = found.len();
         walk(p, &mut found)?;
+        if found.len() == before {
+            return Err(CaseError::Io(format!(
+                "{}: contains no fixture case (no case.json in it or below it)",
+                p.display()
+            )));
+        }
     }
     found.sort();
     found.dedup();
@@ -192,32 +284,41 @@ fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<(), CaseError> {
     Ok(())
 }
 
-/// Shell-style glob match (`*`, `?`) of a case name.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    fn rec(p: &[char], n: &[char]) -> bool {
-        match (p.first(), n.first()) {
-            (None, None) => true,
-            (Some('*'), _) => rec(&p[1..], n) || (!n.is_empty() && rec(p, &n[1..])),
-            (Some('?'), Some(_)) => rec(&p[1..], &n[1..]),
-            (Some(a), Some(b)) if a == b => rec(&p[1..], &n[1..]),
-            _ => false,
+/// Case-name filters: shell-style globs (`*`, `?`, `[...]`, via `globset`); a name passes when
+/// any glob matches (or when there are none).
+pub struct NameFilter(Option<globset::GlobSet>);
+
+impl NameFilter {
+    pub fn new(globs: &[String]) -> Result<Self, CaseError> {
+        if globs.is_empty() {
+            return Ok(NameFilter(None));
         }
+        let mut b = globset::GlobSetBuilder::new();
+        for g in globs {
+            b.add(globset::Glob::new(g).map_err(|e| CaseError::Io(format!("--filter `{g}`: {e}")))?);
+        }
+        Ok(NameFilter(Some(b.build().map_err(|e| CaseError::Io(format!("--filter: {e}")))?)))
     }
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    rec(&p, &n)
+
+    pub fn matches(&self, name: &str) -> bool {
+        self.0.as_ref().is_none_or(|s| s.is_match(name))
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::NameFilter;
 
     #[test]
     fn globs() {
-        assert!(glob_match("tiny-*", "tiny-whole"));
-        assert!(glob_match("*-f64", "slide-b2-f64"));
-        assert!(!glob_match("*-f64", "slide-b2"));
-        assert!(glob_match("var-?o-aux", "var-no-aux"));
-        assert!(glob_match("*", ""));
+        let f = |g: &str, n: &str| NameFilter::new(&[g.to_string()]).unwrap().matches(n);
+        assert!(f("tiny-*", "tiny-whole"));
+        assert!(f("*-f64", "slide-b2-f64"));
+        assert!(!f("*-f64", "slide-b2"));
+        assert!(f("var-?o-aux", "var-no-aux"));
+        assert!(f("*", ""));
+        // No exponential backtracking on long names.
+        assert!(!f("*a*a*a*a*a*a*a*a*b", &"a".repeat(200)));
+        assert!(NameFilter::new(&[]).unwrap().matches("anything"));
     }
 }

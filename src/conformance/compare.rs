@@ -9,6 +9,8 @@ use ndarray::ArrayD;
 use serde::Serialize;
 
 use super::case::Tolerance;
+use crate::array::AnyArray;
+use crate::backend::{OutTensor, Outputs};
 
 /// Outcome of one expected tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -284,4 +286,34 @@ mod tests {
         let r = compare_labels("pred", &flipped, &expected, None, tol);
         assert_eq!(r.status, Status::Fail);
     }
+}
+
+/// Compares expected tensors with produced ones, in expected (forward) order. Label maps named
+/// `pred` / `pred.<stem>` use the expected `seg_logits` / `seg_logits.<stem>` for the near-tie
+/// rule; an expected tensor that is not produced is NOT COVERED.
+pub fn compare_outputs(
+    expected: &[(String, AnyArray)],
+    produced: &Outputs,
+    tol_for: impl Fn(&str) -> Tolerance,
+) -> Vec<TensorResult> {
+    let find = |n: &str| expected.iter().find(|(k, _)| k == n).map(|(_, a)| a);
+    expected
+        .iter()
+        .map(|(name, exp)| {
+            let tol = tol_for(name);
+            match (produced.get(name), exp.is_float()) {
+                (None, _) => TensorResult::not_covered(name, exp.shape(), tol),
+                (Some(OutTensor::Float(a)), true) => compare_floats(name, a, &exp.to_f64(), tol),
+                (Some(OutTensor::Label(a)), false) => {
+                    let logits_name =
+                        if name == "pred" { "seg_logits".to_string() } else { name.replacen("pred", "seg_logits", 1) };
+                    let logits = find(&logits_name).filter(|l| l.is_float()).map(|l| l.to_f64());
+                    let ltol = tol_for(&logits_name);
+                    compare_labels(name, a, &exp.to_i64().unwrap_or_default(), logits.as_ref(), ltol)
+                }
+                (Some(OutTensor::Float(a)), false) => compare_floats(name, a, &exp.to_f64(), tol),
+                (Some(OutTensor::Label(a)), true) => compare_floats(name, &a.mapv(|v| v as f64), &exp.to_f64(), tol),
+            }
+        })
+        .collect()
 }

@@ -13,8 +13,11 @@ use super::compare::{Status, TensorResult};
 #[serde(rename_all = "snake_case")]
 pub enum CaseStatus {
     Pass,
-    /// A compared tensor failed, an expected tensor was not covered, or the case could not run.
+    /// A compared tensor failed, or an expected tensor was not covered.
     Fail,
+    /// The case could not be checked: a broken or unreadable case, input or candidate, or a
+    /// backend error (exit status 3 when no case failed).
+    Error,
     /// The case's kind is not implemented by this backend (reported, never counted as passed).
     Skipped,
 }
@@ -34,10 +37,34 @@ pub struct CaseReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     pub tensors: Vec<TensorResult>,
+    /// Candidate tensors that matched no expected name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unused: Vec<String>,
+    /// Warnings (unknown manifest keys, ...), printed on stderr.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub seconds: f64,
 }
 
 impl CaseReport {
+    /// An empty report of case `name` (status Fail until a result says otherwise).
+    pub fn new(name: String, dir: PathBuf, kind: String, backend: String) -> Self {
+        CaseReport {
+            name,
+            dir,
+            kind,
+            backend,
+            dtype: "?".into(),
+            run_dtype: "?".into(),
+            status: CaseStatus::Fail,
+            message: None,
+            tensors: vec![],
+            unused: vec![],
+            warnings: vec![],
+            seconds: 0.0,
+        }
+    }
+
     pub fn covered(&self) -> usize {
         self.tensors.iter().filter(|t| t.status != Status::NotCovered).count()
     }
@@ -55,6 +82,8 @@ impl CaseReport {
 pub struct Summary {
     pub passed: usize,
     pub failed: usize,
+    /// Cases that could not be checked (also counted in `failed` of the closing line).
+    pub errors: usize,
     pub skipped: usize,
     pub tensors: usize,
     pub covered: usize,
@@ -67,6 +96,7 @@ impl Summary {
             match r.status {
                 CaseStatus::Pass => s.passed += 1,
                 CaseStatus::Fail => s.failed += 1,
+                CaseStatus::Error => s.errors += 1,
                 CaseStatus::Skipped => s.skipped += 1,
             }
             if r.status != CaseStatus::Skipped {
@@ -83,9 +113,22 @@ impl Summary {
             100.0 * self.covered as f64 / self.tensors as f64
         }
     }
-    /// The closing line, in the form test-result parsers read.
+    /// The closing line, in the form test-result parsers read (cases that could not be checked
+    /// count as failed).
     pub fn closing_line(&self) -> String {
-        format!("{} passed, {} failed, {} skipped", self.passed, self.failed, self.skipped)
+        format!("{} passed, {} failed, {} skipped", self.passed, self.failed + self.errors, self.skipped)
+    }
+
+    /// The exit status of `verify`: 0 all checked cases pass, 1 a case failed, 3 a case could
+    /// not be checked (and none failed).
+    pub fn exit_code(&self) -> u8 {
+        if self.failed > 0 {
+            1
+        } else if self.errors > 0 {
+            3
+        } else {
+            0
+        }
     }
 }
 
@@ -112,6 +155,7 @@ pub fn case_line(r: &CaseReport) -> String {
     let st = match r.status {
         CaseStatus::Pass => "PASS",
         CaseStatus::Fail => "FAIL",
+        CaseStatus::Error => "ERROR",
         CaseStatus::Skipped => "SKIP",
     };
     let dtype = if r.dtype == r.run_dtype { r.dtype.clone() } else { format!("{} run as {}", r.dtype, r.run_dtype) };
@@ -133,6 +177,9 @@ pub fn case_table(r: &CaseReport, failures_only: bool) -> String {
     let mut out = String::new();
     if let Some(m) = &r.message {
         let _ = writeln!(out, "    {m}");
+    }
+    if !r.unused.is_empty() {
+        let _ = writeln!(out, "    unused candidate tensors ({}): {}", r.unused.len(), r.unused.join(", "));
     }
     let rows: Vec<&TensorResult> = r.tensors.iter().filter(|t| !failures_only || t.status != Status::Pass).collect();
     if rows.is_empty() {
@@ -192,55 +239,39 @@ pub fn to_json(reports: &[CaseReport]) -> String {
     serde_json::to_string_pretty(&rep).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
-/// JUnit XML: one testsuite, one testcase per fixture case.
+/// JUnit XML (`quick-junit`): one test suite, one test case per fixture case.
 pub fn to_junit(reports: &[CaseReport]) -> String {
-    let s = Summary::of(reports);
-    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let total_time: f64 = reports.iter().map(|r| r.seconds).sum();
-    let _ = writeln!(
-        out,
-        "<testsuite name=\"beit-seg verify\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{:.3}\">",
-        reports.len(),
-        s.failed,
-        s.skipped,
-        total_time
-    );
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let mut suite = TestSuite::new("beit-seg verify");
     for r in reports {
-        let _ = write!(
-            out,
-            "  <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
-            xml_escape(&r.kind),
-            xml_escape(&r.name),
-            r.seconds
-        );
-        match r.status {
-            CaseStatus::Pass => out.push_str("/>\n"),
+        let status = match r.status {
+            CaseStatus::Pass => TestCaseStatus::success(),
             CaseStatus::Skipped => {
-                let _ = writeln!(
-                    out,
-                    "><skipped message=\"{}\"/></testcase>",
-                    xml_escape(r.message.as_deref().unwrap_or(""))
-                );
+                let mut s = TestCaseStatus::skipped();
+                if let Some(m) = &r.message {
+                    s.set_message(m.as_str());
+                }
+                s
             }
-            CaseStatus::Fail => {
+            CaseStatus::Fail | CaseStatus::Error => {
+                let kind = if r.status == CaseStatus::Fail { NonSuccessKind::Failure } else { NonSuccessKind::Error };
+                let mut s = TestCaseStatus::non_success(kind);
                 let msg = r
                     .message
                     .clone()
                     .or_else(|| r.first_failure().map(|t| format!("first failing tensor: {}", t.name)))
                     .unwrap_or_else(|| "tensors not covered".into());
-                let _ = writeln!(
-                    out,
-                    "><failure message=\"{}\">{}</failure></testcase>",
-                    xml_escape(&msg),
-                    xml_escape(&case_table(r, true))
-                );
+                s.set_message(msg);
+                s.set_description(case_table(r, true));
+                s
             }
-        }
+        };
+        let mut tc = TestCase::new(r.name.as_str(), status);
+        tc.set_classname(r.kind.as_str());
+        tc.set_time(std::time::Duration::from_secs_f64(r.seconds.max(0.0)));
+        suite.add_test_case(tc);
     }
-    out.push_str("</testsuite>\n");
-    out
+    let mut report = Report::new("beit-seg");
+    report.add_test_suite(suite);
+    report.to_string().unwrap_or_else(|e| format!("<!-- JUnit serialisation failed: {e} -->\n"))
 }

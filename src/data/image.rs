@@ -335,10 +335,12 @@ pub fn decode_label(bytes: &[u8], path: &Path) -> Result<Array2<u8>, ImageError>
     let bits = match (ct, depth) {
         (png::ColorType::Grayscale, png::BitDepth::Eight) => 8,
         (png::ColorType::Indexed, d) => d as usize,
-        (ct, d) => return Err(bad(format!(
+        (ct, d) => {
+            return Err(bad(format!(
             "colour type {ct:?} with {} bits per sample; expected an 8-bit single-channel (greyscale or palette) PNG",
             d as u8
-        ))),
+        )))
+        }
     };
     let size = reader.output_buffer_size().ok_or_else(|| decode_err(path, "image too large"))?;
     let mut buf = vec![0u8; size];

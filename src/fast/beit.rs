@@ -7,7 +7,8 @@ use tch::{Kind, Tensor};
 use super::params::Source;
 use super::{join, ops, Ctx, FastError, Recorder, Result};
 use crate::config::BeitConfig;
-use crate::reference::beit::relative_position_index;
+use crate::model::names::{ffn_hidden_aliases, ffn_output_aliases};
+use crate::model::{check_relative_position_index, relative_position_index};
 
 /// `nn.LayerNorm(C, eps)`; parameters held in the wide kind (float32 for half precisions).
 pub struct LayerNorm {
@@ -85,19 +86,10 @@ impl BeitAttention {
         let table = src.get(&join(prefix, "relative_position_bias_table"), &[rows, cfg.num_heads], k)?;
         let index = relative_position_index((wh, ww));
         let key = join(prefix, "relative_position_index");
-        if let Some(stored) = src.get_int_opt(&key) {
-            if stored.shape() != index.shape() {
-                src.problem(format!(
-                    "`{key}` has shape {:?}, but the configured window gives {:?} (img_size // patch_size does not match the checkpoint)",
-                    stored.shape(),
-                    index.shape()
-                ));
-            } else if let Some((pos, (s, c))) =
-                stored.iter().zip(index.iter()).enumerate().find(|(_, (s, c))| **s != **c as i64)
-            {
-                let n = index.ncols();
-                src.problem(format!("`{key}`[{}, {}] is {s}, the computed index is {c}", pos / n, pos % n));
-            }
+        if let Some(problem) =
+            src.get_int_opt(&key).and_then(|stored| check_relative_position_index(&key, &stored, &index))
+        {
+            src.problem(problem);
         }
         let tokens = index.nrows() as i64;
         let flat: Vec<i64> = index.iter().map(|&v| v as i64).collect();
@@ -184,20 +176,12 @@ impl Ffn {
             h = fc.forward(&h)?;
             rec.put(&join(prefix, &format!("layers.{i}.0")), &h);
             h = ops::gelu(&h)?;
-            // One shared activation module (`ffn.activate`), as in the reference.
-            rec.put(&join(prefix, "activate"), &h);
-            rec.put(&join(prefix, &format!("layers.{i}.1")), &h);
-            rec.put(&join(prefix, &format!("layers.{i}.2")), &h);
-            rec.put(&join(prefix, &format!("layers.{i}")), &h);
+            for name in ffn_hidden_aliases(i) {
+                rec.put(&join(prefix, &name), &h);
+            }
         }
         let y = self.fcs[last].forward(&h)?;
-        for name in [
-            format!("layers.{last}"),
-            format!("layers.{}", last + 1),
-            "layers".into(),
-            "gamma2".into(),
-            "dropout_layer".into(),
-        ] {
+        for name in ffn_output_aliases(last) {
             rec.put(&join(prefix, &name), &y);
         }
         Ok(y)

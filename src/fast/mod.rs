@@ -25,22 +25,19 @@
 
 pub mod beit;
 pub mod bench;
-pub mod eval;
 pub mod heads;
 pub mod neck;
 pub mod ops;
 pub mod params;
 pub mod segmentor;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use ndarray::{ArrayD, IxDyn};
 use tch::{Device, Kind, Tensor};
 
 use crate::array::AnyArray;
 use crate::config::ConfigError;
-use crate::conformance::case::Dtype;
-use crate::conformance::{Backend, BackendError, OutTensor, SegmentorRequest};
 use crate::weights::WeightsError;
 
 pub use segmentor::{FastSegmentor, SegOutput};
@@ -190,53 +187,19 @@ impl Ctx {
     }
 }
 
-/// Collects module outputs by name, like [`crate::reference::Recorder`]. Recorded tensors are
-/// shallow clones (no copy): the model code never modifies a tensor in place after it may
-/// have been recorded.
-pub struct Recorder {
-    wanted: Option<HashSet<String>>,
-    pub tensors: BTreeMap<String, Tensor>,
-}
+/// The fast path's recorder of named module outputs (see [`crate::model::Recorder`]). Recorded
+/// tensors are shallow clones (no copy): the model code never modifies a tensor in place after
+/// it may have been recorded.
+pub type Recorder = crate::model::Recorder<Tensor>;
 
-impl Recorder {
-    /// Records every module output.
-    pub fn all() -> Self {
-        Recorder { wanted: None, tensors: BTreeMap::new() }
-    }
-
-    /// Records only the given names.
-    pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Self {
-        Recorder { wanted: Some(names.into_iter().map(Into::into).collect()), tensors: BTreeMap::new() }
-    }
-
-    /// Records nothing.
-    pub fn none() -> Self {
-        Self::only(Vec::<String>::new())
-    }
-
-    pub fn wants(&self, name: &str) -> bool {
-        self.wanted.as_ref().map_or(true, |w| w.contains(name))
-    }
-
-    /// Whether any wanted name is `prefix` or starts with `prefix.`.
-    pub fn wants_prefix(&self, prefix: &str) -> bool {
-        match &self.wanted {
-            None => true,
-            Some(w) => w.iter().any(|n| n == prefix || (n.starts_with(prefix) && n[prefix.len()..].starts_with('.'))),
-        }
-    }
-
+impl crate::model::Recorder<Tensor> {
+    /// Records `t` under `name` when wanted (a shallow clone).
     pub fn put(&mut self, name: &str, t: &Tensor) {
-        if self.wants(name) {
-            self.tensors.insert(name.to_string(), t.shallow_clone());
-        }
+        self.record(name, || t.shallow_clone());
     }
 }
 
-/// `prefix.name`, or `name` for an empty prefix.
-pub(crate) fn join(prefix: &str, name: &str) -> String {
-    crate::reference::join(prefix, name)
-}
+pub(crate) use crate::model::join;
 
 /// A host copy of a tensor as an f64 array (exact for every float kind used here).
 pub fn to_f64_array(t: &Tensor) -> Result<ArrayD<f64>> {
@@ -268,70 +231,4 @@ pub fn from_any_array(a: &AnyArray, kind: Kind, device: Device) -> Result<Tensor
         other => return Err(FastError::Input(format!("expected a float array, got {}", other.dtype_name()))),
     };
     Ok(t.f_reshape(&shape)?.f_to_device(device)?.f_to_kind(kind)?)
-}
-
-/// The libtorch backend of the conformance runner: `beit-seg verify --backend tch`.
-///
-/// float32 cases run in `precision` (fp32: conformant; fp16/bf16: for reports only), float64
-/// cases run in float64 on the same device when `precision` is fp32.
-pub struct TchBackend {
-    pub device: Device,
-    pub precision: Precision,
-}
-
-impl TchBackend {
-    /// Checks the device (see [`check_device`]); fp64 is only chosen per case.
-    pub fn new(device: Device, precision: Precision) -> Result<Self> {
-        check_device(device)?;
-        Ok(TchBackend { device, precision })
-    }
-
-    /// From the CLI strings (`cpu`/`cuda`/`cuda:N`, `fp32`/`fp16`/`bf16`).
-    pub fn from_names(device: &str, precision: &str) -> Result<Self> {
-        Self::new(parse_device(device)?, Precision::parse(precision)?)
-    }
-
-    /// The precision a case of `dtype` runs in.
-    pub fn precision_for(&self, dtype: Dtype) -> Precision {
-        match (dtype, self.precision) {
-            (Dtype::F64, Precision::Fp32 | Precision::Fp64) => Precision::Fp64,
-            (Dtype::F32, Precision::Fp64) => Precision::Fp32,
-            (_, p) => p,
-        }
-    }
-
-    fn run(&self, req: SegmentorRequest<'_>) -> Result<BTreeMap<String, OutTensor>> {
-        let _no_grad = tch::no_grad_guard();
-        let ctx = Ctx::new(self.device, self.precision_for(req.dtype));
-        let model = FastSegmentor::load(req.model, req.weights, ctx)?;
-        let inputs = from_any_array(&req.inputs, ctx.kind(), ctx.device)
-            .map_err(|e| FastError::Input(format!("inputs: {e}")))?;
-        if inputs.dim() != 4 {
-            return Err(FastError::Input(format!(
-                "inputs: expected an NCHW array (4 dimensions), got shape {:?}",
-                req.inputs.shape()
-            )));
-        }
-        let mut rec = Recorder::only(req.wanted);
-        model.forward(&inputs, &mut rec)?;
-        let mut out = BTreeMap::new();
-        for (k, t) in rec.tensors {
-            let v = if t.kind() == Kind::Int64 {
-                OutTensor::Label(to_i64_array(&t)?)
-            } else {
-                OutTensor::Float(to_f64_array(&t)?)
-            };
-            out.insert(k, v);
-        }
-        Ok(out)
-    }
-}
-
-impl Backend for TchBackend {
-    fn name(&self) -> String {
-        "tch".into()
-    }
-    fn run_segmentor(&self, req: SegmentorRequest<'_>) -> Result<BTreeMap<String, OutTensor>, BackendError> {
-        Ok(self.run(req)?)
-    }
 }

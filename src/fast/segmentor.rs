@@ -16,6 +16,7 @@ use super::params::{store_source, RandomSource, Source};
 use super::{ops, Ctx, FastError, Recorder, Result};
 use crate::array::AnyArray;
 use crate::config::{SegmentorConfig, TestMode};
+use crate::model::slide_windows;
 
 /// The segmentor on one device, in one precision.
 pub struct FastSegmentor {
@@ -108,18 +109,8 @@ impl FastSegmentor {
     pub fn slide_inference(&self, img: &Tensor, crop: (usize, usize), stride: (usize, usize)) -> Result<Tensor> {
         let s = img.size();
         let (b, h, w) = (s[0], s[2] as usize, s[3] as usize);
-        let (hc, wc) = crop;
-        let (hs, ws) = stride;
-        let h_grids = (h + hs).saturating_sub(hc + 1) / hs + 1;
-        let w_grids = (w + ws).saturating_sub(wc + 1) / ws + 1;
-        let mut windows = Vec::with_capacity(h_grids * w_grids);
-        for hi in 0..h_grids {
-            for wi in 0..w_grids {
-                let y2 = (hi * hs + hc).min(h);
-                let x2 = (wi * ws + wc).min(w);
-                windows.push((y2.saturating_sub(hc), y2, x2.saturating_sub(wc), x2));
-            }
-        }
+        let windows: Vec<(usize, usize, usize, usize)> =
+            slide_windows((h, w), crop, stride).into_iter().map(|w| (w.y1, w.y2, w.x1, w.x2)).collect();
         // [B, C, H, W] -> [K·B, C, hw, ww], window-major.
         let crops = windows
             .iter()

@@ -14,12 +14,14 @@
 //! `backbone.layers.{i}.{ln1,attn,attn.qkv,attn.proj,ln2,ffn,ffn.layers.0.0,ffn.activate,...}`,
 //! `backbone.ln1` (final norm), and the tuple outputs `backbone.{k}`.
 
-use ndarray::{s, Array1, Array2, Array3, Array4, ArrayD, ArrayView3, Axis};
+use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView3, Axis};
 use rayon::prelude::*;
 
 use super::ops;
-use super::{join, ModelError, Recorder};
+use super::{ModelError, Recorder};
 use crate::config::BeitConfig;
+use crate::model::names::{ffn_hidden_aliases, ffn_output_aliases, join};
+use crate::model::{check_relative_position_index, relative_position_index};
 use crate::weights::WeightStore;
 use crate::Float;
 
@@ -78,28 +80,6 @@ impl<T: Float> Linear<T> {
     }
 }
 
-/// `BEiT._init_rel_pos_embedding`'s `relative_position_index` for a `(wh, ww)` window:
-/// shape (wh·ww+1)², with `T = (2wh-1)(2ww-1)+3` table rows;
-/// `index[1+p, 1+q] = (hp-hq+wh-1)(2ww-1) + (wp-wq+ww-1)` for patch tokens p, q (row-major grid),
-/// row 0 = T-3 (cls → patch), column 0 = T-2 (patch → cls), `[0,0]` = T-1 (cls → cls).
-pub fn relative_position_index(window: (usize, usize)) -> Array2<usize> {
-    let (wh, ww) = window;
-    let n = wh * ww;
-    let t = (2 * wh - 1) * (2 * ww - 1) + 3;
-    let mut idx = Array2::<usize>::zeros((n + 1, n + 1));
-    for p in 0..n {
-        let (hp, wp) = (p / ww, p % ww);
-        for q in 0..n {
-            let (hq, wq) = (q / ww, q % ww);
-            idx[[1 + p, 1 + q]] = (hp + wh - 1 - hq) * (2 * ww - 1) + (wp + ww - 1 - wq);
-        }
-    }
-    idx.row_mut(0).fill(t - 3);
-    idx.column_mut(0).fill(t - 2);
-    idx[[0, 0]] = t - 1;
-    idx
-}
-
 /// `BEiTAttention`: multi-head self-attention with a learned relative-position bias per layer.
 pub struct BeitAttention<T: Float> {
     /// `qkv.weight` (3C, C), rows [Q; K; V], heads contiguous inside each.
@@ -134,8 +114,10 @@ impl<T: Float> BeitAttention<T> {
         let table = take2(ws, &join(prefix, "relative_position_bias_table"), rows, cfg.num_heads);
         let index = relative_position_index((wh, ww));
         let key = join(prefix, "relative_position_index");
-        if let Some(stored) = ws.get_int_opt(&key) {
-            check_index(ws, &key, &stored, &index);
+        if let Some(problem) =
+            ws.get_int_opt(&key).and_then(|stored| check_relative_position_index(&key, &stored, &index))
+        {
+            ws.problem(problem);
         }
         let head_dim = c / cfg.num_heads;
         BeitAttention {
@@ -191,21 +173,6 @@ impl<T: Float> BeitAttention<T> {
     }
 }
 
-fn check_index<T: Float>(ws: &mut WeightStore<T>, key: &str, stored: &ArrayD<i64>, computed: &Array2<usize>) {
-    if stored.shape() != computed.shape() {
-        ws.problem(format!(
-            "`{key}` has shape {:?}, but the configured window gives {:?} (img_size // patch_size does not match the checkpoint)",
-            stored.shape(),
-            computed.shape()
-        ));
-        return;
-    }
-    if let Some((pos, (s, c))) = stored.iter().zip(computed.iter()).enumerate().find(|(_, (s, c))| **s != **c as i64) {
-        let n = computed.ncols();
-        ws.problem(format!("`{key}`[{}, {}] is {s}, the computed index is {c}", pos / n, pos % n));
-    }
-}
-
 /// mmcv `FFN` with `num_fcs` linears: `layers.{i}` = Sequential(Linear, GELU, Dropout) for
 /// i < num_fcs-1, then `layers.{num_fcs-1}` = Linear; no residual (`add_identity=False`).
 pub struct Ffn<T: Float> {
@@ -232,21 +199,12 @@ impl<T: Float> Ffn<T> {
             h = fc.forward(&h);
             rec.put(&join(prefix, &format!("layers.{i}.0")), &h);
             ops::gelu_inplace(&mut h);
-            // mmcv shares one activation module (`ffn.activate`) between the Sequentials, so
-            // named_modules() lists it once; `layers.{i}.1` is the same output.
-            rec.put(&join(prefix, "activate"), &h);
-            rec.put(&join(prefix, &format!("layers.{i}.1")), &h);
-            rec.put(&join(prefix, &format!("layers.{i}.2")), &h);
-            rec.put(&join(prefix, &format!("layers.{i}")), &h);
+            for name in ffn_hidden_aliases(i) {
+                rec.put(&join(prefix, &name), &h);
+            }
         }
         let y = self.fcs[last].forward(&h);
-        for name in [
-            format!("layers.{last}"),
-            format!("layers.{}", last + 1),
-            "layers".into(),
-            "gamma2".into(),
-            "dropout_layer".into(),
-        ] {
+        for name in ffn_output_aliases(last) {
             rec.put(&join(prefix, &name), &y);
         }
         y

@@ -16,8 +16,9 @@ use ndarray::{concatenate, Array1, Array4, ArrayView4, Axis};
 use super::beit::{take1, take4};
 use super::neck::BatchNorm;
 use super::ops;
-use super::{join, ModelError, Recorder};
+use super::{ModelError, Recorder};
 use crate::config::{HeadConfig, HeadKind, InputTransform};
+use crate::model::join;
 use crate::weights::WeightStore;
 use crate::Float;
 

@@ -19,7 +19,7 @@ pub mod neck;
 pub mod ops;
 pub mod segmentor;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use ndarray::{Array, ArrayD, Dimension};
 
@@ -39,73 +39,48 @@ pub enum ModelError {
     Input(String),
 }
 
-/// Collects module outputs by name during a forward pass, like the forward hooks of the fixture
-/// generator. Only the names that are wanted are cloned, so a full-size run records nothing it
-/// does not need.
-pub struct Recorder<T: Float> {
-    wanted: Option<HashSet<String>>,
-    pub floats: BTreeMap<String, ArrayD<T>>,
-    pub ints: BTreeMap<String, ArrayD<i64>>,
+/// A module output as the reference records it.
+#[derive(Debug, Clone)]
+pub enum Recorded<T: Float> {
+    Float(ArrayD<T>),
+    Int(ArrayD<i64>),
 }
 
-impl<T: Float> Recorder<T> {
-    /// Records every module output.
-    pub fn all() -> Self {
-        Recorder { wanted: None, floats: BTreeMap::new(), ints: BTreeMap::new() }
-    }
+/// The reference's recorder of named module outputs (see [`crate::model::Recorder`]).
+pub type Recorder<T> = crate::model::Recorder<Recorded<T>>;
 
-    /// Records only the given names.
-    pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Self {
-        Recorder {
-            wanted: Some(names.into_iter().map(Into::into).collect()),
-            floats: BTreeMap::new(),
-            ints: BTreeMap::new(),
-        }
-    }
-
-    /// Records nothing.
-    pub fn none() -> Self {
-        Self::only(Vec::<String>::new())
-    }
-
-    pub fn wants(&self, name: &str) -> bool {
-        self.wanted.as_ref().map_or(true, |w| w.contains(name))
-    }
-
-    /// Whether any wanted name is `prefix` or starts with `prefix.`.
-    pub fn wants_prefix(&self, prefix: &str) -> bool {
-        match &self.wanted {
-            None => true,
-            Some(w) => w.iter().any(|n| n == prefix || (n.starts_with(prefix) && n[prefix.len()..].starts_with('.'))),
-        }
-    }
-
+impl<T: Float> crate::model::Recorder<Recorded<T>> {
     /// Records a float tensor under `name` (cloned only when wanted).
     pub fn put<D: Dimension>(&mut self, name: &str, a: &Array<T, D>) {
-        if self.wants(name) {
-            self.floats.insert(name.to_string(), a.to_owned().into_dyn());
-        }
+        self.record(name, || Recorded::Float(a.to_owned().into_dyn()));
     }
 
-    /// Records a float tensor computed on demand (for views that need a reshape).
-    pub fn put_with<D: Dimension>(&mut self, name: &str, f: impl FnOnce() -> Array<T, D>) {
-        if self.wants(name) {
-            self.floats.insert(name.to_string(), f().into_dyn());
-        }
-    }
-
+    /// Records an integer tensor (labels) under `name`.
     pub fn put_int<D: Dimension>(&mut self, name: &str, a: &Array<i64, D>) {
-        if self.wants(name) {
-            self.ints.insert(name.to_string(), a.to_owned().into_dyn());
+        self.record(name, || Recorded::Int(a.to_owned().into_dyn()));
+    }
+
+    /// The float tensor recorded under `name`.
+    pub fn float(&self, name: &str) -> Option<&ArrayD<T>> {
+        match self.get(name) {
+            Some(Recorded::Float(a)) => Some(a),
+            _ => None,
         }
     }
-}
 
-/// `prefix.name`, or `name` for an empty prefix.
-pub(crate) fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_string()
-    } else {
-        format!("{prefix}.{name}")
+    /// The recorded float and integer tensors, by name.
+    pub fn into_parts(self) -> (BTreeMap<String, ArrayD<T>>, BTreeMap<String, ArrayD<i64>>) {
+        let (mut floats, mut ints) = (BTreeMap::new(), BTreeMap::new());
+        for (k, v) in self.into_values() {
+            match v {
+                Recorded::Float(a) => {
+                    floats.insert(k, a);
+                }
+                Recorded::Int(a) => {
+                    ints.insert(k, a);
+                }
+            }
+        }
+        (floats, ints)
     }
 }

@@ -12,8 +12,9 @@ use ndarray::{Array1, Array4};
 
 use super::beit::{take1, take4};
 use super::ops;
-use super::{join, Recorder};
+use super::Recorder;
 use crate::config::NeckConfig;
+use crate::model::join;
 use crate::weights::WeightStore;
 use crate::Float;
 

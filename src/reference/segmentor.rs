@@ -21,6 +21,7 @@ use super::neck::Feature2Pyramid;
 use super::ops;
 use super::{ModelError, Recorder};
 use crate::config::{SegmentorConfig, TestMode};
+use crate::model::slide_windows;
 use crate::weights::WeightStore;
 use crate::Float;
 
@@ -115,25 +116,16 @@ impl<T: Float> EncoderDecoder<T> {
         stride: (usize, usize),
     ) -> Result<Array4<T>, ModelError> {
         let (b, _, h, w) = img.dim();
-        let (hc, wc) = crop;
-        let (hs, ws) = stride;
-        let h_grids = (h + hs).saturating_sub(hc + 1) / hs + 1;
-        let w_grids = (w + ws).saturating_sub(wc + 1) / ws + 1;
         let classes = self.cfg.decode_head.out_channels;
         let mut preds = Array4::<T>::zeros((b, classes, h, w));
         let mut count = ndarray::Array2::<usize>::zeros((h, w));
-        for hi in 0..h_grids {
-            for wi in 0..w_grids {
-                let y2 = (hi * hs + hc).min(h);
-                let x2 = (wi * ws + wc).min(w);
-                let y1 = y2.saturating_sub(hc);
-                let x1 = x2.saturating_sub(wc);
-                let crop_img = img.slice(s![.., .., y1..y2, x1..x2]).to_owned();
-                let logit = self.encode_decode(&crop_img, &mut Recorder::none())?;
-                let mut dst = preds.slice_mut(s![.., .., y1..y2, x1..x2]);
-                dst += &logit;
-                count.slice_mut(s![y1..y2, x1..x2]).mapv_inplace(|c| c + 1);
-            }
+        for win in slide_windows((h, w), crop, stride) {
+            let (y1, y2, x1, x2) = (win.y1, win.y2, win.x1, win.x2);
+            let crop_img = img.slice(s![.., .., y1..y2, x1..x2]).to_owned();
+            let logit = self.encode_decode(&crop_img, &mut Recorder::none())?;
+            let mut dst = preds.slice_mut(s![.., .., y1..y2, x1..x2]);
+            dst += &logit;
+            count.slice_mut(s![y1..y2, x1..x2]).mapv_inplace(|c| c + 1);
         }
         for ((_, _, y, x), v) in preds.indexed_iter_mut() {
             // Every pixel is covered at least once by construction of the grid.

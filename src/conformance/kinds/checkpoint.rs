@@ -14,40 +14,28 @@
 //!   [`crate::checkpoint::resize_rel_pos_table`] and compares with `outputs.table`.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ndarray::Ix2;
 use serde_json::Value;
 
-use super::case::{Case, Tolerance};
-use super::compare::{compare_floats, compare_labels, Status, TensorResult};
-use super::BackendError;
+use super::{expected_shapes, KindOutcome};
 use crate::array::{read_npy, read_npz, AnyArray};
 use crate::checkpoint::{
     convert, read_any, resize_rel_pos_table, ConversionReport, ConvertOptions, Dialect, ReadOptions,
 };
+use crate::conformance::case::{Case, Tolerance};
+use crate::conformance::compare::{compare_floats, compare_labels, Status, TensorResult};
+use crate::conformance::{RunError, Target};
 
-/// Runs a `converter` or `relpos_resize` case; `None` for other kinds.
-pub fn run(case: &Case) -> Option<Result<Vec<TensorResult>, BackendError>> {
-    match case.kind.as_str() {
-        "converter" => Some(run_converter(case)),
-        "relpos_resize" => Some(run_relpos(case)),
-        _ => None,
-    }
-}
-
-fn manifest_path(case: &Case) -> PathBuf {
-    case.dir.join("case.json")
-}
-
-fn bad(case: &Case, msg: impl std::fmt::Display) -> BackendError {
-    format!("{}: {msg}", manifest_path(case).display()).into()
+fn bad(case: &Case, msg: impl std::fmt::Display) -> RunError {
+    RunError::manifest(case, msg)
 }
 
 /// The conversion settings of a `converter` case: `dialect` and `options`
 /// (`img_size` `[h, w]`, `patch_size` (int or `[ph, pw]`, default 16), `final_norm`).
 /// Unknown options are rejected (they might change the result).
-pub fn converter_options(case: &Case) -> Result<ConvertOptions, BackendError> {
+pub fn converter_options(case: &Case) -> Result<ConvertOptions, RunError> {
     let dialect = match case.manifest.get("dialect") {
         None | Some(Value::Null) => None,
         Some(Value::String(n)) => Some(Dialect::from_name(n).ok_or_else(|| {
@@ -66,7 +54,7 @@ pub fn converter_options(case: &Case) -> Result<ConvertOptions, BackendError> {
             return Err(bad(case, format!("unknown option `options.{k}` (known: img_size, patch_size, final_norm)")));
         }
     }
-    let pair = |key: &str, v: &Value| -> Result<(usize, usize), BackendError> {
+    let pair = |key: &str, v: &Value| -> Result<(usize, usize), RunError> {
         let as_pos = |x: &Value| x.as_u64().filter(|&n| n > 0).map(|n| n as usize);
         match v {
             Value::Array(a) if a.len() == 2 => match (as_pos(&a[0]), as_pos(&a[1])) {
@@ -99,7 +87,7 @@ pub fn converter_options(case: &Case) -> Result<ConvertOptions, BackendError> {
 }
 
 /// Reads and converts the `source` of a `converter` case.
-pub fn convert_source(case: &Case) -> Result<(Vec<(String, AnyArray)>, ConversionReport), BackendError> {
+pub fn convert_source(case: &Case) -> Result<(Vec<(String, AnyArray)>, ConversionReport), RunError> {
     let opts = converter_options(case)?;
     let source = case.file_field("source")?;
     let state = read_any(&source, ReadOptions { widen_half: true, ..Default::default() })?;
@@ -107,7 +95,7 @@ pub fn convert_source(case: &Case) -> Result<(Vec<(String, AnyArray)>, Conversio
     Ok((out, report))
 }
 
-fn read_expected(path: &Path) -> Result<Vec<(String, AnyArray)>, BackendError> {
+fn read_expected(path: &Path) -> Result<Vec<(String, AnyArray)>, RunError> {
     // `read_npz` errors name the file already.
     Ok(read_npz(path)?)
 }
@@ -199,7 +187,25 @@ pub fn compare_conversion(
     results
 }
 
-fn run_converter(case: &Case) -> Result<Vec<TensorResult>, BackendError> {
+/// Runs a `converter` case: our converter, or the candidate's converted tensors (then a tensor
+/// the fixture does not expect is listed as unused, not failed).
+pub fn run_converter(case: &Case, target: &Target<'_>) -> Result<KindOutcome, RunError> {
+    if let Target::Candidate { source, single } = target {
+        let expected = read_expected(&case.file_field("expected")?)?;
+        let cand = source.read(&case.name, *single, &expected_shapes(&expected))?;
+        let tensors = expected
+            .iter()
+            .map(|(k, e)| match cand.tensors.get(k) {
+                Some((a, _)) => compare_tensor(k, a, e, case.tolerance_for(k)),
+                None => TensorResult::not_covered(k, e.shape(), case.tolerance_for(k)),
+            })
+            .collect();
+        return Ok(KindOutcome { tensors, unused: cand.unused, ..Default::default() });
+    }
+    Ok(KindOutcome { tensors: converter_ours(case)?, ..Default::default() })
+}
+
+fn converter_ours(case: &Case) -> Result<Vec<TensorResult>, RunError> {
     let expected_path = case.file_field("expected")?;
     // Read the expected file first: a broken fixture is reported before any work.
     let expected = read_expected(&expected_path)?;
@@ -210,7 +216,7 @@ fn run_converter(case: &Case) -> Result<Vec<TensorResult>, BackendError> {
     Ok(compare_conversion(&produced, &report, &expected, |k| case.tolerance_for(k)))
 }
 
-fn window_field(case: &Case, key: &str) -> Result<(usize, usize), BackendError> {
+fn window_field(case: &Case, key: &str) -> Result<(usize, usize), RunError> {
     let v = case.manifest.get(key).ok_or_else(|| bad(case, format!("`{key}` ([h, w]) is missing")))?;
     let a =
         v.as_array().filter(|a| a.len() == 2).ok_or_else(|| bad(case, format!("`{key}` must be [h, w], got {v}")))?;
@@ -220,7 +226,27 @@ fn window_field(case: &Case, key: &str) -> Result<(usize, usize), BackendError> 
     }
 }
 
-fn run_relpos(case: &Case) -> Result<Vec<TensorResult>, BackendError> {
+/// Runs a `relpos_resize` case: our resize, or the candidate's `table`.
+pub fn run_relpos(case: &Case, target: &Target<'_>) -> Result<KindOutcome, RunError> {
+    if let Target::Candidate { source, single } = target {
+        let mut expected = Vec::with_capacity(case.outputs.len());
+        for (name, file) in &case.outputs {
+            expected.push((name.clone(), case.read_output(file)?));
+        }
+        let cand = source.read(&case.name, *single, &expected_shapes(&expected))?;
+        let tensors = expected
+            .iter()
+            .map(|(k, e)| match cand.tensors.get(k) {
+                Some((a, _)) => compare_tensor(k, a, e, case.tolerance_for(k)),
+                None => TensorResult::not_covered(k, e.shape(), case.tolerance_for(k)),
+            })
+            .collect();
+        return Ok(KindOutcome { tensors, unused: cand.unused, ..Default::default() });
+    }
+    Ok(KindOutcome { tensors: relpos_ours(case)?, ..Default::default() })
+}
+
+fn relpos_ours(case: &Case) -> Result<Vec<TensorResult>, RunError> {
     let src_window = window_field(case, "src_window")?;
     let dst_window = window_field(case, "dst_window")?;
     let input_path = case.input_file("table")?;
@@ -232,7 +258,7 @@ fn run_relpos(case: &Case) -> Result<Vec<TensorResult>, BackendError> {
     for (name, file) in &case.outputs {
         expected.push((name.clone(), case.read_output(file)?));
     }
-    let in_err = |e: &dyn std::fmt::Display| -> BackendError { format!("{}: {e}", input_path.display()).into() };
+    let in_err = |e: &dyn std::fmt::Display| -> RunError { format!("{}: {e}", input_path.display()).into() };
     let resized =
         match &table {
             AnyArray::F32(a) => {

@@ -22,43 +22,39 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
-use super::case::{Case, Dtype, Tolerance};
-use super::compare::TensorResult;
-use super::data_cases::compare_metrics;
-use super::{compare_outputs, load_case_weights, Backend, BackendError, OutTensor, VerifyOptions};
+use super::segmentor::case_weights;
+use super::{compare_candidate, expected_shapes, read_expected, KindOutcome};
+use crate::backend::OutTensor;
 use crate::config::SegmentorConfig;
+use crate::conformance::case::{Case, Dtype, Tolerance};
+use crate::conformance::compare::compare_outputs;
+use crate::conformance::metrics_cmp::{compare_metrics, metrics_json};
+use crate::conformance::{RunError, Target, VerifyOptions};
 use crate::data::ade20k::{self, DatasetSpec};
 use crate::data::image::{self, Format};
-use crate::eval::{image_areas, predict, BackendModel, EvalError, EvalSettings, MsFlip, TestPipeline};
+use crate::eval::{image_areas, predict, EvalError, EvalSettings, MsFlip, TestPipeline};
 use crate::metrics::{compute_metrics, AreaTotals};
 
 const EXACT: Tolerance = Tolerance { rtol: 0.0, atol: 0.0 };
 
-/// Runs a `pipeline` case; `None` for other kinds.
-pub fn run(
-    case: &Case,
-    backend: &dyn Backend,
-    opts: &VerifyOptions,
-) -> Option<Result<Vec<TensorResult>, BackendError>> {
-    if case.kind != "pipeline" {
-        return None;
-    }
+/// Runs a `pipeline` case on `target`.
+pub fn run(case: &Case, target: &Target<'_>, opts: &VerifyOptions) -> Result<KindOutcome, RunError> {
     let _ = opts;
-    Some(run_pipeline(case, backend))
+    run_pipeline(case, target)
 }
 
-fn manifest_err(case: &Case, msg: impl std::fmt::Display) -> BackendError {
-    format!("{}: {msg}", case.dir.join("case.json").display()).into()
+fn manifest_err(case: &Case, msg: impl std::fmt::Display) -> RunError {
+    RunError::manifest(case, msg)
 }
 
 /// The `dataset` object of a pipeline case: layout, test pipeline and optional `aug`.
-pub fn dataset_from_case(case: &Case) -> Result<(DatasetSpec, TestPipeline, Option<MsFlip>), BackendError> {
+pub fn dataset_from_case(case: &Case) -> Result<(DatasetSpec, TestPipeline, Option<MsFlip>), RunError> {
     let ds = case
         .manifest
         .get("dataset")
         .and_then(Value::as_object)
         .ok_or_else(|| manifest_err(case, "`dataset` (an object) is missing"))?;
-    let s = |k: &str, default: &str| -> Result<String, BackendError> {
+    let s = |k: &str, default: &str| -> Result<String, RunError> {
         match ds.get(k) {
             None => Ok(default.to_string()),
             Some(Value::String(v)) => Ok(v.clone()),
@@ -86,7 +82,7 @@ pub fn dataset_from_case(case: &Case) -> Result<(DatasetSpec, TestPipeline, Opti
     Ok((spec, pipeline, aug))
 }
 
-fn run_pipeline(case: &Case, backend: &dyn Backend) -> Result<Vec<TensorResult>, BackendError> {
+fn run_pipeline(case: &Case, target: &Target<'_>) -> Result<KindOutcome, RunError> {
     if case.dtype != Dtype::F32 {
         return Err(manifest_err(
             case,
@@ -98,11 +94,22 @@ fn run_pipeline(case: &Case, backend: &dyn Backend) -> Result<Vec<TensorResult>,
     let (spec, pipeline, aug) = dataset_from_case(case)?;
     let settings = EvalSettings::new(&model, model_v, pipeline, aug).map_err(|e| manifest_err(case, e))?;
     let expected_metrics = case.manifest.get("metrics");
-    let weights = load_case_weights(case, &model)?;
-    let mut expected = Vec::with_capacity(case.outputs.len());
-    for (name, file) in &case.outputs {
-        expected.push((name.clone(), case.read_output(file)?));
-    }
+    let expected = read_expected(case)?;
+    let tol_for = |name: &str| if name.starts_with("resized_input.") { EXACT } else { case.tolerance_for(name) };
+    let backend = match target {
+        Target::Backend(b) => *b,
+        Target::Candidate { source, single } => {
+            let cand = source.read(&case.name, *single, &expected_shapes(&expected))?;
+            let mut tensors = compare_candidate(case, &expected, &cand, false, tol_for);
+            let flips: usize = tensors.iter().filter(|r| r.name.starts_with("pred.")).filter_map(|r| r.flips).sum();
+            if let Some(m) = expected_metrics {
+                let actual = cand.metrics.clone().unwrap_or_else(|| Value::Object(Default::default()));
+                tensors.extend(compare_metrics(&actual, m, flips).map_err(|e| manifest_err(case, e))?);
+            }
+            return Ok(KindOutcome { tensors, unused: cand.unused, ..Default::default() });
+        }
+    };
+    let weights = case_weights(case, &model)?;
     let listing = ade20k::list(&spec, false)?;
     if !image::jpeg_decoder_is_exact() {
         // A case with JPEG images cannot be checked without OpenCV's exact decoder: skip it
@@ -113,15 +120,15 @@ fn run_pipeline(case: &Case, backend: &dyn Backend) -> Result<Vec<TensorResult>,
                 .and_then(|f| f.take(16).read_to_end(&mut head))
                 .map_err(|e| format!("{}: {e}", s.img_path.display()))?;
             if image::sniff(&head) == Some(Format::Jpeg) {
-                return Err(Box::new(super::SkipCase(format!(
-                    "needs OpenCV's exact JPEG decoder for {} (this build decodes JPEG with {}; build with --features jpeg-turbo)",
+                return Err(RunError::Skip(format!(
+                    "needs OpenCV's exact JPEG decoder for {} (this build decodes JPEG with {})",
                     s.img_path.display(),
                     image::jpeg_decoder_name()
-                ))));
+                )));
             }
         }
     }
-    let model_run = BackendModel { backend, model: &model, weights };
+    let model_run = backend.load(&model, weights, Dtype::F32)?;
 
     let mut produced: BTreeMap<String, OutTensor> = BTreeMap::new();
     let mut totals = AreaTotals::zeros(settings.num_classes);
@@ -134,7 +141,7 @@ fn run_pipeline(case: &Case, backend: &dyn Backend) -> Result<Vec<TensorResult>,
         if (lh, lw) != (h, w) {
             return Err(EvalError::LabelShape { img: s.img_path.clone(), ann: s.ann_path.clone(), h, w, lh, lw }.into());
         }
-        let p = predict(&settings, &model_run, img.view(), &s.img_path.display().to_string())?;
+        let p = predict(&settings, model_run.as_ref(), img.view(), &s.img_path.display().to_string())?;
         totals.add(&image_areas(&p.pred, &label, settings.pipeline.reduce_zero_label, settings.num_classes))?;
         let chw = |r: &ndarray::Array3<u8>| r.view().permuted_axes([2, 0, 1]).mapv(|v| v as f64).into_dyn();
         if settings.aug.is_none() {
@@ -163,12 +170,11 @@ fn run_pipeline(case: &Case, backend: &dyn Backend) -> Result<Vec<TensorResult>,
         }
     }
 
-    let tol_for = |name: &str| if name.starts_with("resized_input.") { EXACT } else { case.tolerance_for(name) };
     let mut results = compare_outputs(&expected, &produced, tol_for);
     let flips: usize = results.iter().filter(|r| r.name.starts_with("pred.")).filter_map(|r| r.flips).sum();
     if let Some(m) = expected_metrics {
-        let actual = compute_metrics(&totals);
+        let actual = metrics_json(&compute_metrics(&totals));
         results.extend(compare_metrics(&actual, m, flips).map_err(|e| manifest_err(case, e))?);
     }
-    Ok(results)
+    Ok(KindOutcome { tensors: results, ..Default::default() })
 }

@@ -7,41 +7,30 @@
 //!   go through `reduce_zero_label` (when set) and [`intersect_and_union`]; the totals, the
 //!   per-class fractions and the summary numbers are compared with the manifest's `metrics` by
 //!   [`compare_metrics`].
-//! * `pipeline`: not run here yet (`None`: reported as skipped).
+//!
+//! With a candidate, `resize` compares its `img.<k>` tensors exactly, `metric` its
+//! `metrics.json`.
 
 use std::path::PathBuf;
 
 use ndarray::{Array2, ArrayD, Dimension, Ix2, Ix3};
 use serde_json::Value;
 
-use super::case::{Case, Tolerance};
-use super::compare::{compare_floats, Status, TensorResult};
-use super::{Backend, BackendError, VerifyOptions};
+use super::{expected_shapes, read_expected, KindOutcome};
 use crate::array::{read_npy, AnyArray};
+use crate::conformance::case::{Case, Tolerance};
+use crate::conformance::compare::{compare_floats, TensorResult};
+use crate::conformance::metrics_cmp::{compare_metrics, metrics_json};
+use crate::conformance::{RunError, Target};
 use crate::data::transforms::resize_bilinear_u8;
-use crate::metrics::{compute_metrics, intersect_and_union, reduce_zero_label, AreaTotals, Metrics};
+use crate::metrics::{compute_metrics, intersect_and_union, reduce_zero_label, AreaTotals};
 
-/// Runs a `resize`, `metric` or `pipeline` case (`pipeline` runs the model on `backend`);
-/// `None` for other kinds (and, for now, for `pipeline`).
-pub fn run(
-    case: &Case,
-    backend: &dyn Backend,
-    opts: &VerifyOptions,
-) -> Option<Result<Vec<TensorResult>, BackendError>> {
-    let _ = (backend, opts);
-    match case.kind.as_str() {
-        "resize" => Some(run_resize(case)),
-        "metric" => Some(run_metric(case)),
-        _ => None,
-    }
-}
-
-fn manifest_err(case: &Case, msg: impl std::fmt::Display) -> BackendError {
-    format!("{}: {msg}", case.dir.join("case.json").display()).into()
+fn manifest_err(case: &Case, msg: impl std::fmt::Display) -> RunError {
+    RunError::manifest(case, msg)
 }
 
 /// The `inputs` object of a case, in manifest order.
-fn input_files(case: &Case) -> Result<Vec<(String, PathBuf)>, BackendError> {
+fn input_files(case: &Case) -> Result<Vec<(String, PathBuf)>, RunError> {
     let obj = case
         .manifest
         .get("inputs")
@@ -60,7 +49,7 @@ fn input_files(case: &Case) -> Result<Vec<(String, PathBuf)>, BackendError> {
 
 const EXACT: Tolerance = Tolerance { rtol: 0.0, atol: 0.0 };
 
-fn as_hwc_u8(a: AnyArray, what: &str) -> Result<ndarray::Array3<u8>, BackendError> {
+fn as_hwc_u8(a: AnyArray, what: &str) -> Result<ndarray::Array3<u8>, RunError> {
     match a {
         AnyArray::U8(x) => match x.ndim() {
             2 => Ok(x.into_dimensionality::<Ix2>().map_err(|e| e.to_string())?.insert_axis(ndarray::Axis(2))),
@@ -71,7 +60,24 @@ fn as_hwc_u8(a: AnyArray, what: &str) -> Result<ndarray::Array3<u8>, BackendErro
     }
 }
 
-fn run_resize(case: &Case) -> Result<Vec<TensorResult>, BackendError> {
+/// Runs a `resize` case: OpenCV's INTER_LINEAR from our library, or the candidate's tensors.
+pub fn run_resize(case: &Case, target: &Target<'_>) -> Result<KindOutcome, RunError> {
+    if let Target::Candidate { source, single } = target {
+        let expected = read_expected(case)?;
+        let cand = source.read(&case.name, *single, &expected_shapes(&expected))?;
+        let tensors = expected
+            .iter()
+            .map(|(name, e)| match cand.tensors.get(name) {
+                None => TensorResult::not_covered(name, e.shape(), EXACT),
+                Some((a, _)) => compare_floats(name, &a.to_f64(), &e.to_f64(), EXACT),
+            })
+            .collect();
+        return Ok(KindOutcome { tensors, unused: cand.unused, ..Default::default() });
+    }
+    Ok(KindOutcome { tensors: resize_ours(case)?, ..Default::default() })
+}
+
+fn resize_ours(case: &Case) -> Result<Vec<TensorResult>, RunError> {
     let inputs = input_files(case)?;
     let sizes = case
         .manifest
@@ -149,7 +155,7 @@ fn compare_exact_u8(
 
 /// A label map as the metric sees it: 2-D, with leading size-1 axes squeezed (as
 /// MMSegmentation's `.squeeze()`).
-fn squeeze2<T: Clone>(a: ArrayD<T>, what: &str) -> Result<Array2<T>, BackendError> {
+fn squeeze2<T: Clone>(a: ArrayD<T>, what: &str) -> Result<Array2<T>, RunError> {
     let shape: Vec<usize> = a.shape().to_vec();
     let keep: Vec<usize> = shape.iter().copied().filter(|&d| d != 1).collect();
     let (h, w) = match (shape.len(), keep.len()) {
@@ -161,7 +167,27 @@ fn squeeze2<T: Clone>(a: ArrayD<T>, what: &str) -> Result<Array2<T>, BackendErro
     Ok(a.into_shape_with_order((h, w)).map_err(|e| format!("{what}: {e}"))?)
 }
 
-fn run_metric(case: &Case) -> Result<Vec<TensorResult>, BackendError> {
+/// Runs a `metric` case: `IoUMetric` from our library, or the candidate's `metrics.json`.
+pub fn run_metric(case: &Case, target: &Target<'_>) -> Result<KindOutcome, RunError> {
+    let expected = case.manifest.get("metrics").ok_or_else(|| manifest_err(case, "`metrics` is missing"))?;
+    let (actual, unused) = match target {
+        Target::Backend(_) => (metrics_json(&metric_ours(case)?), Vec::new()),
+        Target::Candidate { source, single } => {
+            let cand = source.read(&case.name, *single, &Default::default())?;
+            let m = cand.metrics.ok_or_else(|| {
+                RunError::Input(format!(
+                    "{}: no metrics.json (the candidate of a metric case)",
+                    cand.location.display()
+                ))
+            })?;
+            (m, cand.unused)
+        }
+    };
+    let tensors = compare_metrics(&actual, expected, 0).map_err(|e| manifest_err(case, e))?;
+    Ok(KindOutcome { tensors, unused, ..Default::default() })
+}
+
+fn metric_ours(case: &Case) -> Result<crate::metrics::Metrics, RunError> {
     let m = &case.manifest;
     let num_classes = m
         .get("num_classes")
@@ -176,7 +202,6 @@ fn run_metric(case: &Case) -> Result<Vec<TensorResult>, BackendError> {
         None => false,
         Some(v) => v.as_bool().ok_or_else(|| manifest_err(case, "`reduce_zero_label` must be true or false"))?,
     };
-    let expected = m.get("metrics").ok_or_else(|| manifest_err(case, "`metrics` is missing"))?;
     let inputs = input_files(case)?;
     let preds: Vec<&(String, PathBuf)> = inputs.iter().filter(|(k, _)| k.starts_with("pred.")).collect();
     if preds.is_empty() {
@@ -221,127 +246,7 @@ fn run_metric(case: &Case) -> Result<Vec<TensorResult>, BackendError> {
             intersect_and_union(pred.view(), squeeze2(l, &lwhat)?.view(), num_classes, ignore_index)
         }
         .map_err(|e| format!("{k}: {e}"))?;
-        totals.add(&areas)?;
+        totals.add(&areas).map_err(|e| RunError::Input(e.to_string()))?;
     }
-    let actual = compute_metrics(&totals);
-    compare_metrics(&actual, expected, 0).map_err(|e| manifest_err(case, e))
-}
-
-/// "Equal" for summary values: both are two-decimal numbers (0.01 apart when they differ), so
-/// this only absorbs the last-bit error of a JSON reader that does not round decimals exactly.
-const SAME_2DP: f64 = 1e-9;
-
-/// Compares computed metrics with a format `metrics` object (`aAcc`, `mIoU`, `mAcc` in percent,
-/// `per_class` {`IoU`, `Acc`} fractions with `null` for NaN, `total_area_*`), one
-/// [`TensorResult`] per quantity, named `metrics.aAcc`, `metrics.per_class.IoU`,
-/// `metrics.total_area_intersect`, ...; quantities absent from `expected` are not compared.
-///
-/// With `flips == 0` (the `metric` kind, or a pipeline without label flips): summary values
-/// equal (to 1e-9, i.e. as two-decimal numbers), per-class fractions within 1e-6, totals exact. With `flips > 0` allowed near-tie
-/// flips (pipelines), each flip may move one pixel between classes: totals may differ by
-/// `flips`, per-class fractions by `2·flips / (smallest non-zero expected denominator)` (+1e-6),
-/// `aAcc` by `100·flips / total labelled` and `mIoU`/`mAcc` by 100× the per-class bound, plus
-/// 0.01 for the rounding of the printed value.
-pub fn compare_metrics(actual: &Metrics, expected: &Value, flips: usize) -> Result<Vec<TensorResult>, String> {
-    let obj = expected.as_object().ok_or("`metrics` must be an object")?;
-    let num = |v: &Value, what: &str| -> Result<f64, String> {
-        match v {
-            Value::Null => Ok(f64::NAN),
-            v => v.as_f64().ok_or_else(|| format!("`{what}` must be a number or null")),
-        }
-    };
-    let list = |v: &Value, what: &str| -> Result<Vec<f64>, String> {
-        v.as_array().ok_or_else(|| format!("`{what}` must be a list"))?.iter().map(|x| num(x, what)).collect()
-    };
-    let f = flips as f64;
-    let min_pos = |v: &[f64]| v.iter().copied().filter(|&x| x > 0.0).fold(f64::INFINITY, f64::min);
-    let exp_list = |key: &str| obj.get(key).map(|v| list(v, &format!("metrics.{key}"))).transpose();
-    let exp_union = exp_list("total_area_union")?;
-    let exp_label = exp_list("total_area_label")?;
-    let frac_bound = |den: &Option<Vec<f64>>| -> f64 {
-        if flips == 0 {
-            0.0
-        } else {
-            den.as_ref().map_or(1.0, |d| (2.0 * f / min_pos(d)).min(1.0))
-        }
-    };
-    let total_label = exp_label.as_ref().map_or(0.0, |l| l.iter().sum::<f64>());
-    let acc_bound = if flips == 0 || total_label <= 0.0 { SAME_2DP } else { 100.0 * f / total_label + 0.01 };
-    let (iou_bound, class_acc_bound) = (frac_bound(&exp_union), frac_bound(&exp_label));
-    let mean_bound = |b: f64| if flips == 0 { SAME_2DP } else { 100.0 * b + 0.01 };
-
-    let mut out = Vec::new();
-    let summaries = [
-        ("aAcc", actual.a_acc, acc_bound),
-        ("mIoU", actual.m_iou, mean_bound(iou_bound)),
-        ("mAcc", actual.m_acc, mean_bound(class_acc_bound)),
-    ];
-    for (key, got, bound) in summaries {
-        if let Some(v) = obj.get(key) {
-            let e = num(v, &format!("metrics.{key}"))?;
-            let tol = Tolerance { rtol: 0.0, atol: bound };
-            let mut r = compare_floats(
-                &format!("metrics.{key}"),
-                &ndarray::arr0(got).into_dyn(),
-                &ndarray::arr0(e).into_dyn(),
-                tol,
-            );
-            r.note =
-                Some(format!("got {got}, expected {e} (percent, rounded to 2 decimals as MMSegmentation returns it)"));
-            out.push(r);
-        }
-    }
-    if let Some(pc) = obj.get("per_class") {
-        let pc = pc.as_object().ok_or("`metrics.per_class` must be an object {IoU, Acc}")?;
-        for (key, got, bound) in
-            [("IoU", &actual.per_class.iou, iou_bound), ("Acc", &actual.per_class.acc, class_acc_bound)]
-        {
-            if let Some(v) = pc.get(key) {
-                let e = list(v, &format!("metrics.per_class.{key}"))?;
-                let got: Vec<f64> = got.iter().map(|x| x.unwrap_or(f64::NAN)).collect();
-                let tol = Tolerance { rtol: 0.0, atol: 1e-6 + bound };
-                let mut r = compare_floats(
-                    &format!("metrics.per_class.{key}"),
-                    &ArrayD::from_shape_vec(vec![got.len()], got).expect("1-D"),
-                    &ArrayD::from_shape_vec(vec![e.len()], e).expect("1-D"),
-                    tol,
-                );
-                if r.status == Status::Pass {
-                    r.note = Some("per-class fraction (NaN = null where the class is absent)".into());
-                }
-                out.push(r);
-            }
-        }
-    }
-    let t = &actual.totals;
-    for (key, got) in [
-        ("total_area_intersect", &t.intersect),
-        ("total_area_union", &t.union),
-        ("total_area_pred_label", &t.pred_label),
-        ("total_area_label", &t.label),
-    ] {
-        if let Some(v) = obj.get(key) {
-            let e = list(v, &format!("metrics.{key}"))?;
-            let got: Vec<f64> = got.iter().map(|&x| x as f64).collect();
-            let tol = Tolerance { rtol: 0.0, atol: f };
-            let mut r = compare_floats(
-                &format!("metrics.{key}"),
-                &ArrayD::from_shape_vec(vec![got.len()], got).expect("1-D"),
-                &ArrayD::from_shape_vec(vec![e.len()], e).expect("1-D"),
-                tol,
-            );
-            if r.status == Status::Pass {
-                r.note = Some(if flips == 0 {
-                    "pixel counts, exact".into()
-                } else {
-                    format!("pixel counts, within {flips} allowed flip(s)")
-                });
-            }
-            out.push(r);
-        }
-    }
-    if out.is_empty() {
-        return Err("`metrics` has none of aAcc, mIoU, mAcc, per_class, total_area_*".into());
-    }
-    Ok(out)
+    Ok(compute_metrics(&totals))
 }

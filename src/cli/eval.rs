@@ -15,14 +15,32 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::array::AnyArray;
-use crate::checkpoint::{convert, detect_dialect, read_any, ConvertOptions, Dialect, ReadOptions};
+use crate::backend::{self, BackendKind, BackendSpec, Model};
 use crate::config::SegmentorConfig;
 use crate::data::ade20k::{DatasetSpec, Shard};
 use crate::data::image;
-use crate::eval::{self, EvalSettings, MsFlip, RefModel, RunOptions, SegModel, TestPipeline};
-use crate::reference::segmentor::EncoderDecoder;
-use crate::weights::WeightStore;
+use crate::eval::{self, EvalSettings, MsFlip, RunOptions, TestPipeline};
+use crate::float::Dtype;
+use crate::weights::load_state_dict;
+
+use super::progress::Progress;
+
+/// Shows evaluation events on `bar`.
+fn eval_progress(bar: &Progress) -> eval::ProgressFn {
+    let bar = bar.clone();
+    eval::ProgressFn(std::sync::Arc::new(move |e: &eval::Event<'_>| match e {
+        eval::Event::Start { planned, recorded } => bar.set(*recorded as u64, *planned as u64, "starting"),
+        eval::Event::Note(m) => bar.note(&format!("eval: {m}")),
+        eval::Event::Augmentation { stem, done, total } => bar.inner(*done as u64, *total as u64, stem),
+        eval::Event::Image { stem, recorded, planned, skipped } => {
+            let msg = match skipped {
+                Some(why) => format!("{stem} skipped: {why}"),
+                None => stem.to_string(),
+            };
+            bar.set(*recorded as u64, *planned as u64, &msg);
+        }
+    }))
+}
 
 /// Where the model comes from (shared by `eval` and `predict`).
 #[derive(Args, Debug, Clone)]
@@ -41,8 +59,8 @@ pub struct ModelArgs {
     pub preset: Option<String>,
     /// The implementation that runs the network: `ref` (the ndarray reference, float32) or `tch`
     /// (libtorch; builds with `--features tch`).
-    #[arg(long, default_value = "ref")]
-    pub backend: String,
+    #[arg(long, value_enum, default_value = "ref")]
+    pub backend: BackendKind,
     /// Device of the `tch` backend: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -112,6 +130,13 @@ pub struct PredictArgs {
     /// Opacity of the colour mask in the overlay.
     #[arg(long, default_value_t = 0.5)]
     pub opacity: f32,
+    /// Skip (and list) images that cannot be segmented (unreadable, too small for the crop)
+    /// instead of stopping at the first; the exit status is 3 when any was skipped.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// No progress on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// `beit-seg merge`.
@@ -187,61 +212,18 @@ pub fn load_config(config: Option<&Path>, preset_name: Option<&str>) -> Result<L
     Ok(LoadedConfig { model_json, model, dataset, source })
 }
 
-/// Loads a checkpoint in any supported dialect as an MMSegmentation state dict (converting and
-/// resizing rel-pos tables to the model's window when needed).
-pub fn load_weights(path: &Path, model: &SegmentorConfig) -> Result<Vec<(String, AnyArray)>> {
-    let state = read_any(path, ReadOptions { widen_half: true, opaque_globals: true })
-        .with_context(|| format!("reading {}", path.display()))?;
-    let dialect =
-        detect_dialect(state.iter().map(|(k, _)| k.as_str())).with_context(|| format!("{}", path.display()))?;
-    if dialect == Dialect::Mmseg {
-        return Ok(state);
+impl ModelArgs {
+    /// The backend these arguments select.
+    pub fn spec(&self) -> BackendSpec {
+        BackendSpec { kind: self.backend, device: self.device.clone(), precision: self.precision.clone() }
     }
-    let (wh, ww) = model.backbone.window();
-    let opts = ConvertOptions {
-        dialect: Some(dialect),
-        dst_window: (wh == ww).then_some((wh, ww)),
-        final_norm: model.backbone.final_norm,
-    };
-    let (out, _) = convert(state, &opts).with_context(|| format!("converting {} ({dialect})", path.display()))?;
-    if !out.iter().any(|(k, _)| k.starts_with("backbone.")) {
-        bail!("{}: a backbone-only checkpoint ({dialect}) cannot build a whole segmentor", path.display());
-    }
-    Ok(out)
 }
 
-/// Builds the network for `--backend`.
-pub fn build_model(backend: &str, cfg: &SegmentorConfig, checkpoint: &Path) -> Result<Box<dyn SegModel>> {
-    build_model_on(backend, "cpu", "fp32", cfg, checkpoint)
-}
-
-/// [`build_model`] with the `tch` backend's device and precision.
-pub fn build_model_on(
-    backend: &str,
-    device: &str,
-    precision: &str,
-    cfg: &SegmentorConfig,
-    checkpoint: &Path,
-) -> Result<Box<dyn SegModel>> {
-    let _ = (device, precision);
-    match backend {
-        #[cfg(feature = "tch")]
-        "tch" => Ok(Box::new(crate::fast::eval::TchModel::load(
-            cfg,
-            load_weights(checkpoint, cfg)?,
-            crate::fast::parse_device(device)?,
-            crate::fast::Precision::parse(precision)?,
-        )?)),
-        #[cfg(not(feature = "tch"))]
-        "tch" => bail!("backend `tch` needs a build with `--features tch` (libtorch; see docs/fast-path.md)"),
-        "ref" | "reference" => {
-            let weights = load_weights(checkpoint, cfg)?;
-            let m = EncoderDecoder::<f32>::load(cfg, WeightStore::from_arrays(weights))
-                .with_context(|| format!("building the model from {}", checkpoint.display()))?;
-            Ok(Box::new(RefModel(m)))
-        }
-        other => bail!("unknown backend `{other}` for eval/predict (available: ref, tch)"),
-    }
+/// Builds the network: the checkpoint (any dialect, converted on load) on the chosen backend.
+pub fn build_model(spec: &BackendSpec, cfg: &SegmentorConfig, checkpoint: &Path) -> Result<Box<dyn Model>> {
+    let backend = backend::open(spec)?;
+    let weights = load_state_dict(checkpoint, cfg, None)?;
+    backend.load(cfg, weights, Dtype::F32).with_context(|| format!("building the model from {}", checkpoint.display()))
 }
 
 fn dataset_str(ds: Option<&Value>, key: &str) -> Result<Option<String>> {
@@ -319,26 +301,21 @@ pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
     if let Some(w) = image::jpeg_decoder_warning() {
         eprintln!("{w}");
     }
-    let model = build_model_on(
-        &args.model.backend,
-        &args.model.device,
-        &args.model.precision,
-        &cfg.model,
-        &args.model.checkpoint,
-    )?;
+    let model = build_model(&args.model.spec(), &cfg.model, &args.model.checkpoint)?;
     let identity = json!({
         "model": cfg.model_json,
         "checkpoint": file_identity(&args.model.checkpoint),
         "backend": model.describe(),
         "jpeg_decoder": image::jpeg_decoder_name(),
     });
+    let bar = Progress::new("images", 0, args.quiet);
     let opts = RunOptions {
         limit: args.limit,
         shard: args.shard,
         out_dir: args.out.clone(),
         save_pred: args.save_pred.clone(),
         skip_bad: args.skip_bad,
-        progress: !args.quiet,
+        progress: Some(eval_progress(&bar)),
         stop_after: None,
         class_names: class_names(&cfg),
     };
@@ -352,7 +329,9 @@ pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
             args.out.display()
         );
     }
-    let out = eval::evaluate(&settings, model.as_ref(), &spec, identity, &opts)?;
+    let out = eval::evaluate(&settings, model.as_ref(), &spec, identity, &opts);
+    bar.finish();
+    let out = out?;
     println!("{}", out.report);
     println!("images evaluated: {}, skipped: {}", out.evaluated, out.skipped.len());
     for s in &out.skipped {
@@ -366,7 +345,7 @@ pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
         println!("metrics: {}", p.display());
     }
     if let Some(w) = image::jpeg_decoder_warning() {
-        println!("{w}");
+        eprintln!("{w}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -375,59 +354,92 @@ pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
 pub fn run_predict(args: PredictArgs) -> Result<ExitCode> {
     let cfg = load_config(args.model.config.as_deref(), args.model.preset.as_deref())?;
     let settings = settings_for(&cfg, args.model.aug.as_deref())?;
-    if let Some(w) = image::jpeg_decoder_warning() {
-        eprintln!("{w}");
+    let any_jpeg = args.images.iter().any(|p| {
+        let mut head = [0u8; 16];
+        std::fs::File::open(p).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).is_ok()
+            && image::sniff(&head) == Some(image::Format::Jpeg)
+    });
+    if any_jpeg {
+        if let Some(w) = image::jpeg_decoder_warning() {
+            eprintln!("{w}");
+        }
     }
-    let model = build_model_on(
-        &args.model.backend,
-        &args.model.device,
-        &args.model.precision,
-        &cfg.model,
-        &args.model.checkpoint,
-    )?;
+    let model = build_model(&args.model.spec(), &cfg.model, &args.model.checkpoint)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let palette = image::palette(settings.num_classes);
-    for path in &args.images {
-        let img = image::read_bgr(path)?;
-        let p = eval::predict(&settings, model.as_ref(), img.view(), &path.display().to_string())?;
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-        let labels = image::labels_to_png_values(p.pred.view(), settings.pipeline.reduce_zero_label);
-        let color = image::colorize(p.pred.view(), &palette);
-        let over = image::overlay(img.view(), color.view(), args.opacity);
-        let files = [
-            args.out.join(format!("{stem}.png")),
-            args.out.join(format!("{stem}_color.png")),
-            args.out.join(format!("{stem}_overlay.png")),
-        ];
-        image::write_label_png(&files[0], labels.view())?;
-        image::write_rgb_png(&files[1], color.view())?;
-        image::write_rgb_png(&files[2], over.view())?;
-        let (h, w) = p.pred.dim();
-        let mut counts = vec![0usize; settings.num_classes];
-        p.pred.iter().for_each(|&c| counts[c as usize] += 1);
-        let mut top: Vec<(usize, usize)> = counts.into_iter().enumerate().filter(|(_, n)| *n > 0).collect();
-        top.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
-        let names = class_names(&cfg).unwrap_or_else(|| {
-            if settings.num_classes == 150 {
-                crate::metrics::ADE20K_CLASSES.iter().map(|s| s.to_string()).collect()
-            } else {
-                (0..settings.num_classes).map(|i| i.to_string()).collect()
+    let names = class_names(&cfg).unwrap_or_else(|| {
+        if settings.num_classes == 150 {
+            crate::metrics::ADE20K_CLASSES.iter().map(|s| s.to_string()).collect()
+        } else {
+            (0..settings.num_classes).map(|i| i.to_string()).collect()
+        }
+    });
+    let bar = Progress::new("images", args.images.len() as u64, args.quiet);
+    let mut skipped = Vec::new();
+    for (i, path) in args.images.iter().enumerate() {
+        bar.set(i as u64, args.images.len() as u64, &path.display().to_string());
+        match predict_one(&args, &settings, model.as_ref(), path, &palette, &names, &bar) {
+            Ok(line) => println!("{line}"),
+            Err(e) if args.skip_bad && is_bad_input(&e) => {
+                bar.note(&format!("skipped {}: {e:#}", path.display()));
+                skipped.push((path.clone(), format!("{e:#}")));
             }
-        });
-        let summary: Vec<String> = top
-            .iter()
-            .take(5)
-            .map(|(c, n)| {
-                format!(
-                    "{} {:.1}%",
-                    names.get(*c).map(String::as_str).unwrap_or("?"),
-                    100.0 * *n as f64 / (h * w) as f64
-                )
-            })
-            .collect();
-        println!("{}: {h}x{w}: {} -> {}", path.display(), summary.join(", "), files[0].display());
+            Err(e) => {
+                bar.finish();
+                return Err(e);
+            }
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    bar.finish();
+    for (p, why) in &skipped {
+        eprintln!("skipped {}: {why}", p.display());
+    }
+    Ok(if skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+fn is_bad_input(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<eval::EvalError>().is_some_and(|e| e.is_bad_input())
+        || e.downcast_ref::<image::ImageError>().is_some()
+}
+
+/// Segments one image and writes its three PNGs; returns the summary line.
+fn predict_one(
+    args: &PredictArgs,
+    settings: &EvalSettings,
+    model: &dyn Model,
+    path: &Path,
+    palette: &[[u8; 3]],
+    names: &[String],
+    bar: &Progress,
+) -> Result<String> {
+    let img = image::read_bgr(path)?;
+    let progress = |done: usize, total: usize| bar.inner(done as u64, total as u64, "augmentations");
+    let p = eval::predict_with(settings, model, img.view(), &path.display().to_string(), &progress)?;
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+    let labels = image::labels_to_png_values(p.pred.view(), settings.pipeline.reduce_zero_label);
+    let color = image::colorize(p.pred.view(), palette);
+    let over = image::overlay(img.view(), color.view(), args.opacity);
+    let files = [
+        args.out.join(format!("{stem}.png")),
+        args.out.join(format!("{stem}_color.png")),
+        args.out.join(format!("{stem}_overlay.png")),
+    ];
+    image::write_label_png(&files[0], labels.view())?;
+    image::write_rgb_png(&files[1], color.view())?;
+    image::write_rgb_png(&files[2], over.view())?;
+    let (h, w) = p.pred.dim();
+    let mut counts = vec![0usize; settings.num_classes];
+    p.pred.iter().for_each(|&c| counts[c as usize] += 1);
+    let mut top: Vec<(usize, usize)> = counts.into_iter().enumerate().filter(|(_, n)| *n > 0).collect();
+    top.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
+    let summary: Vec<String> = top
+        .iter()
+        .take(5)
+        .map(|(c, n)| {
+            format!("{} {:.1}%", names.get(*c).map(String::as_str).unwrap_or("?"), 100.0 * *n as f64 / (h * w) as f64)
+        })
+        .collect();
+    Ok(format!("{}: {h}x{w}: {} -> {}", path.display(), summary.join(", "), files[0].display()))
 }
 
 /// `beit-seg merge`.

@@ -1,0 +1,156 @@
+//! The ndarray reference as a [`Backend`]: float32 and float64 (the float64 twin fixtures run
+//! through exactly the same code).
+
+use ndarray::{Array4, ArrayD, Ix4, IxDyn};
+
+use super::{Backend, BackendError, Model, OutTensor, Outputs, StageTimes};
+use crate::array::AnyArray;
+use crate::config::SegmentorConfig;
+use crate::float::Dtype;
+use crate::reference::segmentor::EncoderDecoder;
+use crate::reference::{Recorded, Recorder};
+use crate::weights::{StateDict, WeightStore};
+use crate::Float;
+
+/// The ndarray reference (`--backend ref`).
+pub struct RefBackend;
+
+impl Backend for RefBackend {
+    fn name(&self) -> &'static str {
+        "ref"
+    }
+    fn describe(&self) -> String {
+        "ref (ndarray reference)".into()
+    }
+    fn load(&self, cfg: &SegmentorConfig, weights: StateDict, dtype: Dtype) -> Result<Box<dyn Model>, BackendError> {
+        Ok(match dtype {
+            Dtype::F32 => Box::new(RefModel(EncoderDecoder::<f32>::load(cfg, WeightStore::from_arrays(weights))?)),
+            Dtype::F64 => Box::new(RefModel(EncoderDecoder::<f64>::load(cfg, WeightStore::from_arrays(weights))?)),
+        })
+    }
+}
+
+/// A reference model in `T`.
+pub struct RefModel<T: Float>(pub EncoderDecoder<T>);
+
+impl<T: Float> RefModel<T> {
+    fn input(inputs: &AnyArray) -> Result<Array4<T>, BackendError> {
+        let x = inputs.to_float::<T>().ok_or_else(|| {
+            BackendError::Input(format!("inputs: expected a float array, got {}", inputs.dtype_name()))
+        })?;
+        x.into_dimensionality::<Ix4>().map_err(|_| {
+            BackendError::Input(format!(
+                "inputs: expected an NCHW array (4 dimensions), got shape {:?}",
+                inputs.shape()
+            ))
+        })
+    }
+}
+
+impl<T: Float> Model for RefModel<T> {
+    fn describe(&self) -> String {
+        format!("ref (ndarray reference, {})", T::DTYPE)
+    }
+
+    fn run(&self, inputs: &AnyArray, wanted: &[String]) -> Result<Outputs, BackendError> {
+        let x = Self::input(inputs)?;
+        let mut rec = Recorder::<T>::only(wanted.iter().cloned());
+        self.0.forward(&x, &mut rec)?;
+        Ok(rec
+            .into_values()
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Recorded::Float(a) => OutTensor::Float(a.mapv(|x| x.to_f64_exact())),
+                    Recorded::Int(a) => OutTensor::Label(a),
+                };
+                (k, v)
+            })
+            .collect())
+    }
+
+    fn seg_logits(&self, input: Array4<f32>) -> Result<Array4<f32>, BackendError> {
+        let x = input.mapv(|v| T::from_f64_lossy(v as f64));
+        let out = self.0.forward(&x, &mut Recorder::none())?;
+        Ok(out.seg_logits.mapv(|v| v.to_f64_exact() as f32))
+    }
+
+    fn profile(&self, inputs: &AnyArray) -> Result<StageTimes, BackendError> {
+        use std::time::Instant;
+        let x = Self::input(inputs)?;
+        let m = &self.0;
+        let mut rec = Recorder::none();
+        let t = Instant::now();
+        let feats = m.backbone.forward(&x, "backbone", &mut rec)?;
+        let backbone = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let feats = match &m.neck {
+            Some(neck) => neck.forward(&feats, "neck", &mut rec),
+            None => feats,
+        };
+        let neck = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let logits = m.decode_head.forward(&feats, "decode_head", &mut rec)?;
+        let decode_head = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let (_, _, h, w) = x.dim();
+        let _ = crate::reference::ops::interpolate_bilinear(logits.view(), (h, w), m.cfg.align_corners());
+        Ok(StageTimes { backbone, neck, decode_head, resize: t.elapsed().as_secs_f64() })
+    }
+}
+
+/// SplitMix64: a small, seeded generator for benchmark weights.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Standard normal (Box–Muller).
+    fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(f64::MIN_POSITIVE);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+/// One random parameter value for key `key` of `shape` (benchmark weights of plausible scale):
+/// matrices and kernels N(0, 1/fan_in); 1-D `weight` (LayerNorm, BatchNorm) 1 + N(0, 0.1²);
+/// `running_var` U(0.5, 1.5); `gamma_1`/`gamma_2` 0.1 + N(0, 0.02²); `cls_token` N(0, 1); other
+/// vectors N(0, 0.1²).
+pub fn random_value(key: &str, shape: &[usize], rng: &mut impl FnMut() -> (f64, f64)) -> f64 {
+    let (u, n) = rng();
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    match leaf {
+        "running_var" => 0.5 + u,
+        "cls_token" => n,
+        "gamma_1" | "gamma_2" => 0.1 + 0.02 * n,
+        "relative_position_bias_table" => 0.1 * n,
+        _ if shape.len() >= 2 => n / (shape[1..].iter().product::<usize>().max(1) as f64).sqrt(),
+        "weight" => 1.0 + 0.1 * n,
+        _ => 0.1 * n,
+    }
+}
+
+/// A random float32 state dict for `cfg` (see [`random_value`]), the same for every backend.
+pub fn random_state_dict(cfg: &SegmentorConfig, seed: u64) -> StateDict {
+    let mut g = SplitMix64(seed);
+    let mut draw = || (g.uniform(), g.normal());
+    EncoderDecoder::<f32>::parameter_shapes(cfg)
+        .into_iter()
+        .map(|(key, shape)| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| random_value(&key, &shape, &mut draw) as f32).collect();
+            let a = ArrayD::from_shape_vec(IxDyn(&shape), v).expect("n elements");
+            (key, AnyArray::F32(a))
+        })
+        .collect()
+}

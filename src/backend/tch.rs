@@ -1,0 +1,157 @@
+//! The libtorch path as a [`Backend`] (feature `tch`): `--backend tch --device cpu|cuda[:N]
+//! --precision fp32|fp16|bf16`. float32 cases run in the chosen precision (fp32: conformant;
+//! fp16/bf16: for reports only), float64 cases in float64 when the precision is fp32. The model
+//! is built once on its device and kept there; inputs go in and named outputs come back.
+
+use std::sync::Mutex;
+
+use ndarray::Array4;
+use tch::{Device, Kind};
+
+use super::{Backend, BackendError, Model, OutTensor, Outputs, StageTimes};
+use crate::array::AnyArray;
+use crate::config::SegmentorConfig;
+use crate::fast::{
+    check_device, device_name, from_any_array, parse_device, to_f64_array, to_i64_array, Ctx, FastError, FastSegmentor,
+    Precision, Recorder,
+};
+use crate::float::Dtype;
+use crate::weights::StateDict;
+
+/// The libtorch backend.
+pub struct TchBackend {
+    pub device: Device,
+    pub precision: Precision,
+}
+
+impl TchBackend {
+    /// Checks the device (see [`check_device`]); fp64 is only chosen per case.
+    pub fn new(device: Device, precision: Precision) -> Result<Self, FastError> {
+        check_device(device)?;
+        Ok(TchBackend { device, precision })
+    }
+
+    /// From the CLI strings (`cpu`/`cuda`/`cuda:N`, `fp32`/`fp16`/`bf16`).
+    pub fn from_names(device: &str, precision: &str) -> Result<Self, FastError> {
+        Self::new(parse_device(device)?, Precision::parse(precision)?)
+    }
+
+    /// The precision a case of `dtype` runs in.
+    pub fn precision_for(&self, dtype: Dtype) -> Precision {
+        match (dtype, self.precision) {
+            (Dtype::F64, Precision::Fp32 | Precision::Fp64) => Precision::Fp64,
+            (Dtype::F32, Precision::Fp64) => Precision::Fp32,
+            (_, p) => p,
+        }
+    }
+}
+
+impl Backend for TchBackend {
+    fn name(&self) -> &'static str {
+        "tch"
+    }
+    fn describe(&self) -> String {
+        format!("tch (libtorch, {}, {})", device_name(self.device), self.precision.name())
+    }
+    fn load(&self, cfg: &SegmentorConfig, weights: StateDict, dtype: Dtype) -> Result<Box<dyn Model>, BackendError> {
+        let ctx = Ctx::new(self.device, self.precision_for(dtype));
+        Ok(Box::new(TchModel::new(FastSegmentor::load(cfg, weights, ctx)?)))
+    }
+}
+
+/// A [`FastSegmentor`] behind a lock (tch tensors are `Send` but not `Sync`; one device runs one
+/// batch at a time anyway).
+pub struct TchModel {
+    model: Mutex<FastSegmentor>,
+    ctx: Ctx,
+}
+
+impl TchModel {
+    pub fn new(model: FastSegmentor) -> Self {
+        let ctx = model.ctx;
+        TchModel { model: Mutex::new(model), ctx }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, FastSegmentor>, BackendError> {
+        self.model.lock().map_err(|_| BackendError::Unavailable("the model lock is poisoned".into()))
+    }
+}
+
+impl Model for TchModel {
+    fn describe(&self) -> String {
+        format!("tch (libtorch, {}, {})", device_name(self.ctx.device), self.ctx.precision.name())
+    }
+
+    fn run(&self, inputs: &AnyArray, wanted: &[String]) -> Result<Outputs, BackendError> {
+        let _no_grad = tch::no_grad_guard();
+        let model = self.lock()?;
+        let x = from_any_array(inputs, self.ctx.kind(), self.ctx.device)
+            .map_err(|e| BackendError::Input(format!("inputs: {e}")))?;
+        if x.dim() != 4 {
+            return Err(BackendError::Input(format!(
+                "inputs: expected an NCHW array (4 dimensions), got shape {:?}",
+                inputs.shape()
+            )));
+        }
+        let mut rec = Recorder::only(wanted.iter().cloned());
+        model.forward(&x, &mut rec)?;
+        let mut out = Outputs::new();
+        for (k, t) in rec.into_values() {
+            let v = if t.kind() == Kind::Int64 {
+                OutTensor::Label(to_i64_array(&t)?)
+            } else {
+                OutTensor::Float(to_f64_array(&t)?)
+            };
+            out.insert(k, v);
+        }
+        Ok(out)
+    }
+
+    fn seg_logits(&self, input: Array4<f32>) -> Result<Array4<f32>, BackendError> {
+        let _no_grad = tch::no_grad_guard();
+        let model = self.lock()?;
+        let x = from_any_array(&AnyArray::F32(input.into_dyn()), self.ctx.kind(), self.ctx.device)?;
+        let out = model.forward(&x, &mut Recorder::none())?;
+        let a = to_f64_array(&out.seg_logits)?;
+        a.mapv(|v| v as f32).into_dimensionality().map_err(|_| {
+            BackendError::Input(format!("seg_logits: expected a 4-D tensor, got {:?}", out.seg_logits.size()))
+        })
+    }
+
+    fn profile(&self, inputs: &AnyArray) -> Result<StageTimes, BackendError> {
+        let _no_grad = tch::no_grad_guard();
+        let model = self.lock()?;
+        let x = from_any_array(inputs, self.ctx.kind(), self.ctx.device)?;
+        let device = self.ctx.device;
+        let sync = || {
+            if let Device::Cuda(i) = device {
+                tch::Cuda::synchronize(i as i64);
+            }
+        };
+        let mut rec = Recorder::none();
+        sync();
+        let t = std::time::Instant::now();
+        let feats = model.backbone.forward(&x, "backbone", &mut rec)?;
+        sync();
+        let backbone = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let feats = match &model.neck {
+            Some(neck) => neck.forward(&feats, "neck", &mut rec)?,
+            None => feats,
+        };
+        sync();
+        let neck = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let logits = model
+            .decode_head
+            .forward(&feats, "decode_head", &mut rec)?
+            .f_to_kind(self.ctx.wide_kind())
+            .map_err(FastError::from)?;
+        sync();
+        let decode_head = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let _ = crate::fast::ops::resize_bilinear(&logits, crate::fast::ops::hw(&x), model.cfg.align_corners())?;
+        sync();
+        Ok(StageTimes { backbone, neck, decode_head, resize: t.elapsed().as_secs_f64() })
+    }
+}

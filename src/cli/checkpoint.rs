@@ -1,0 +1,205 @@
+//! `beit-seg inspect` and `beit-seg convert` (checkpoints), and `beit-seg bench`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::checkpoint::{convert as convert_state, detect_dialect, read_any, write_any, ConvertOptions, Dialect};
+use crate::checkpoint::{ReadOptions, WriteOptions};
+
+/// List the tensors of a checkpoint (.pth, .safetensors, .npz) or .npy file: key, dtype, shape,
+/// and the key dialect. Nothing in a .pth is executed (restricted unpickler, like
+/// torch.load(weights_only=True)).
+///
+/// Example: beit-seg inspect upernet_beit-base.pth | head
+#[derive(Args, Debug, Clone)]
+pub struct InspectArgs {
+    /// The file to list.
+    pub file: PathBuf,
+}
+
+/// Convert a BEiT checkpoint (official, pretrain with shared table, UNILM ADE20K, HF, mmseg) to
+/// MMSegmentation names, resizing relative-position tables for --img-size.
+///
+/// Prints what was renamed, dropped and resized. DST is never overwritten without --force, and
+/// is written atomically (temporary file + rename).
+///
+/// Example: beit-seg convert beit_base_patch16_224_pt22k_ft22k.pth beit-b.pth --img-size 640
+#[derive(Args, Debug, Clone)]
+pub struct ConvertArgs {
+    /// The checkpoint to read.
+    pub src: PathBuf,
+    /// The file to write (.pth, .safetensors or .npz).
+    pub dst: PathBuf,
+    /// Source dialect: beit-official, beit-pretrain-shared, unilm-ade, hf, mmseg (default: detected).
+    #[arg(long = "from")]
+    pub from: Option<String>,
+    /// Resize rel-pos tables for this input size (square; with --patch-size), e.g. 640.
+    #[arg(long)]
+    pub img_size: Option<usize>,
+    /// Patch size of the model (the window is img_size / patch_size).
+    #[arg(long, default_value_t = 16)]
+    pub patch_size: usize,
+    /// Output format (default: from DST's extension, .pth otherwise).
+    #[arg(long, value_parser = ["pth", "safetensors", "npz"])]
+    pub format: Option<String>,
+    /// Keep the final norm as mmseg's `ln1` (for final_norm=True models).
+    #[arg(long)]
+    pub final_norm: bool,
+    /// Replace DST if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `beit-seg inspect`.
+pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
+    let file = a.file;
+    let is_npy = file.extension().is_some_and(|e| e == "npy");
+    let arrays = if is_npy {
+        vec![(file.display().to_string(), crate::array::read_npy(&file)?)]
+    } else {
+        read_any(&file, ReadOptions { widen_half: true, opaque_globals: true })?
+    };
+    let w = arrays.iter().map(|(k, _)| k.len()).max().unwrap_or(3).max(3);
+    let mut total = 0usize;
+    for (k, a) in &arrays {
+        let n: usize = a.shape().iter().product();
+        total += n;
+        println!("{k:<w$}  {:<8} {:?}", a.dtype_name(), a.shape());
+    }
+    println!("{} tensors, {} elements", arrays.len(), total);
+    if !is_npy {
+        match detect_dialect(arrays.iter().map(|(k, _)| k.as_str())) {
+            Ok(d) => println!("dialect: {d}"),
+            Err(e) => println!("dialect: not recognised ({e})"),
+        }
+    }
+    let bad = crate::weights::non_finite(&arrays);
+    for b in &bad {
+        eprintln!("warning: not finite: {b}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `beit-seg convert`.
+pub fn convert(a: ConvertArgs) -> Result<ExitCode> {
+    let dialect = match &a.from {
+        None => None,
+        Some(n) => Some(Dialect::from_name(n).with_context(|| {
+            format!("unknown dialect `{n}` (beit-official, beit-pretrain-shared, unilm-ade, hf, mmseg)")
+        })?),
+    };
+    if a.patch_size == 0 {
+        bail!("--patch-size must be positive");
+    }
+    let dst_window = a.img_size.map(|s| (s / a.patch_size, s / a.patch_size));
+    let dst = match a.format.as_deref() {
+        None => a.dst.clone(),
+        Some(f) => {
+            if a.dst.extension().is_some_and(|e| e != f) {
+                bail!("--format {f} does not match the extension of {}", a.dst.display());
+            }
+            if a.dst.extension().is_none() {
+                a.dst.with_extension(f)
+            } else {
+                a.dst.clone()
+            }
+        }
+    };
+    if dst.exists() && !a.force {
+        bail!("{} exists; pass --force to replace it", dst.display());
+    }
+    let state = read_any(&a.src, ReadOptions { widen_half: true, opaque_globals: true })?;
+    let n_in = state.len();
+    let (out, report) = convert_state(state, &ConvertOptions { dialect, dst_window, final_norm: a.final_norm })
+        .with_context(|| format!("converting {}", a.src.display()))?;
+    println!("{}: dialect {}, {} tensors in, {} out", a.src.display(), report.dialect, n_in, out.len());
+    for (x, y) in &report.renamed {
+        println!("  renamed  {x} -> {y}");
+    }
+    for (k, why) in &report.dropped {
+        println!("  dropped  {k}: {why}");
+    }
+    for (k, x, y) in &report.resized {
+        println!("  resized  {k}: {x:?} -> {y:?}");
+    }
+    for n in &report.notes {
+        println!("  note: {n}");
+    }
+    write_any(&dst, &out, WriteOptions { force: a.force, ..Default::default() })?;
+    println!("wrote {}", dst.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Time the libtorch fast path on BEiT-B + UPerNet at 640 with random weights: crops/s
+/// (640x640) and images/s (640x854, slide, 2 windows) per precision, fp16/bf16 compared with
+/// fp32; plus MMSegmentation's PyTorch eager model when a Python with mmseg is found.
+///
+/// Example: beit-seg bench --backend tch --device cpu --iters 3
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Only `tch` for now.
+    #[arg(long, default_value = "tch")]
+    pub backend: String,
+    /// cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Comma-separated precisions: fp32,fp16,bf16.
+    #[arg(long, default_value = "fp32", value_delimiter = ',')]
+    pub precision: Vec<String>,
+    /// Intra-op threads (libtorch and the PyTorch run); default: libtorch's.
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// Untimed runs before the timed ones.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Timed runs (the mean is reported).
+    #[arg(long, default_value_t = 3)]
+    pub iters: usize,
+    /// Python with MMSegmentation for the eager comparison (default: $BEIT_SEG_PYTHON or the
+    /// project venv under ~/.cache/beit-seg).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Skip the PyTorch eager comparison.
+    #[arg(long)]
+    pub no_pytorch: bool,
+    /// Also write the report to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// `beit-seg bench`.
+#[cfg(feature = "tch")]
+pub fn bench(a: BenchArgs) -> Result<ExitCode> {
+    use crate::fast::bench::{bench, BenchOptions};
+    use crate::fast::{parse_device, Precision};
+    if a.backend != "tch" {
+        bail!("bench: only --backend tch is supported");
+    }
+    let precisions = a.precision.iter().map(|p| Precision::parse(p)).collect::<Result<Vec<_>, _>>()?;
+    let opts = BenchOptions {
+        device: parse_device(&a.device)?,
+        precisions,
+        threads: a.threads,
+        warmup: a.warmup,
+        iters: a.iters,
+        python: a.python,
+        pytorch: !a.no_pytorch,
+        ..Default::default()
+    };
+    let report = bench(&opts)?;
+    let text = report.to_text();
+    print!("{text}");
+    if let Some(p) = a.out {
+        super::write_report(&p, &text)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `beit-seg bench`.
+#[cfg(not(feature = "tch"))]
+pub fn bench(_a: BenchArgs) -> Result<ExitCode> {
+    bail!("bench needs the libtorch backend: rebuild with `--features tch`")
+}

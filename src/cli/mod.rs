@@ -1,0 +1,86 @@
+//! The command line (`beit-seg`): argument parsing, progress and printing only; the work is in
+//! the library. This is the edge of the data flow: nothing in the library imports it, and it is
+//! the only place that uses `anyhow`.
+//!
+//! Exit status: 0 success; 1 a verified case failed; 2 a usage error (bad arguments); 3 a
+//! runtime or input error (unreadable file, bad checkpoint, a case that could not be run).
+
+pub mod checkpoint;
+pub mod eval;
+pub mod progress;
+pub mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Numerical reference and conformance suite for MMSegmentation's BEiT + UPerNet.
+#[derive(Parser)]
+#[command(name = "beit-seg", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Verify(verify::VerifyArgs),
+    /// Evaluate a checkpoint on an ADE20K-layout dataset (mIoU as MMSegmentation computes it);
+    /// resumable and shardable.
+    ///
+    /// Example: beit-seg eval --preset beit-base-640 --checkpoint upernet_beit-base.pth
+    ///   --data-root data/ADEChallengeData2016 --out results/beit-b
+    Eval(eval::EvalArgs),
+    /// Segment images: a label PNG, a colour mask and an overlay per image.
+    ///
+    /// Example: beit-seg predict img.jpg --preset beit-base-640 --checkpoint ckpt.pth --out out/
+    Predict(eval::PredictArgs),
+    /// Combine the results files of `eval --shard K/N` runs into the totals of one run.
+    ///
+    /// Example: beit-seg merge out/results.shard-*-of-4.jsonl --out metrics.json
+    Merge(eval::MergeArgs),
+    Inspect(checkpoint::InspectArgs),
+    Convert(checkpoint::ConvertArgs),
+    /// Time a backend on BEiT-B/L + UPerNet at 640 with random weights (see docs/performance.md).
+    Bench(checkpoint::BenchArgs),
+}
+
+/// Runs the command line; `main` of the binary.
+pub fn main() -> ExitCode {
+    // A closed stdout (`beit-seg inspect F | head -2`) ends the program quietly, as CLIs do.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let res = match cli.command {
+        Command::Verify(a) => verify::run(a),
+        Command::Eval(a) => eval::run_eval(a),
+        Command::Predict(a) => eval::run_predict(a),
+        Command::Merge(a) => eval::run_merge(a),
+        Command::Inspect(a) => checkpoint::inspect(a),
+        Command::Convert(a) => checkpoint::convert(a),
+        Command::Bench(a) => checkpoint::bench(a),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+/// Writes a report the user asked for by name, atomically (a crash never leaves half a file).
+pub fn write_report(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    crate::fsutil::replace_file_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,220 @@
+//! Tensors written by another implementation (`verify --candidate DIR`), read in the layout of
+//! docs/fixture-format.md ("Validating another implementation"):
+//!
+//! * one case: `DIR/<output name>.npy`, or one `DIR.npz` / `DIR.safetensors` (DIR may name the
+//!   file itself, or its stem);
+//! * several cases: `DIR/<case name>/<output name>.npy` or `DIR/<case name>.npz|.safetensors`;
+//! * pipeline and metric cases add `metrics.json` (MMSegmentation's keys).
+//!
+//! A name map ([`NameMap`]) renames and re-lays tensors first. This module also writes that
+//! layout (`verify --save-outputs DIR`) from our own backends.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::names::{apply, Mapped, NameMap, NamesError};
+use crate::array::{read_npy, read_npz, AnyArray, ArrayError};
+
+/// Problems with a candidate directory; each names the file or tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum CandidateError {
+    #[error("no candidate outputs for case `{case}`: looked for {looked}")]
+    NotFound { case: String, looked: String },
+    #[error("{path}: {msg}")]
+    Bad { path: PathBuf, msg: String },
+    #[error(transparent)]
+    Array(#[from] ArrayError),
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    #[error(transparent)]
+    Names(#[from] NamesError),
+}
+
+/// Where candidate outputs come from, and how their names map to fixture names.
+pub struct CandidateSource {
+    pub root: PathBuf,
+    pub names: Option<NameMap>,
+}
+
+/// A case's candidate outputs, under fixture names.
+#[derive(Debug, Default)]
+pub struct CandidateOutputs {
+    /// The file or directory they were read from.
+    pub location: PathBuf,
+    /// Fixture name → (tensor after the map's transforms, the candidate's own name).
+    pub tensors: BTreeMap<String, (AnyArray, String)>,
+    /// Candidate names that matched no expected tensor (listed, not a failure).
+    pub unused: Vec<String>,
+    /// `metrics.json`, when present.
+    pub metrics: Option<Value>,
+}
+
+fn with_ext(p: &Path, ext: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(ext);
+    PathBuf::from(s)
+}
+
+fn is_archive(p: &Path) -> bool {
+    p.is_file() && p.extension().is_some_and(|e| e == "npz" || e == "safetensors")
+}
+
+impl CandidateSource {
+    /// The file or directory holding case `case`'s outputs; `single` when only one case runs
+    /// (then DIR itself may hold them).
+    pub fn locate(&self, case: &str, single: bool) -> Result<PathBuf, CandidateError> {
+        let r = &self.root;
+        let sub = r.join(case);
+        if r.is_dir() {
+            if sub.is_dir() {
+                return Ok(sub);
+            }
+            for ext in [".npz", ".safetensors"] {
+                let f = with_ext(&sub, ext);
+                if f.is_file() {
+                    return Ok(f);
+                }
+            }
+            if single {
+                return Ok(r.clone());
+            }
+        } else if is_archive(r) && single {
+            return Ok(r.clone());
+        } else if single {
+            for ext in [".npz", ".safetensors"] {
+                let f = with_ext(r, ext);
+                if f.is_file() {
+                    return Ok(f);
+                }
+            }
+        }
+        let looked = if single {
+            format!("{0}/<output>.npy, {0}.npz, {0}.safetensors, {0}/{case}/", r.display())
+        } else {
+            format!("{0}/{case}/, {0}/{case}.npz, {0}/{case}.safetensors (several cases: one per case)", r.display())
+        };
+        Err(CandidateError::NotFound { case: case.to_string(), looked })
+    }
+
+    /// Reads case `case`'s candidate outputs and maps them to fixture names; `expected` gives the
+    /// expected shape of every fixture tensor (for `tokens_to_nchw` and the unused list).
+    pub fn read(
+        &self,
+        case: &str,
+        single: bool,
+        expected: &BTreeMap<String, Vec<usize>>,
+    ) -> Result<CandidateOutputs, CandidateError> {
+        let location = self.locate(case, single)?;
+        let (raw, metrics) = read_raw(&location)?;
+        let mut out = CandidateOutputs { location, metrics, ..Default::default() };
+        for (name, a) in raw {
+            let (fixture, transform) = match &self.names {
+                None => (name.clone(), Vec::new()),
+                Some(m) => match m.map(&name) {
+                    Mapped::Dropped => continue,
+                    Mapped::To { fixture, transform } => (fixture, transform),
+                },
+            };
+            let Some(shape) = expected.get(&fixture) else {
+                out.unused.push(if fixture == name { name } else { format!("{name} (→ {fixture})") });
+                continue;
+            };
+            let a = apply(a, &transform, Some(shape), &name, &fixture)?;
+            if let Some((_, first)) = out.tensors.get(&fixture) {
+                return Err(NamesError::Collision { a: first.clone(), b: name, fixture }.into());
+            }
+            out.tensors.insert(fixture, (a, name));
+        }
+        Ok(out)
+    }
+}
+
+/// Every tensor (by file stem or archive key) and `metrics.json` of a candidate location.
+fn read_raw(location: &Path) -> Result<(Vec<(String, AnyArray)>, Option<Value>), CandidateError> {
+    if location.is_file() {
+        let tensors = if location.extension().is_some_and(|e| e == "npz") {
+            read_npz(location)?
+        } else {
+            crate::checkpoint::read_any(
+                location,
+                crate::checkpoint::ReadOptions { widen_half: true, ..Default::default() },
+            )?
+        };
+        let metrics_file = location.with_extension("metrics.json");
+        return Ok((tensors, read_metrics(&metrics_file)?));
+    }
+    let rd = std::fs::read_dir(location)
+        .map_err(|e| CandidateError::Bad { path: location.to_path_buf(), msg: format!("cannot list: {e}") })?;
+    let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    let mut tensors = Vec::new();
+    for f in files {
+        let Some(fname) = f.file_name().and_then(|n| n.to_str()) else { continue };
+        if let Some(stem) = fname.strip_suffix(".npy") {
+            tensors.push((stem.to_string(), read_npy(&f)?));
+        }
+    }
+    Ok((tensors, read_metrics(&location.join("metrics.json"))?))
+}
+
+fn read_metrics(path: &Path) -> Result<Option<Value>, CandidateError> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CandidateError::Bad { path: path.to_path_buf(), msg: e.to_string() })?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| CandidateError::Bad { path: path.to_path_buf(), msg: format!("invalid JSON: {e}") })?;
+    if !v.is_object() {
+        return Err(CandidateError::Bad {
+            path: path.to_path_buf(),
+            msg: "must be a JSON object (aAcc, mIoU, ...)".into(),
+        });
+    }
+    Ok(Some(v))
+}
+
+/// Writes `tensors` as `dir/<name>.npy` (and `metrics` as `dir/metrics.json`): the candidate
+/// layout, for `verify --save-outputs`.
+pub fn save_outputs(dir: &Path, tensors: &[(String, AnyArray)], metrics: Option<&Value>) -> Result<(), CandidateError> {
+    let bad = |p: &Path, e: &dyn std::fmt::Display| CandidateError::Bad { path: p.to_path_buf(), msg: e.to_string() };
+    std::fs::create_dir_all(dir).map_err(|e| bad(dir, &e))?;
+    for (name, a) in tensors {
+        let path = dir.join(format!("{name}.npy"));
+        write_npy(&path, a).map_err(|e| bad(&path, &e))?;
+    }
+    if let Some(m) = metrics {
+        let path = dir.join("metrics.json");
+        let text = serde_json::to_string_pretty(m).map_err(|e| bad(&path, &e))?;
+        std::fs::write(&path, text).map_err(|e| bad(&path, &e))?;
+    }
+    Ok(())
+}
+
+/// One `.npy` file (C order) through `npyz`.
+fn write_npy(path: &Path, a: &AnyArray) -> std::io::Result<()> {
+    use npyz::WriterBuilder;
+    fn put<T: npyz::Serialize + npyz::AutoSerialize + Clone>(
+        path: &Path,
+        shape: &[usize],
+        data: impl Iterator<Item = T>,
+    ) -> std::io::Result<()> {
+        let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+        let mut w = npyz::WriteOptions::new().default_dtype().shape(&dims).writer(file).begin_nd()?;
+        for v in data {
+            w.push(&v)?;
+        }
+        w.finish()
+    }
+    match a {
+        AnyArray::F32(x) => put(path, x.shape(), x.iter().copied()),
+        AnyArray::F64(x) => put(path, x.shape(), x.iter().copied()),
+        AnyArray::I64(x) => put(path, x.shape(), x.iter().copied()),
+        AnyArray::I32(x) => put(path, x.shape(), x.iter().copied()),
+        AnyArray::U8(x) => put(path, x.shape(), x.iter().copied()),
+        AnyArray::Bool(x) => put(path, x.shape(), x.iter().copied()),
+    }
+}

@@ -1,0 +1,364 @@
+//! The evaluation loop: every image of a dataset (or of one shard) through [`predict`], one
+//! results line per image, resumable; the metrics of the whole run at the end.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use super::results::{read_results, sum_records, ImageRecord, ResultsHeader, RESULTS_VERSION};
+use super::{image_areas, io_err, predict_with, EvalError, EvalSettings};
+use crate::backend::Model;
+use crate::data::ade20k::{self, DatasetSpec, Shard, Skipped};
+use crate::data::image;
+use crate::metrics::{compute_metrics, AreaTotals, Metrics, ADE20K_CLASSES};
+
+// ------------------------------------------------------------------------------ a run
+
+/// Options of [`evaluate`].
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Only the first N images of the sorted listing.
+    pub limit: Option<usize>,
+    pub shard: Option<Shard>,
+    /// Directory for `results*.jsonl` and `metrics*.json` (created).
+    pub out_dir: PathBuf,
+    /// Write predicted label PNGs here (`<stem>.png`; class + 1 when `reduce_zero_label`, the
+    /// ADE20K annotation convention).
+    pub save_pred: Option<PathBuf>,
+    /// Record undecodable / too small / mismatched images as skipped instead of failing.
+    pub skip_bad: bool,
+    /// Called with each step of the run (the library prints nothing itself).
+    pub progress: Option<ProgressFn>,
+    /// Stop (as if killed) after this many newly evaluated images; for tests of resuming.
+    pub stop_after: Option<usize>,
+    /// Class names for the table (default: ADE20K's when there are 150 classes).
+    pub class_names: Option<Vec<String>>,
+}
+
+/// What a run (or a merge) produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub totals: AreaTotals,
+    pub metrics: Metrics,
+    /// Images evaluated (not skipped).
+    pub evaluated: usize,
+    pub skipped: Vec<Skipped>,
+    /// All planned images are recorded (false after `stop_after`).
+    pub complete: bool,
+    pub results_path: PathBuf,
+    pub metrics_path: Option<PathBuf>,
+    /// The JSON written to `metrics_path`.
+    pub json: Value,
+    /// Per-class table + summary, as printed.
+    pub report: String,
+}
+
+fn shard_suffix(shard: Option<Shard>) -> String {
+    shard.map(|s| format!(".shard-{}-of-{}", s.k, s.n)).unwrap_or_default()
+}
+
+/// The results file of a run in `out_dir`.
+pub fn results_path(out_dir: &Path, shard: Option<Shard>) -> PathBuf {
+    out_dir.join(format!("results{}.jsonl", shard_suffix(shard)))
+}
+
+pub(super) fn class_names(opts_names: Option<&Vec<String>>, n: usize) -> Vec<String> {
+    match opts_names {
+        Some(v) => v.clone(),
+        None if n == ADE20K_CLASSES.len() => ADE20K_CLASSES.iter().map(|s| s.to_string()).collect(),
+        None => (0..n).map(|i| i.to_string()).collect(),
+    }
+}
+
+/// The per-class table and the summary line of a result.
+pub fn format_report(metrics: &Metrics, names: &[String]) -> String {
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let table = metrics.table(&refs);
+    format!(
+        "per class results:\n{table}\naAcc: {:.2}  mIoU: {:.2}  mAcc: {:.2}",
+        metrics.a_acc, metrics.m_iou, metrics.m_acc
+    )
+}
+
+/// A step of an evaluation run, reported to [`RunOptions::progress`].
+#[derive(Debug, Clone)]
+pub enum Event<'a> {
+    /// The work list is known: `planned` images in this run (or shard), `recorded` of them
+    /// already in the results file (a resumed run).
+    Start { planned: usize, recorded: usize },
+    /// Something worth telling (a resumed file, a dropped torn line).
+    Note(String),
+    /// Augmentation `done` of `total` of image `stem` is finished.
+    Augmentation { stem: &'a str, done: usize, total: usize },
+    /// Image `stem` is recorded (`skipped`: why it was left out).
+    Image { stem: &'a str, recorded: usize, planned: usize, skipped: Option<&'a str> },
+}
+
+/// The progress callback of a run.
+#[derive(Clone)]
+pub struct ProgressFn(pub std::sync::Arc<dyn Fn(&Event<'_>) + Send + Sync>);
+
+impl std::fmt::Debug for ProgressFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressFn")
+    }
+}
+
+fn report(opts: &RunOptions, e: Event<'_>) {
+    if let Some(p) = &opts.progress {
+        (p.0)(&e);
+    }
+}
+
+pub(super) fn write_atomic(path: &Path, text: &str) -> Result<(), EvalError> {
+    crate::fsutil::replace_file_atomic(path, text.as_bytes()).map_err(io_err(path))
+}
+
+/// Builds the final JSON (the fixture format's `metrics` plus run information).
+pub(super) fn result_json(
+    metrics: &Metrics,
+    header: &ResultsHeader,
+    evaluated: usize,
+    skipped: &[Skipped],
+    names: &[String],
+    partial: Option<&str>,
+) -> Value {
+    json!({
+        "format": "beit-seg-eval/1",
+        "metrics": metrics,
+        "classes": names,
+        "images_evaluated": evaluated,
+        "images_skipped": skipped,
+        "num_images": header.num_images,
+        "partial": partial,
+        "run": header.run,
+    })
+}
+
+/// Evaluates (the shard of) a dataset, resuming from an existing results file (see the module
+/// docs). `run_identity` is recorded in the header and must match on resume; it should hold
+/// everything that determines the numbers (model config, checkpoint, settings, decoder...).
+pub fn evaluate(
+    settings: &EvalSettings,
+    model: &dyn Model,
+    spec: &DatasetSpec,
+    run_identity: Value,
+    opts: &RunOptions,
+) -> Result<Outcome, EvalError> {
+    let listing = ade20k::list(spec, opts.skip_bad)?;
+    let total = listing.samples.len() + listing.skipped.len();
+    let num_images = opts.limit.map_or(total, |l| l.min(total));
+    let in_run = |i: usize| i < num_images && opts.shard.map_or(true, |s| s.contains(i));
+    // The data is identified by its layout and listing (not its root path, so shards may run on
+    // machines that mount it elsewhere).
+    let mut stems_hash: u64 = 0xcbf2_9ce4_8422_2325; // FNV-1a 64
+    let mut all: Vec<(usize, &str)> = listing.samples.iter().map(|s| (s.index, s.stem.as_str())).collect();
+    all.extend(listing.skipped.iter().map(|s| (s.index, s.stem.as_str())));
+    all.sort();
+    for (_, stem) in all.iter().take(num_images) {
+        for b in stem.bytes().chain([b'\n']) {
+            stems_hash = (stems_hash ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    let names = class_names(opts.class_names.as_ref(), settings.num_classes);
+    let dataset_id = json!({
+        "img_dir": spec.img_dir, "ann_dir": spec.ann_dir, "img_suffix": spec.img_suffix, "seg_map_suffix": spec.seg_map_suffix,
+        "listed": total, "stems_fnv1a64": format!("{stems_hash:016x}"),
+    });
+    let header = ResultsHeader {
+        beit_seg_results: RESULTS_VERSION,
+        run: json!({"identity": run_identity, "settings": settings, "dataset": dataset_id, "limit": opts.limit,
+                    "skip_bad": opts.skip_bad, "classes": names}),
+        num_images,
+        num_classes: settings.num_classes,
+        shard: opts.shard,
+    };
+    // Compared as text: JSON numbers do not always survive a parse exactly (serde_json's fast
+    // float parser), but the same settings always print the same line.
+    let header_line = serde_json::to_string(&header).expect("serializable");
+    std::fs::create_dir_all(&opts.out_dir).map_err(io_err(&opts.out_dir))?;
+    let rpath = results_path(&opts.out_dir, opts.shard);
+    let mut records: Vec<ImageRecord> = Vec::new();
+    if rpath.exists() {
+        let (_, recs, torn) = read_results(&rpath)?;
+        let first_line = first_line(&rpath)?;
+        if first_line != header_line {
+            return Err(EvalError::Results {
+                path: rpath,
+                msg: "this results file is from a run with different settings (model, checkpoint, data, limit, shard or options); \
+                      remove it or choose another --out directory"
+                    .into(),
+            });
+        }
+        if let Some(len) = torn {
+            let f = OpenOptions::new().write(true).open(&rpath).map_err(io_err(&rpath))?;
+            f.set_len(len).map_err(io_err(&rpath))?;
+            report(
+                opts,
+                Event::Note(format!("{}: dropped an incomplete last line (interrupted write)", rpath.display())),
+            );
+        }
+        for r in &recs {
+            if !in_run(r.index) {
+                return Err(EvalError::Results {
+                    path: rpath.clone(),
+                    msg: format!("image index {} ({}) does not belong to this run", r.index, r.stem),
+                });
+            }
+        }
+        records = recs;
+        if !records.is_empty() {
+            report(
+                opts,
+                Event::Note(format!("resuming from {} ({} images already recorded)", rpath.display(), records.len())),
+            );
+        }
+    } else {
+        let mut f = File::create(&rpath).map_err(io_err(&rpath))?;
+        writeln!(f, "{header_line}").map_err(io_err(&rpath))?;
+        f.sync_data().map_err(io_err(&rpath))?;
+    }
+    sum_records(&records, settings.num_classes).map_err(|msg| EvalError::Results { path: rpath.clone(), msg })?;
+    let done: std::collections::BTreeSet<usize> = records.iter().map(|r| r.index).collect();
+
+    // The work list: samples and listing-skipped images of this run, in index order.
+    enum Work<'a> {
+        Image(&'a ade20k::Sample),
+        Missing(&'a Skipped),
+    }
+    let mut work: Vec<(usize, Work)> = listing.samples.iter().map(|s| (s.index, Work::Image(s))).collect();
+    work.extend(listing.skipped.iter().map(|s| (s.index, Work::Missing(s))));
+    work.sort_by_key(|(i, _)| *i);
+    work.retain(|(i, _)| in_run(*i) && !done.contains(i));
+    let planned = (0..num_images).filter(|&i| in_run(i)).count();
+
+    let mut file = OpenOptions::new().append(true).open(&rpath).map_err(io_err(&rpath))?;
+    report(opts, Event::Start { planned, recorded: records.len() });
+    let mut new_images = 0usize;
+    let mut stopped = false;
+    for (index, w) in work.iter() {
+        if opts.stop_after.is_some_and(|k| new_images >= k) {
+            stopped = true;
+            break;
+        }
+        let t0 = Instant::now();
+        let rec = match w {
+            Work::Missing(s) => {
+                ImageRecord { index: *index, stem: s.stem.clone(), skipped: Some(s.reason.clone()), ..empty_record() }
+            }
+            Work::Image(s) => match eval_one(settings, model, s, opts) {
+                Ok((shape, a)) => ImageRecord {
+                    index: *index,
+                    stem: s.stem.clone(),
+                    shape: Some(shape),
+                    intersect: Some(a.intersect),
+                    union: Some(a.union),
+                    pred_label: Some(a.pred_label),
+                    label: Some(a.label),
+                    seconds: Some(t0.elapsed().as_secs_f64()),
+                    ..empty_record()
+                },
+                Err(e) if opts.skip_bad && e.is_bad_input() => {
+                    ImageRecord { index: *index, stem: s.stem.clone(), skipped: Some(e.to_string()), ..empty_record() }
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let line = serde_json::to_string(&rec).expect("serializable");
+        file.write_all(format!("{line}\n").as_bytes()).map_err(io_err(&rpath))?;
+        file.flush().map_err(io_err(&rpath))?;
+        records.push(rec);
+        new_images += 1;
+        let last = records.last().expect("just pushed");
+        report(
+            opts,
+            Event::Image { stem: &last.stem, recorded: records.len(), planned, skipped: last.skipped.as_deref() },
+        );
+    }
+    drop(file);
+
+    let totals =
+        sum_records(&records, settings.num_classes).map_err(|msg| EvalError::Results { path: rpath.clone(), msg })?;
+    let metrics = compute_metrics(&totals);
+    let mut skipped: Vec<Skipped> = records
+        .iter()
+        .filter_map(|r| {
+            r.skipped.as_ref().map(|why| Skipped {
+                index: r.index,
+                stem: r.stem.clone(),
+                path: PathBuf::new(),
+                reason: why.clone(),
+            })
+        })
+        .collect();
+    skipped.sort_by_key(|s| s.index);
+    let evaluated = records.iter().filter(|r| r.skipped.is_none()).count();
+    let complete = !stopped && records.len() == planned;
+    let partial = match (complete, opts.shard) {
+        (false, _) => Some("incomplete run".to_string()),
+        (true, Some(s)) => Some(format!("shard {s} only; combine the shards with `beit-seg merge`")),
+        (true, None) => None,
+    };
+    let json = as_written(result_json(&metrics, &header, evaluated, &skipped, &names, partial.as_deref()));
+    let metrics_path = if complete {
+        let p = opts.out_dir.join(format!("metrics{}.json", shard_suffix(opts.shard)));
+        write_atomic(&p, &serde_json::to_string_pretty(&json).expect("serializable"))?;
+        Some(p)
+    } else {
+        None
+    };
+    let report = format_report(&metrics, &names);
+    Ok(Outcome { totals, metrics, evaluated, skipped, complete, results_path: rpath, metrics_path, json, report })
+}
+
+fn first_line(path: &Path) -> Result<String, EvalError> {
+    let f = File::open(path).map_err(io_err(path))?;
+    let mut line = String::new();
+    BufReader::new(f).read_line(&mut line).map_err(io_err(path))?;
+    Ok(line.trim_end_matches('\n').to_string())
+}
+
+/// The JSON as it will read back from the file (numbers parsed from their text).
+pub(super) fn as_written(v: Value) -> Value {
+    serde_json::from_str(&serde_json::to_string(&v).expect("serializable")).expect("round trip")
+}
+
+fn empty_record() -> ImageRecord {
+    ImageRecord {
+        index: 0,
+        stem: String::new(),
+        skipped: None,
+        shape: None,
+        intersect: None,
+        union: None,
+        pred_label: None,
+        label: None,
+        seconds: None,
+    }
+}
+
+/// Decodes, predicts and scores one sample.
+fn eval_one(
+    settings: &EvalSettings,
+    model: &dyn Model,
+    s: &ade20k::Sample,
+    opts: &RunOptions,
+) -> Result<([usize; 2], AreaTotals), EvalError> {
+    let img = image::read_bgr(&s.img_path)?;
+    let label = image::read_label(&s.ann_path)?;
+    let (h, w, _) = img.dim();
+    let (lh, lw) = label.dim();
+    if (lh, lw) != (h, w) {
+        return Err(EvalError::LabelShape { img: s.img_path.clone(), ann: s.ann_path.clone(), h, w, lh, lw });
+    }
+    let progress = |done: usize, total: usize| report(opts, Event::Augmentation { stem: &s.stem, done, total });
+    let p = predict_with(settings, model, img.view(), &s.img_path.display().to_string(), &progress)?;
+    if let Some(dir) = &opts.save_pred {
+        let vals = image::labels_to_png_values(p.pred.view(), settings.pipeline.reduce_zero_label);
+        image::write_label_png(&dir.join(format!("{}.png", s.stem)), vals.view())?;
+    }
+    Ok(([h, w], image_areas(&p.pred, &label, settings.pipeline.reduce_zero_label, settings.num_classes)))
+}
