@@ -1,13 +1,15 @@
 //! Wall time of one full 640x640 crop of BEiT-B (or -L) + UPerNet through the ndarray reference,
 //! with random weights: what a CPU evaluation costs per crop (an ADE20K image is 1-2 crops).
 //!
-//! `cargo run --release --example crop_cost [beit-base-640|beit-large-640]`
+//! `cargo run --release --example crop_cost [beit-base-640|beit-large-640]`; prints the time per
+//! stage (backbone, neck, decode head, final resize) as well.
 
 use std::time::Instant;
 
 use beit_seg::array::AnyArray;
 use beit_seg::cli::eval::preset;
 use beit_seg::config::SegmentorConfig;
+use beit_seg::reference::ops;
 use beit_seg::reference::segmentor::EncoderDecoder;
 use beit_seg::reference::Recorder;
 use beit_seg::weights::WeightStore;
@@ -36,13 +38,27 @@ fn main() -> anyhow::Result<()> {
     let model = EncoderDecoder::<f32>::load(&cfg, WeightStore::from_arrays(arrays))?;
     let img =
         Array4::<f32>::from_shape_fn((1, 3, 640, 640), |(_, c, y, x)| ((c * 7 + y * 3 + x) % 17) as f32 / 17.0 - 0.5);
+    let rec = &mut Recorder::none();
     let t = Instant::now();
-    let out = model.encode_decode(&img, &mut Recorder::none())?;
+    let feats = model.backbone.forward(&img, "backbone", rec)?;
+    let t_backbone = t.elapsed().as_secs_f64();
+    let feats = match &model.neck {
+        Some(neck) => neck.forward(&feats, "neck", rec),
+        None => feats,
+    };
+    let t_neck = t.elapsed().as_secs_f64();
+    let logits = model.decode_head.forward(&feats, "decode_head", rec)?;
+    let t_head = t.elapsed().as_secs_f64();
+    let out = ops::interpolate_bilinear(logits.view(), (640, 640), model.cfg.align_corners());
+    let total = t.elapsed().as_secs_f64();
     println!(
-        "{name}: {params} parameters, one 640x640 crop -> {:?} logits in {:.1} s on {} rayon threads",
+        "{name}: {params} parameters, one 640x640 crop -> {:?} logits in {total:.2} s on {} rayon threads \
+         (backbone {t_backbone:.2} s, neck {:.2} s, decode head {:.2} s, resize {:.2} s)",
         out.dim(),
-        t.elapsed().as_secs_f64(),
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        t_neck - t_backbone,
+        t_head - t_neck,
+        total - t_head,
     );
     Ok(())
 }

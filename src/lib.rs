@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod weights;
 
 pub mod backend;
+pub mod bench;
 #[cfg(feature = "tch")]
 pub mod fast;
 pub mod model;

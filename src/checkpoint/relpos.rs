@@ -95,7 +95,34 @@ pub fn target_grid(dst_size: usize) -> Vec<f64> {
 
 /// Solves the tridiagonal system with sub-diagonal `dl` (n-1), diagonal `d` (n) and
 /// super-diagonal `du` (n-1) for right-hand side `b` (overwritten by the solution), by Gaussian
-/// elimination with partial pivoting (LAPACK `dgtsv`). The inputs are overwritten.
+/// elimination with partial pivoting, through LAPACK (ndarray-linalg's tridiagonal solve:
+/// `dgttrf` + `dgttrs`, the factor-and-solve pair of `dgtsv`): the `blas` build. `dl`, `d` and
+/// `du` are left as they are.
+#[cfg(feature = "blas")]
+pub fn solve_tridiagonal(dl: &mut [f64], d: &mut [f64], du: &mut [f64], b: &mut [f64]) -> Result<(), CheckpointError> {
+    use ndarray_linalg::{MatrixLayout, SolveTridiagonal, Tridiagonal};
+    let n = d.len();
+    if b.len() != n || (n > 0 && (dl.len() != n - 1 || du.len() != n - 1)) {
+        return Err(err("tridiagonal system: inconsistent lengths"));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let size = i32::try_from(n).map_err(|_| err(format!("tridiagonal system of {n} unknowns is too large")))?;
+    let a =
+        Tridiagonal { l: MatrixLayout::C { row: size, lda: size }, dl: dl.to_vec(), d: d.to_vec(), du: du.to_vec() };
+    let x = a
+        .solve_tridiagonal(&ndarray::ArrayView1::from(&*b))
+        .map_err(|e| err(format!("tridiagonal system is singular (LAPACK: {e})")))?;
+    b.copy_from_slice(x.as_slice().ok_or_else(|| err("tridiagonal solution is not contiguous"))?);
+    Ok(())
+}
+
+/// Solves the tridiagonal system with sub-diagonal `dl` (n-1), diagonal `d` (n) and
+/// super-diagonal `du` (n-1) for right-hand side `b` (overwritten by the solution), by Gaussian
+/// elimination with partial pivoting (a port of LAPACK `dgtsv`): the default, pure-Rust build.
+/// The inputs are overwritten.
+#[cfg(not(feature = "blas"))]
 pub fn solve_tridiagonal(dl: &mut [f64], d: &mut [f64], du: &mut [f64], b: &mut [f64]) -> Result<(), CheckpointError> {
     let n = d.len();
     if b.len() != n || (n > 0 && (dl.len() != n - 1 || du.len() != n - 1)) {

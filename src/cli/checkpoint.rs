@@ -1,4 +1,4 @@
-//! `beit-seg inspect` and `beit-seg convert` (checkpoints), and `beit-seg bench`.
+//! `beit-seg inspect` and `beit-seg convert` (checkpoints).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -159,75 +159,4 @@ pub fn convert(a: ConvertArgs) -> Result<ExitCode> {
     write_any(&dst, &out, WriteOptions { force: a.force, ..Default::default() })?;
     println!("wrote {}", dst.display());
     Ok(ExitCode::SUCCESS)
-}
-
-/// Time the libtorch fast path on BEiT-B + UPerNet at 640 with random weights: crops/s
-/// (640x640) and images/s (640x854, slide, 2 windows) per precision, fp16/bf16 compared with
-/// fp32; plus MMSegmentation's PyTorch eager model when a Python with mmseg is found.
-///
-/// Example: beit-seg bench --backend tch --device cpu --iters 3
-#[derive(Args, Debug, Clone)]
-pub struct BenchArgs {
-    /// Only `tch` for now.
-    #[arg(long, default_value = "tch")]
-    pub backend: String,
-    /// cpu, cuda, cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Comma-separated precisions: fp32,fp16,bf16.
-    #[arg(long, default_value = "fp32", value_delimiter = ',')]
-    pub precision: Vec<String>,
-    /// Intra-op threads (libtorch and the PyTorch run); default: libtorch's.
-    #[arg(long)]
-    pub threads: Option<i32>,
-    /// Untimed runs before the timed ones.
-    #[arg(long, default_value_t = 1)]
-    pub warmup: usize,
-    /// Timed runs (the mean is reported).
-    #[arg(long, default_value_t = 3)]
-    pub iters: usize,
-    /// Python with MMSegmentation for the eager comparison (default: $BEIT_SEG_PYTHON or the
-    /// project venv under ~/.cache/beit-seg).
-    #[arg(long)]
-    pub python: Option<PathBuf>,
-    /// Skip the PyTorch eager comparison.
-    #[arg(long)]
-    pub no_pytorch: bool,
-    /// Also write the report to FILE.
-    #[arg(long, value_name = "FILE")]
-    pub out: Option<PathBuf>,
-}
-
-/// `beit-seg bench`.
-#[cfg(feature = "tch")]
-pub fn bench(a: BenchArgs) -> Result<ExitCode> {
-    use crate::fast::bench::{bench, BenchOptions};
-    use crate::fast::{parse_device, Precision};
-    if a.backend != "tch" {
-        bail!("bench: only --backend tch is supported");
-    }
-    let precisions = a.precision.iter().map(|p| Precision::parse(p)).collect::<Result<Vec<_>, _>>()?;
-    let opts = BenchOptions {
-        device: parse_device(&a.device)?,
-        precisions,
-        threads: a.threads,
-        warmup: a.warmup,
-        iters: a.iters,
-        python: a.python,
-        pytorch: !a.no_pytorch,
-        ..Default::default()
-    };
-    let report = bench(&opts)?;
-    let text = report.to_text();
-    print!("{text}");
-    if let Some(p) = a.out {
-        super::write_report(&p, &text)?;
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `beit-seg bench`.
-#[cfg(not(feature = "tch"))]
-pub fn bench(_a: BenchArgs) -> Result<ExitCode> {
-    bail!("bench needs the libtorch backend: rebuild with `--features tch`")
 }

@@ -5,6 +5,7 @@
 //! Exit status: 0 success; 1 a verified case failed; 2 a usage error (bad arguments); 3 a
 //! runtime or input error (unreadable file, bad checkpoint, a case that could not be run).
 
+pub mod bench;
 pub mod checkpoint;
 pub mod eval;
 pub mod progress;
@@ -42,7 +43,7 @@ enum Command {
     Inspect(checkpoint::InspectArgs),
     Convert(checkpoint::ConvertArgs),
     /// Time a backend on BEiT-B/L + UPerNet at 640 with random weights (see docs/performance.md).
-    Bench(checkpoint::BenchArgs),
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the command line; `main` of the binary.
@@ -68,7 +69,7 @@ pub fn main() -> ExitCode {
         Command::Merge(a) => eval::run_merge(a),
         Command::Inspect(a) => checkpoint::inspect(a),
         Command::Convert(a) => checkpoint::convert(a),
-        Command::Bench(a) => checkpoint::bench(a),
+        Command::Bench(a) => bench::run_bench_cli(a),
     };
     match res {
         Ok(code) => code,

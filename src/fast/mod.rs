@@ -17,14 +17,13 @@
 //!   used. See `docs/fast-path.md`.
 //! * `fp16` / `bf16`: weights and activations in half precision, LayerNorm and softmax in fp32
 //!   (attention through `scaled_dot_product_attention`, which accumulates its softmax in fp32),
-//!   logits resized, window-averaged and argmax'ed in fp32. Not conformant: [`bench`] reports
+//!   logits resized, window-averaged and argmax'ed in fp32. Not conformant: [`crate::bench`] reports
 //!   their logit error and prediction agreement against fp32 on the same weights.
 //!
 //! No library path panics on bad input: every libtorch call uses tch's fallible `f_*` form and
 //! errors come back as [`FastError`].
 
 pub mod beit;
-pub mod bench;
 pub mod heads;
 pub mod neck;
 pub mod ops;

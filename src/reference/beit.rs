@@ -152,13 +152,13 @@ impl<T: Float> BeitAttention<T> {
                 let q = xb.slice(s![.., h * hd..(h + 1) * hd]).mapv(|v| v * scale);
                 let k = xb.slice(s![.., c + h * hd..c + (h + 1) * hd]);
                 let v = xb.slice(s![.., 2 * c + h * hd..2 * c + (h + 1) * hd]);
-                let mut attn = q.dot(&k.t()); // (N, N)
-                                              // + relative_position_bias[h, i, j] = table[index[i, j], h]
+                let mut attn = ops::matmul(q.view(), k.t()); // (N, N)
+                                                             // + relative_position_bias[h, i, j] = table[index[i, j], h]
                 for (a, &r) in attn.as_slice_mut().expect("fresh array").iter_mut().zip(index.iter()) {
                     *a += table[[r, h]];
                 }
                 ops::softmax_rows_inplace(attn.view_mut());
-                attn.dot(&v)
+                ops::matmul(attn.view(), v)
             })
             .collect();
         let mut out = Array3::<T>::zeros((b, n, c));

@@ -1,0 +1,84 @@
+//! `beit-seg bench`: the CLI side of [`crate::bench`] (argument parsing, printing, `--json`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use crate::backend::BackendKind;
+use crate::bench::{self, BenchOptions};
+
+/// Time a backend on one crop of BEiT-B/L + UPerNet with random weights, optionally against
+/// MMSegmentation's own model in PyTorch eager mode in the same invocation.
+///
+/// Example: beit-seg bench --backend ref --config base --threads 2 --against-pytorch --json out.json
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// The implementation to time.
+    #[arg(long, value_enum, default_value = "ref")]
+    pub backend: BackendKind,
+    /// BEiT-B (`base`, beit-base-640) or BEiT-L (`large`, beit-large-640) + UPerNet.
+    #[arg(long, default_value = "base", value_parser = ["base", "large"])]
+    pub config: String,
+    /// Crop size: the input is 1 x 3 x SIZE x SIZE.
+    #[arg(long, default_value_t = 640)]
+    pub size: usize,
+    /// Precisions, comma-separated: fp32, fp64 (ref, tch); fp16, bf16 (tch).
+    #[arg(long, value_delimiter = ',', default_value = "fp32")]
+    pub precision: Vec<String>,
+    /// Device for tch: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Threads for our backend and for PyTorch (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Timed runs (median and min are reported).
+    #[arg(long, default_value_t = 3)]
+    pub iters: usize,
+    /// Also time MMSegmentation eager (fp32) in a child Python, same config/threads/input.
+    #[arg(long)]
+    pub against_pytorch: bool,
+    /// The Python with MMSegmentation (default: $BEIT_SEG_PYTHON or the project venv).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write the result rows as a JSON list here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// `beit-seg bench`.
+pub fn run_bench_cli(a: BenchArgs) -> Result<ExitCode> {
+    let preset_name = match a.config.as_str() {
+        "base" => "beit-base-640",
+        "large" => "beit-large-640",
+        o => bail!("--config: unknown config {o} (base or large)"),
+    };
+    let Some(model) = super::eval::preset(preset_name) else { bail!("no built-in preset {preset_name}") };
+    let opts = BenchOptions {
+        backend: a.backend,
+        device: a.device,
+        precisions: a.precision,
+        config_name: a.config,
+        model,
+        size: a.size,
+        threads: a.threads,
+        warmup: a.warmup,
+        iters: a.iters,
+        against_pytorch: a.against_pytorch,
+        python: a.python,
+        seed: a.seed,
+    };
+    let rows = bench::run(&opts)?;
+    print!("{}", bench::to_text(&rows));
+    if let Some(p) = &a.json {
+        super::write_report(p, &serde_json::to_string_pretty(&rows)?)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
