@@ -9,7 +9,7 @@ Each `<case>.npy` is cv2.imdecode's uint8 H×W×3 BGR output; a case that cv2 re
 `<case>.refused` marker instead. The cases: Pillow and cv2 encodes in 4:2:0 / 4:2:2 / 4:4:4 /
 4:1:1-like subsampling, progressive, optimised Huffman tables, restart intervals, greyscale,
 CMYK (Adobe inverted), odd sizes from 1x1 up, many qualities, EXIF orientations 1-8, and every
-JPEG under fixtures/pipeline-*/.  With `--tests DIR` it writes the small committed set that
+JPEG under fixtures/pipeline-*/; PNGs: RGB, RGBA, LA, L, 4-bit palette, 1-bit, 16-bit, eXIf 1-8.  With `--tests DIR` it writes the small committed set that
 tests/image.rs checks (tests/data/jpeg/).
 """
 import argparse
@@ -96,6 +96,16 @@ def cases(rng):
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, format="PNG", exif=exif_with_orientation(o))
         yield f"png_exif{o}_7x11", buf.getvalue()
+    rgb = smooth_image(rng, 13, 19)
+    for mode in ("RGBA", "LA", "L", "P", "1"):
+        buf = io.BytesIO()
+        im = Image.fromarray(rgb)
+        im = im.convert("RGBA").copy() if mode == "RGBA" else im.convert(mode)
+        im.save(buf, format="PNG", **({"bits": 4} if mode == "P" else {}))
+        yield f"png_{mode}_13x19", buf.getvalue()
+    ok, enc = cv2.imencode(".png", (rgb[..., ::-1].astype(np.uint16) * 257 + 3))
+    assert ok
+    yield "png_16bit_13x19", enc.tobytes()
     rgb = smooth_image(rng, 240, 320)
     for q in (10, 30, 60, 98, 100):
         yield f"pil_420_q{q}_240x320", pil_jpeg(rgb, quality=q, subsampling=2)
