@@ -141,6 +141,22 @@ pub(crate) fn describe_entry_read_error(e: &io::Error) -> String {
 /// Parses one `.npy` stream (C or Fortran order, either endianness).
 pub fn parse_npy(bytes: &[u8], path: &Path, entry: Option<&str>) -> Result<AnyArray, ArrayError> {
     let bad = |msg: String| ArrayError::BadNpy { path: path.to_path_buf(), entry: entry.map(str::to_string), msg };
+    // npyz allocates the declared header length before reading it: check it against the bytes
+    // there are first (a 4 GiB claim in a 17-byte file was an out-of-memory abort, found by
+    // fuzzing; see docs/security.md).
+    if bytes.len() >= 10 && bytes.starts_with(b"\x93NUMPY") {
+        let (hlen, start) = match bytes[6] {
+            1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as u64, 10u64),
+            _ if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as u64, 12),
+            _ => (0, 10),
+        };
+        if start + hlen > bytes.len() as u64 {
+            return Err(bad(format!(
+                "header length {hlen} runs past the end of the data ({} bytes): truncated or not a .npy array",
+                bytes.len()
+            )));
+        }
+    }
     let npy = NpyFile::new(bytes).map_err(|e| bad(e.to_string()))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let fortran = matches!(npy.order(), Order::Fortran);

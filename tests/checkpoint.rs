@@ -1498,4 +1498,14 @@ mod bad_input {
         let e = read_any(&p, ReadOptions::default()).unwrap_err();
         check_message(e, "short.pth", &["tensor `w`", "dtype int16 is not supported"]);
     }
+
+    /// Regression (cargo-fuzz `npy_reader`, oom-e234da02): a `.npy` header declaring a 4 GiB
+    /// header length in a 17-byte input used to abort on allocation inside npyz.
+    #[test]
+    fn an_npy_header_length_past_the_end_is_an_error_not_an_allocation() {
+        let input = include_bytes!("data/checkpoint/fuzz/npy-oom-header-length.bin");
+        let e = beit_seg::array::parse_npy(input, Path::new("oom.npy"), None).unwrap_err();
+        let msg = check_message(e.into(), "oom.npy", &["header length 4294910077 runs past the end"]);
+        assert!(msg.contains("(17 bytes)"), "{msg}");
+    }
 }
