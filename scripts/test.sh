@@ -13,6 +13,8 @@
 #     BEIT_SEG_SKIP_PY=1 skips this step on a machine without network.
 #  5. the libtorch backend (--features tch) against every bundled case, its differential tests,
 #     and clippy with the feature. BEIT_SEG_SKIP_TCH=1 skips it.
+#  6. the `blas` build (system OpenBLAS + LAPACK; apt libopenblas-dev, installed if missing)
+#     against every bundled case at the same tolerances. BEIT_SEG_SKIP_BLAS=1 skips it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n== %s\n' "$*" >&2; }
@@ -48,4 +50,12 @@ if [ "${BEIT_SEG_SKIP_TCH:-0}" != "1" ] && [ "${BEIT_SEG_SKIP_PY:-0}" != "1" ]; 
   cargo test --release --features tch --test fast
   cargo run --release --quiet --features tch -- verify --quiet --backend tch --device cpu fixtures/
   cargo clippy --release --features tch --all-targets --quiet -- -D warnings
+fi
+
+if [ "${BEIT_SEG_SKIP_BLAS:-0}" != "1" ]; then
+  step "6. the blas build (OpenBLAS + LAPACK) against every bundled case"
+  if ! dpkg -s libopenblas-dev >/dev/null 2>&1; then
+    { apt-get update -qq && apt-get install -y -qq libopenblas-dev; } >&2
+  fi
+  CARGO_TARGET_DIR="${BEIT_SEG_BLAS_TARGET:-target/blas}" cargo run --release --quiet --features blas -- verify --quiet fixtures/
 fi

@@ -1483,7 +1483,7 @@ mod bad_input {
         let pad = (64 - (10 + header.len() + 1) % 64) % 64;
         npy.extend_from_slice(&((header.len() + pad + 1) as u16).to_le_bytes());
         npy.extend_from_slice(header.as_bytes());
-        npy.extend(std::iter::repeat(b' ').take(pad));
+        npy.extend(std::iter::repeat_n(b' ', pad));
         npy.push(b'\n');
         npy.extend_from_slice(&[0, 0x3c, 0, 0x40]);
         let mut z = zip::ZipWriter::new(Cursor::new(Vec::new()));

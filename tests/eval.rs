@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use beit_seg::backend::reference::RefBackend;
 use beit_seg::backend::{BackendSpec, Model};
 use beit_seg::cli::eval::{build_model, class_names, load_config, settings_for};
-use beit_seg::conformance::compare::Status;
 use beit_seg::conformance::report::CaseStatus;
 use beit_seg::conformance::{run_case_dir, Target, VerifyOptions};
 use beit_seg::data::ade20k::{DatasetSpec, Shard};
@@ -321,15 +320,7 @@ fn pipeline_fixture_cases_run() {
     let opts = VerifyOptions::default();
     for case in ["pipeline-ade-tiny", "pipeline-msflip-tiny"] {
         let rep = run_case_dir(&fixture(case), &Target::Backend(&RefBackend), &opts);
-        if image::jpeg_decoder_is_exact() {
-            assert_eq!(rep.status, CaseStatus::Pass, "{case}: {:?}", rep.message);
-        } else {
-            // Without OpenCV's exact JPEG decoder a case with JPEG images cannot be checked: it
-            // is skipped with the reason, never passed or half-checked.
-            assert_eq!(rep.status, CaseStatus::Skipped, "{case}: {:?}", rep.message);
-            assert!(rep.message.as_deref().unwrap_or("").contains("exact JPEG decoder"), "{case}: {:?}", rep.message);
-            assert!(rep.tensors.iter().all(|t| t.status != Status::Fail), "{case}");
-        }
+        assert_eq!(rep.status, CaseStatus::Pass, "{case}: {:?}", rep.message);
     }
 }
 

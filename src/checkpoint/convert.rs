@@ -1,4 +1,4 @@
-//! Key conversion from the BEiT checkpoint dialects to MMSegmentation's names (spec §6.1–6.3).
+//! Key conversion from the BEiT checkpoint dialects to MMSegmentation's names (docs/mmseg-beit-upernet.md §6.1–6.3).
 //!
 //! | dialect | recognised by | output names |
 //! | --- | --- | --- |

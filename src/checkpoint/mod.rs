@@ -24,10 +24,10 @@
 //!   atomic (temporary file in the same directory, then a rename) and never overwrite unless
 //!   asked to.
 //! - [`mod@convert`]: dialect detection and renaming, following MMSegmentation 1.2.2's
-//!   `tools/model_converters/beit2mmseg.py` for official BEiT checkpoints (spec §6.2).
+//!   `tools/model_converters/beit2mmseg.py` for official BEiT checkpoints (docs/mmseg-beit-upernet.md §6.2).
 //! - [`export`]: the inverse, from mmseg names to `hf` or `beit-official` names.
 //! - [`relpos`]: `BEiT.resize_rel_pos_embed`'s geometric-progression + bicubic-spline resize of
-//!   relative-position-bias tables (spec §6.3).
+//!   relative-position-bias tables (docs/mmseg-beit-upernet.md §6.3).
 //!
 //! # How errors name things
 //!

@@ -1,5 +1,5 @@
 //! Resizing relative-position-bias tables, exactly as MMSegmentation's
-//! `BEiT.resize_rel_pos_embed` / `_geometric_sequence_interpolation` (spec §6.3; copied by mmseg
+//! `BEiT.resize_rel_pos_embed` / `_geometric_sequence_interpolation` (docs/mmseg-beit-upernet.md §6.3; copied by mmseg
 //! from UNILM's `semantic_segmentation/mmcv_custom/checkpoint.py`).
 //!
 //! A table for a `W × W` patch window has `(2W-1)² + 3` rows (one per relative offset

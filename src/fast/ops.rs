@@ -3,7 +3,7 @@
 //!
 //! Convolutions call `at::_convolution` directly (what `F.conv2d` / `F.conv_transpose2d` reach)
 //! so that TF32 can be refused per call (`allow_tf32 = false`): PyTorch's global default allows
-//! TF32 in cuDNN convolutions, which costs ~1e-3 relative error on Ampere/Hopper (spec §9.2.17).
+//! TF32 in cuDNN convolutions, which costs ~1e-3 relative error on Ampere/Hopper (docs/mmseg-beit-upernet.md §9.2.17).
 
 use tch::{Kind, Tensor};
 

@@ -14,13 +14,11 @@
 //! * `pred.<stem>` (H0×W0 int64): exactly, except near-ties of `seg_logits.<stem>`;
 //! * `metrics`: by the format's rule, allowing what the counted near-tie flips imply.
 //!
-//! A build whose JPEG decoder is not bit-identical to OpenCV's (no `jpeg-turbo` feature) skips
-//! a case with JPEG images (reported with the reason, never passed): a ±1 pixel difference would
-//! fail it for a reason that is not the implementation under test.
+//! JPEG images are decoded bit-identically to OpenCV (`crate::data::image`), so a ±1 level
+//! difference can only come from the implementation under test.
 
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 
 use super::segmentor::case_weights;
 use super::{compare_candidate, expected_shapes, read_expected, KindOutcome};
@@ -31,7 +29,7 @@ use crate::conformance::compare::compare_outputs;
 use crate::conformance::metrics_cmp::{compare_metrics, metrics_json};
 use crate::conformance::{RunError, Target, VerifyOptions};
 use crate::data::ade20k::{self, DatasetSpec};
-use crate::data::image::{self, Format};
+use crate::data::image;
 use crate::eval::{image_areas, predict, EvalError, EvalSettings, MsFlip, TestPipeline};
 use crate::metrics::{compute_metrics, AreaTotals};
 
@@ -111,23 +109,6 @@ fn run_pipeline(case: &Case, target: &Target<'_>) -> Result<KindOutcome, RunErro
     };
     let weights = case_weights(case, &model)?;
     let listing = ade20k::list(&spec, false)?;
-    if !image::jpeg_decoder_is_exact() {
-        // A case with JPEG images cannot be checked without OpenCV's exact decoder: skip it
-        // (reported, never passed) rather than fail or half-check it. The signature is enough.
-        for s in &listing.samples {
-            let mut head = Vec::with_capacity(16);
-            std::fs::File::open(&s.img_path)
-                .and_then(|f| f.take(16).read_to_end(&mut head))
-                .map_err(|e| format!("{}: {e}", s.img_path.display()))?;
-            if image::sniff(&head) == Some(Format::Jpeg) {
-                return Err(RunError::Skip(format!(
-                    "needs OpenCV's exact JPEG decoder for {} (this build decodes JPEG with {})",
-                    s.img_path.display(),
-                    image::jpeg_decoder_name()
-                )));
-            }
-        }
-    }
     let model_run = backend.load(&model, weights, Dtype::F32)?;
 
     let mut produced: BTreeMap<String, OutTensor> = BTreeMap::new();
