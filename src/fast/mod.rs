@@ -30,7 +30,6 @@ pub mod ops;
 pub mod params;
 pub mod segmentor;
 
-use std::collections::BTreeMap;
 
 use ndarray::{ArrayD, IxDyn};
 use tch::{Device, Kind, Tensor};
