@@ -136,3 +136,22 @@ fn missing_paths_are_named_once() {
     assert_eq!(stderr.matches("/no/such/case").count(), 1, "{stderr}");
     assert!(!stderr.contains("os error 2): No such file"), "{stderr}");
 }
+
+/// A metric fixture whose summary numbers were written by numpy >= 2 (float32-rounded, e.g.
+/// 18.559999465942383 for 18.56) passes when every tensor matches; off by 0.01 it fails.
+#[test]
+fn float32_rounded_fixture_summaries_compare_as_two_decimal_numbers() {
+    let orig = Case::load(&fixture("metric-basic")).unwrap();
+    let a_acc = orig.manifest["metrics"]["aAcc"].as_f64().unwrap();
+    let (_t, dir) = edited_case("metric-basic", |v| {
+        for k in ["aAcc", "mIoU", "mAcc"] {
+            let x = v["metrics"][k].as_f64().unwrap();
+            v["metrics"][k] = serde_json::json!((x as f32) as f64);
+        }
+    });
+    let r = run_case(&Case::load(&dir).unwrap(), &REF, &VerifyOptions::default());
+    assert_eq!(r.status, CaseStatus::Pass, "{:?}", r.message);
+    let (_t2, dir2) = edited_case("metric-basic", |v| v["metrics"]["aAcc"] = serde_json::json!(a_acc + 0.01));
+    let r = run_case(&Case::load(&dir2).unwrap(), &REF, &VerifyOptions::default());
+    assert_eq!(r.first_failure().map(|t| t.name.as_str()), Some("metrics.aAcc"));
+}

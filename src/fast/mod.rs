@@ -30,7 +30,6 @@ pub mod ops;
 pub mod params;
 pub mod segmentor;
 
-
 use ndarray::{ArrayD, IxDyn};
 use tch::{Device, Kind, Tensor};
 
