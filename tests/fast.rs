@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use beit_seg::array::AnyArray;
 use beit_seg::backend::reference::{RefBackend, RefModel};
 use beit_seg::backend::tch::{TchBackend, TchModel};
-use beit_seg::backend::{Backend, Model};
+use beit_seg::backend::{Backend, Model as _};
 use beit_seg::config::SegmentorConfig;
 use beit_seg::conformance::case::{discover, Case, CaseKind, Dtype, Tolerance};
 use beit_seg::conformance::compare::{compare_floats, compare_labels, Status};
