@@ -74,11 +74,19 @@ pub struct VerifyArgs {
 /// `beit-seg verify`.
 pub fn run(a: VerifyArgs) -> Result<ExitCode> {
     let filter = NameFilter::new(&a.filter)?;
-    let mut cases = discover(&a.dirs)?;
-    cases.retain(|d| {
-        let name = Case::load(d)
-            .map(|c| c.name)
-            .unwrap_or_else(|_| d.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    // Each case.json is read once: the filter needs its name, the run its manifest.
+    let mut cases: Vec<(PathBuf, Option<Case>)> = discover(&a.dirs)?
+        .into_iter()
+        .map(|d| {
+            let c = Case::load(&d).ok();
+            (d, c)
+        })
+        .collect();
+    cases.retain(|(d, c)| {
+        let name = match c {
+            Some(c) => c.name.clone(),
+            None => d.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        };
         filter.matches(&name)
     });
     if cases.is_empty() {
@@ -108,11 +116,12 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
     };
     let bar = Progress::new("cases", cases.len() as u64, a.quiet);
     let mut reports = Vec::new();
-    for (i, dir) in cases.iter().enumerate() {
+    for (i, (dir, case)) in cases.iter().enumerate() {
         bar.set(i as u64, cases.len() as u64, &dir.display().to_string());
-        let r = match Case::load(dir) {
-            Ok(case) => run_case(&case, &target, &opts),
-            Err(_) => run_case_dir(dir, &target, &opts),
+        let r = match case {
+            Some(case) => run_case(case, &target, &opts),
+            // Unreadable: run_case_dir reports why, as an ERROR row.
+            None => run_case_dir(dir, &target, &opts),
         };
         for w in &r.warnings {
             bar.note(&format!("warning: {w}"));

@@ -63,7 +63,16 @@ impl TensorResult {
         }
     }
 
-    fn shape_mismatch(name: &str, expected: &[usize], actual: &[usize], tol: Tolerance) -> Self {
+    /// A failure of the whole tensor (wrong shape, wrong dtype, not expected): all `numel`
+    /// elements count as violations, and `note` says why.
+    pub fn whole_failure(
+        name: &str,
+        expected: &[usize],
+        actual: &[usize],
+        numel: usize,
+        tol: Tolerance,
+        note: String,
+    ) -> Self {
         TensorResult {
             name: name.to_string(),
             status: Status::Fail,
@@ -71,13 +80,18 @@ impl TensorResult {
             actual_shape: Some(actual.to_vec()),
             max_abs: f64::NAN,
             max_rel: f64::NAN,
-            violations: expected.iter().product(),
-            numel: expected.iter().product(),
+            violations: numel,
+            numel,
             tolerance: tol,
             near_ties: None,
             flips: None,
-            note: Some(format!("shape mismatch: expected {expected:?}, got {actual:?}")),
+            note: Some(note),
         }
+    }
+
+    fn shape_mismatch(name: &str, expected: &[usize], actual: &[usize], tol: Tolerance) -> Self {
+        let note = format!("shape mismatch: expected {expected:?}, got {actual:?}");
+        Self::whole_failure(name, expected, actual, expected.iter().product(), tol, note)
     }
 }
 

@@ -25,7 +25,7 @@ use crate::checkpoint::{
     convert, read_any, resize_rel_pos_table, ConversionReport, ConvertOptions, Dialect, ReadOptions,
 };
 use crate::conformance::case::{Case, Tolerance};
-use crate::conformance::compare::{compare_floats, compare_labels, Status, TensorResult};
+use crate::conformance::compare::{compare_floats, compare_labels, TensorResult};
 use crate::conformance::{RunError, Target};
 
 fn bad(case: &Case, msg: impl std::fmt::Display) -> RunError {
@@ -101,39 +101,13 @@ fn read_expected(path: &Path) -> Result<Vec<(String, AnyArray)>, RunError> {
 }
 
 fn unexpected(key: &str, a: &AnyArray, tol: Tolerance) -> TensorResult {
-    let numel = a.shape().iter().product();
-    TensorResult {
-        name: format!("unexpected:{key}"),
-        status: Status::Fail,
-        expected_shape: vec![],
-        actual_shape: Some(a.shape().to_vec()),
-        max_abs: f64::NAN,
-        max_rel: f64::NAN,
-        violations: numel,
-        numel,
-        tolerance: tol,
-        near_ties: None,
-        flips: None,
-        note: Some(format!("produced by the converter ({}) but not in expected", a.dtype_name())),
-    }
+    let note = format!("produced by the converter ({}) but not in expected", a.dtype_name());
+    TensorResult::whole_failure(&format!("unexpected:{key}"), &[], a.shape(), a.shape().iter().product(), tol, note)
 }
 
 fn dtype_mismatch(key: &str, actual: &AnyArray, expected: &AnyArray, tol: Tolerance) -> TensorResult {
-    let numel = expected.shape().iter().product();
-    TensorResult {
-        name: key.to_string(),
-        status: Status::Fail,
-        expected_shape: expected.shape().to_vec(),
-        actual_shape: Some(actual.shape().to_vec()),
-        max_abs: f64::NAN,
-        max_rel: f64::NAN,
-        violations: numel,
-        numel,
-        tolerance: tol,
-        near_ties: None,
-        flips: None,
-        note: Some(format!("dtype mismatch: expected {}, got {}", expected.dtype_name(), actual.dtype_name())),
-    }
+    let note = format!("dtype mismatch: expected {}, got {}", expected.dtype_name(), actual.dtype_name());
+    TensorResult::whole_failure(key, expected.shape(), actual.shape(), expected.shape().iter().product(), tol, note)
 }
 
 /// Compares one produced tensor with its expected value: floats by the tolerance rule, integer
