@@ -91,6 +91,11 @@ impl<T: Float> WeightStore<T> {
 
     /// Every float tensor the model asked for, `(key, shape)` in construction order: the
     /// parameter list of a model (see `EncoderDecoder::parameter_shapes`).
+    /// Whether the store holds no tensor at all (it can only collect requests).
+    pub fn is_empty(&self) -> bool {
+        self.floats.is_empty() && self.ints.is_empty()
+    }
+
     pub fn requests(&self) -> &[(String, Vec<usize>)] {
         &self.requests
     }

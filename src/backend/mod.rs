@@ -162,7 +162,7 @@ pub fn open(spec: &BackendSpec) -> Result<Box<dyn Backend>, BackendError> {
 
 /// A state dict of random weights for `cfg` (for benchmarks): every float parameter the model
 /// asks for, drawn from a seeded generator at a plausible scale (see
-/// [`reference::random_value`]).
+/// [`reference::random_draw`]).
 pub fn random_state_dict(cfg: &SegmentorConfig, seed: u64) -> StateDict {
     reference::random_state_dict(cfg, seed)
 }

@@ -1,6 +1,8 @@
 //! The ndarray reference as a [`Backend`]: float32 and float64 (the float64 twin fixtures run
 //! through exactly the same code).
 
+use std::any::Any;
+
 use ndarray::{Array4, ArrayD, Ix4, IxDyn};
 
 use super::{Backend, BackendError, Model, OutTensor, Outputs, StageTimes};
@@ -70,9 +72,16 @@ impl<T: Float> Model for RefModel<T> {
     }
 
     fn seg_logits(&self, input: Array4<f32>) -> Result<Array4<f32>, BackendError> {
-        let x = input.mapv(|v| T::from_f64_lossy(v as f64));
+        // No copy when T is f32 (the arrays are moved through `Any`), a conversion otherwise.
+        let x = match (Box::new(input) as Box<dyn Any>).downcast::<Array4<T>>() {
+            Ok(x) => *x,
+            Err(any) => any.downcast::<Array4<f32>>().expect("the input").mapv(|v| T::from_f64_lossy(v as f64)),
+        };
         let out = self.0.forward(&x, &mut Recorder::none())?;
-        Ok(out.seg_logits.mapv(|v| v.to_f64_exact() as f32))
+        Ok(match (Box::new(out.seg_logits) as Box<dyn Any>).downcast::<Array4<f32>>() {
+            Ok(y) => *y,
+            Err(any) => any.downcast::<Array4<T>>().expect("the logits").mapv(|v| v.to_f64_exact() as f32),
+        })
     }
 
     fn profile(&self, inputs: &AnyArray) -> Result<StageTimes, BackendError> {
@@ -114,41 +123,62 @@ impl SplitMix64 {
     fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
-    /// Standard normal (Box–Muller).
-    fn normal(&mut self) -> f64 {
+    /// A pair of independent standard normals (Box–Muller, both branches).
+    fn normal_pair(&mut self) -> (f64, f64) {
         let u1 = self.uniform().max(f64::MIN_POSITIVE);
         let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (s, c) = (2.0 * std::f64::consts::PI * u2).sin_cos();
+        (r * c, r * s)
     }
 }
 
-/// One random parameter value for key `key` of `shape` (benchmark weights of plausible scale):
+/// How the values of one benchmark parameter are drawn: `offset + scale · N(0, 1)`, or
+/// `offset + U(0, 1)` when `uniform`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Draw {
+    pub offset: f64,
+    pub scale: f64,
+    pub uniform: bool,
+}
+
+/// The distribution of parameter `key` of `shape` (benchmark weights of plausible scale):
 /// matrices and kernels N(0, 1/fan_in); 1-D `weight` (LayerNorm, BatchNorm) 1 + N(0, 0.1²);
 /// `running_var` U(0.5, 1.5); `gamma_1`/`gamma_2` 0.1 + N(0, 0.02²); `cls_token` N(0, 1); other
 /// vectors N(0, 0.1²).
-pub fn random_value(key: &str, shape: &[usize], rng: &mut impl FnMut() -> (f64, f64)) -> f64 {
-    let (u, n) = rng();
-    let leaf = key.rsplit('.').next().unwrap_or(key);
-    match leaf {
-        "running_var" => 0.5 + u,
-        "cls_token" => n,
-        "gamma_1" | "gamma_2" => 0.1 + 0.02 * n,
-        "relative_position_bias_table" => 0.1 * n,
-        _ if shape.len() >= 2 => n / (shape[1..].iter().product::<usize>().max(1) as f64).sqrt(),
-        "weight" => 1.0 + 0.1 * n,
-        _ => 0.1 * n,
+pub fn random_draw(key: &str, shape: &[usize]) -> Draw {
+    let normal = |offset, scale| Draw { offset, scale, uniform: false };
+    match key.rsplit('.').next().unwrap_or(key) {
+        "running_var" => Draw { offset: 0.5, scale: 1.0, uniform: true },
+        "cls_token" => normal(0.0, 1.0),
+        "gamma_1" | "gamma_2" => normal(0.1, 0.02),
+        "relative_position_bias_table" => normal(0.0, 0.1),
+        _ if shape.len() >= 2 => normal(0.0, 1.0 / (shape[1..].iter().product::<usize>().max(1) as f64).sqrt()),
+        "weight" => normal(1.0, 0.1),
+        _ => normal(0.0, 0.1),
     }
 }
 
-/// A random float32 state dict for `cfg` (see [`random_value`]), the same for every backend.
+/// A random float32 state dict for `cfg` (see [`random_draw`]), the same for every backend.
 pub fn random_state_dict(cfg: &SegmentorConfig, seed: u64) -> StateDict {
     let mut g = SplitMix64(seed);
-    let mut draw = || (g.uniform(), g.normal());
     EncoderDecoder::<f32>::parameter_shapes(cfg)
         .into_iter()
         .map(|(key, shape)| {
             let n: usize = shape.iter().product();
-            let v: Vec<f32> = (0..n).map(|_| random_value(&key, &shape, &mut draw) as f32).collect();
+            let d = random_draw(&key, &shape);
+            let mut v: Vec<f32> = Vec::with_capacity(n);
+            while v.len() < n {
+                if d.uniform {
+                    v.push((d.offset + g.uniform()) as f32);
+                } else {
+                    let (a, b) = g.normal_pair();
+                    v.push((d.offset + d.scale * a) as f32);
+                    if v.len() < n {
+                        v.push((d.offset + d.scale * b) as f32);
+                    }
+                }
+            }
             let a = ArrayD::from_shape_vec(IxDyn(&shape), v).expect("n elements");
             (key, AnyArray::F32(a))
         })

@@ -23,8 +23,17 @@ use crate::weights::WeightStore;
 use crate::Float;
 
 /// mmcv `ConvModule(in, out, k, padding, dilation)` with optional BN and ReLU.
+/// The kernel of a convolution, laid out for the algorithm that runs it.
+pub enum ConvKernel<T: Float> {
+    /// (Cout, Cin, kh, kw), run by im2col + GEMM ([`ops::conv2d`]).
+    Direct(Array4<T>),
+    /// A 3x3 kernel at dilation 1, transformed at load time for Winograd's F(2x2, 3x3)
+    /// ([`ops::conv2d_winograd`]).
+    Winograd(ops::Winograd3x3<T>),
+}
+
 pub struct ConvModule<T: Float> {
-    pub weight: Array4<T>,
+    pub kernel: ConvKernel<T>,
     pub bias: Option<Array1<T>>,
     pub bn: Option<BatchNorm<T>>,
     pub relu: bool,
@@ -45,8 +54,16 @@ impl<T: Float> ConvModule<T> {
         dilation: usize,
     ) -> Self {
         let bn = cfg.norm.as_ref().map(|n| BatchNorm::load(ws, &join(prefix, "bn"), cout, n.eps));
+        let weight = take4(ws, &join(prefix, "conv.weight"), [cout, cin, k, k]);
+        // A store without tensors only collects the requests (`parameter_shapes`) or fails in
+        // `finish`: no transform for its zeros.
+        let kernel = if k == 3 && dilation == 1 && !ws.is_empty() {
+            ConvKernel::Winograd(ops::Winograd3x3::new(weight.view()))
+        } else {
+            ConvKernel::Direct(weight)
+        };
         ConvModule {
-            weight: take4(ws, &join(prefix, "conv.weight"), [cout, cin, k, k]),
+            kernel,
             // bias='auto': a conv bias only when there is no norm layer.
             bias: bn.is_none().then(|| take1(ws, &join(prefix, "conv.bias"), cout)),
             bn,
@@ -59,7 +76,11 @@ impl<T: Float> ConvModule<T> {
     pub fn forward(&self, x: ArrayView4<T>, prefix: &str, rec: &mut Recorder<T>) -> Array4<T> {
         let p = self.padding;
         let d = self.dilation;
-        let mut y = ops::conv2d(x, self.weight.view(), self.bias.as_ref().map(|b| b.view()), (1, 1), (p, p), (d, d));
+        let bias = self.bias.as_ref().map(|b| b.view());
+        let mut y = match &self.kernel {
+            ConvKernel::Direct(w) => ops::conv2d(x, w.view(), bias, (1, 1), (p, p), (d, d)),
+            ConvKernel::Winograd(u) => ops::conv2d_winograd(x, u, bias, (p, p)),
+        };
         rec.put(&join(prefix, "conv"), &y);
         if let Some(bn) = &self.bn {
             bn.forward_inplace(&mut y);

@@ -17,13 +17,15 @@ mod gemm;
 mod norm;
 mod pool;
 mod resize;
+pub(super) mod winograd;
 
-pub use activation::{gelu, gelu_inplace, relu_inplace, softmax_rows_inplace};
+pub use activation::{gelu, gelu_inplace, relu_inplace, softmax_rows_biased_inplace, softmax_rows_inplace};
 pub use conv::{conv2d, conv_transpose2d};
 pub use gemm::{linear, matmul};
 pub use norm::{batch_norm_inplace, layer_norm};
 pub use pool::{adaptive_avg_pool2d, max_pool2d};
 pub use resize::interpolate_bilinear;
+pub use winograd::{conv2d_winograd, Winograd3x3};
 
 use ndarray::parallel::prelude::*;
 use ndarray::{s, Array3, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, Axis, Zip};

@@ -3,7 +3,7 @@
 use ndarray::{Array2, ArrayD, IxDyn};
 
 use super::{f64s, Rng};
-use crate::reference::ops::{gelu, gelu_inplace, relu_inplace, softmax_rows_inplace};
+use crate::reference::ops::{gelu, gelu_inplace, relu_inplace, softmax_rows_biased_inplace, softmax_rows_inplace};
 use crate::Float;
 
 #[test]
@@ -82,4 +82,53 @@ fn check_softmax<T: Float>() {
 fn softmax_rows_sum_to_one() {
     check_softmax::<f32>();
     check_softmax::<f64>();
+}
+
+fn check_softmax_biased<T: Float>() {
+    let mut rng = Rng::new(8);
+    // 37 columns: two full 16-lane chunks and a remainder; a table of 11 entries.
+    let (n, m) = (5, 37);
+    let x = rng.mat::<T>((n, m)).mapv(|v| v * T::from_f64_lossy(10.0));
+    let table = rng.vec::<T>(11).mapv(|v| v * T::from_f64_lossy(3.0));
+    let index: Vec<u32> = (0..n * m).map(|i| ((i * 7 + i / m) % 11) as u32).collect();
+    let mut y = x.clone();
+    softmax_rows_biased_inplace(y.view_mut(), table.as_slice().unwrap(), &index);
+    for r in 0..n {
+        // x + bias rounded to T first, then the softmax in f64.
+        let z: Vec<f64> = (0..m).map(|j| (x[[r, j]] + table[index[r * m + j] as usize]).to_f64_exact()).collect();
+        let max = z.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+        let sum: f64 = z.iter().map(|&v| (v - max).exp()).sum();
+        for j in 0..m {
+            let want = (z[j] - max).exp() / sum;
+            let err = (y[[r, j]].to_f64_exact() - want).abs();
+            assert!(
+                err <= 16.0 * T::epsilon().to_f64_exact() * want + 1e-300,
+                "biased softmax {r},{j} ({}): got {}, want {want}",
+                T::DTYPE,
+                y[[r, j]]
+            );
+        }
+    }
+    // Without bias it is the plain softmax of x + 0; a NaN poisons its row only; a row of
+    // -inf but one entry is one-hot.
+    let zeros = vec![T::zero(); 1];
+    let mut a = x.clone();
+    softmax_rows_biased_inplace(a.view_mut(), &zeros, &vec![0; n * m]);
+    let mut b = x.clone();
+    softmax_rows_inplace(b.view_mut());
+    assert_eq!(a, b);
+    let mut c = x.clone();
+    c[[1, 20]] = T::nan();
+    c.row_mut(2).fill(T::neg_infinity());
+    c[[2, 33]] = T::zero();
+    softmax_rows_biased_inplace(c.view_mut(), &zeros, &vec![0; n * m]);
+    assert!(c.row(1).iter().all(|v| v.is_nan()));
+    assert!(c.row(0).iter().chain(c.row(3)).all(|v| !v.is_nan()));
+    assert!(c.row(2).iter().enumerate().all(|(j, &v)| v == if j == 33 { T::one() } else { T::zero() }));
+}
+
+#[test]
+fn biased_softmax_matches_add_then_softmax() {
+    check_softmax_biased::<f32>();
+    check_softmax_biased::<f64>();
 }

@@ -4,7 +4,8 @@ use ndarray::{s, Array1, Array4};
 
 use super::{assert_close, dot_tol, f64s, Rng};
 use crate::reference::ops::conv::{conv2d_tiled, conv_transpose2d_tiled};
-use crate::reference::ops::{conv2d, conv_transpose2d};
+use crate::reference::ops::winograd::conv2d_winograd_blocked;
+use crate::reference::ops::{conv2d, conv2d_winograd, conv_transpose2d, Winograd3x3};
 use crate::Float;
 
 /// Direct 7-loop convolution in f64: (value, Σ|terms|).
@@ -104,6 +105,69 @@ fn check_conv2d<T: Float>() {
 fn conv2d_matches_direct_convolution() {
     check_conv2d::<f32>();
     check_conv2d::<f64>();
+}
+
+/// (B, Cin, H, W), Cout, padding, bias: odd and even sizes, one-row and one-column outputs,
+/// padding 0, 1 and 2 (the UPerHead uses 1), many input channels.
+type WinogradCase = ((usize, usize, usize, usize), usize, (usize, usize), bool);
+
+const WINOGRAD_CASES: &[WinogradCase] = &[
+    ((2, 3, 9, 11), 4, (1, 1), true),
+    ((1, 5, 8, 8), 3, (1, 1), false),
+    ((1, 2, 1, 1), 2, (1, 1), true),
+    ((1, 3, 3, 3), 2, (0, 0), true),
+    ((1, 2, 4, 7), 3, (2, 2), true),
+    ((1, 4, 6, 5), 2, (0, 1), false),
+    ((1, 3, 2, 17), 5, (1, 0), true),
+    ((1, 40, 13, 12), 6, (1, 1), true),
+];
+
+/// Winograd F(2x2, 3x3) against the direct f64 convolution: its transforms only add and
+/// halve, so its error stays within a small multiple of the direct sum's bound (16x here).
+fn check_winograd<T: Float>() {
+    let mut rng = Rng::new(21);
+    for (ci, &((bn, cin, h, wd), cout, p, with_bias)) in WINOGRAD_CASES.iter().enumerate() {
+        let x = rng.t4::<T>((bn, cin, h, wd));
+        let w = rng.t4::<T>((cout, cin, 3, 3));
+        let b = rng.vec::<T>(cout);
+        let bias = with_bias.then(|| b.view());
+        let (want, mag) = naive_conv2d(&f64s(&x), &f64s(&w), with_bias.then(|| f64s(&b)).as_ref(), (1, 1), p, (1, 1));
+        let tol = 16.0 * dot_tol::<T>(cin * 9 + 16);
+        let k = Winograd3x3::new(w.view());
+        let y = conv2d_winograd(x.view(), &k, bias, p);
+        assert_close(&y, &want, &mag, tol, &format!("winograd case {ci}"));
+        // Small blocks: one tile row per block and one input channel per GEMM, or a few.
+        for blocks in [(1, 1), (3, 2), (1000, 7)] {
+            let yb = conv2d_winograd_blocked(x.view(), &k, bias, p, blocks);
+            assert_close(&yb, &want, &mag, tol, &format!("winograd case {ci} blocks {blocks:?}"));
+        }
+        // A non-standard-layout input gives the same bits.
+        let xp = x.view().permuted_axes([0, 1, 3, 2]).to_owned();
+        let yp = conv2d_winograd(xp.view().permuted_axes([0, 1, 3, 2]), &k, bias, p);
+        assert_eq!(yp, y, "winograd case {ci}: layout independence");
+    }
+}
+
+#[test]
+fn winograd_conv2d_matches_direct_convolution() {
+    check_winograd::<f32>();
+    check_winograd::<f64>();
+}
+
+#[test]
+fn winograd_of_an_identity_kernel_copies_the_input() {
+    // A kernel with a single 1 at the centre is the identity (padding 1). Not exact: the
+    // input transform rounds sums of up to 16 neighbours (all in [-1, 1]), so the error is a
+    // few ulp of 1, not of the value.
+    let mut rng = Rng::new(5);
+    let x = rng.t4::<f32>((1, 2, 7, 6));
+    let mut w = Array4::<f32>::zeros((2, 2, 3, 3));
+    w[[0, 0, 1, 1]] = 1.0;
+    w[[1, 1, 1, 1]] = 1.0;
+    let y = conv2d_winograd(x.view(), &Winograd3x3::new(w.view()), None, (1, 1));
+    for ((_, c, i, j), &v) in y.indexed_iter() {
+        assert!((v - x[[0, c, i, j]]).abs() <= 16.0 * f32::EPSILON, "({c},{i},{j}): {v} vs {}", x[[0, c, i, j]]);
+    }
 }
 
 /// Direct transposed convolution by scatter in f64: (value, Σ|terms|).
