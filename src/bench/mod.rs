@@ -46,8 +46,13 @@ pub struct BenchOptions {
     pub size: usize,
     /// Threads (rayon for ref, intra-op for tch and PyTorch); `None`: all cores.
     pub threads: Option<usize>,
+    /// Untimed runs before each block of timed runs.
     pub warmup: usize,
+    /// Timed runs per block.
     pub iters: usize,
+    /// Blocks per side with `against_pytorch`, in the order ours, PyTorch, PyTorch, ours, ...
+    /// (a linear drift of the machine's speed cancels); 1 without.
+    pub rounds: usize,
     pub against_pytorch: bool,
     pub python: Option<PathBuf>,
     pub seed: u64,
@@ -124,7 +129,7 @@ pub fn reset_peak_rss() -> bool {
 }
 
 /// The model dict with `img_size` and the slide crop set to `size`.
-fn sized_model(model: &Value, size: usize) -> Value {
+pub fn sized_model(model: &Value, size: usize) -> Value {
     let mut m = model.clone();
     if let Some(obj) = m.as_object_mut() {
         obj.remove("data_preprocessor");
@@ -155,30 +160,60 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>, BenchError> {
     }
     let work = flops::count(&cfg, (opts.size, opts.size));
     let input = bench_input(opts.size);
+    // MMSegmentation in a child process that stays up: its blocks of runs alternate with ours.
+    let mut torch: Option<Result<pytorch::PyTorchChild, String>> = opts.against_pytorch.then(|| {
+        eprintln!("bench: starting PyTorch eager (MMSegmentation), fp32 ...");
+        pytorch::PyTorchChild::start(&pytorch::PyTorchJob {
+            model: &model_json,
+            size: opts.size,
+            threads,
+            device: &opts.device,
+            python: opts.python.as_deref(),
+        })
+    });
+    let rounds = if matches!(torch, Some(Ok(_))) { opts.rounds.max(1) } else { 1 };
     let mut rows = Vec::new();
     for precision in &opts.precisions {
         let spec = BackendSpec { kind: opts.backend, device: opts.device.clone(), precision: precision.clone() };
         let be = backend::open(&spec)?;
         let dtype = if precision == "fp64" { Dtype::F64 } else { Dtype::F32 };
         eprintln!(
-            "bench: {} {precision}, {} {}x{}, {threads} threads ...",
+            "bench: {} {precision}, {} {}x{}, {threads} threads{} ...",
             be.name(),
             opts.config_name,
             opts.size,
-            opts.size
+            opts.size,
+            if rounds > 1 { format!(", {rounds} rounds alternating with PyTorch") } else { String::new() }
         );
         reset_peak_rss();
+        let mut torch_secs: Vec<f64> = Vec::new();
         let (seconds, stages) = pool.install(|| -> Result<_, BenchError> {
             let model = be.load(&cfg, backend::random_state_dict(&cfg, opts.seed), dtype)?;
-            for _ in 0..opts.warmup {
-                model.seg_logits(input.clone())?;
-            }
             let mut seconds = Vec::new();
-            for _ in 0..opts.iters.max(1) {
-                let x = input.clone();
-                let t = Instant::now();
-                model.seg_logits(x)?;
-                seconds.push(t.elapsed().as_secs_f64());
+            for r in 0..rounds {
+                // ABBA order: ours first in even rounds, PyTorch first in odd ones.
+                for ours in if r % 2 == 0 { [true, false] } else { [false, true] } {
+                    if ours {
+                        for _ in 0..opts.warmup {
+                            model.seg_logits(input.clone())?;
+                        }
+                        for _ in 0..opts.iters.max(1) {
+                            let x = input.clone();
+                            let t = Instant::now();
+                            model.seg_logits(x)?;
+                            seconds.push(t.elapsed().as_secs_f64());
+                        }
+                    } else if torch.is_some() {
+                        for _ in 0..opts.warmup {
+                            torch_step(&mut torch);
+                        }
+                        for _ in 0..opts.iters.max(1) {
+                            if let Some(t) = torch_step(&mut torch) {
+                                torch_secs.push(t);
+                            }
+                        }
+                    }
+                }
             }
             let stages = model.profile(&AnyArray::F32(input.clone().into_dyn())).ok();
             Ok((seconds, stages))
@@ -186,6 +221,11 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>, BenchError> {
         let peak = peak_rss_bytes();
         let med = median(&seconds);
         eprintln!("bench: {} {precision}: median {med:.3} s", be.name());
+        let (pt_med, pt_min) = if torch_secs.is_empty() {
+            (None, None)
+        } else {
+            (Some(median(&torch_secs)), Some(torch_secs.iter().copied().fold(f64::INFINITY, f64::min)))
+        };
         rows.push(BenchRow {
             backend: be.name().to_string(),
             precision: precision.clone(),
@@ -199,44 +239,47 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>, BenchError> {
             flops: work,
             gflops_per_s: work.total() / med / 1e9,
             peak_rss_bytes: peak,
-            pytorch_seconds: None,
-            pytorch_seconds_median: None,
-            pytorch_seconds_min: None,
+            time_ratio: pt_med.map(|p| med / p),
+            pytorch_seconds_median: pt_med,
+            pytorch_seconds_min: pt_min,
+            pytorch_seconds: (!torch_secs.is_empty()).then_some(torch_secs),
             pytorch_peak_rss_bytes: None,
-            time_ratio: None,
             rss_ratio: None,
             pytorch_note: None,
         });
     }
-    if opts.against_pytorch {
-        eprintln!("bench: PyTorch eager (MMSegmentation), fp32 ...");
-        let job = pytorch::PyTorchJob {
-            model: &model_json,
-            size: opts.size,
-            threads,
-            device: &opts.device,
-            warmup: opts.warmup,
-            iters: opts.iters,
-            python: opts.python.as_deref(),
-        };
-        let res = pytorch::run(&job);
-        for row in &mut rows {
-            match &res {
-                Ok(p) => {
-                    let med = median(&p.seconds);
-                    row.pytorch_seconds_median = Some(med);
-                    row.pytorch_seconds_min = Some(p.seconds.iter().copied().fold(f64::INFINITY, f64::min));
-                    row.pytorch_seconds = Some(p.seconds.clone());
-                    row.pytorch_peak_rss_bytes = Some(p.peak_rss_bytes);
-                    row.time_ratio = Some(row.seconds_median / med);
-                    row.rss_ratio = (p.peak_rss_bytes > 0).then(|| row.peak_rss_bytes as f64 / p.peak_rss_bytes as f64);
-                    row.pytorch_note = Some(p.versions.clone());
-                }
-                Err(e) => row.pytorch_note = Some(format!("not run: {e}")),
+    // The child's peak RSS and versions (or why it did not run) for every row.
+    let (note, torch_peak) = match torch.take() {
+        None => (None, None),
+        Some(Err(e)) => (Some(format!("not run: {e}")), None),
+        Some(Ok(child)) => {
+            let versions = child.versions.clone();
+            match child.finish() {
+                Ok(peak) => (Some(versions), Some(peak)),
+                Err(e) => (Some(format!("{versions}; ended badly: {e}")), None),
             }
+        }
+    };
+    for row in &mut rows {
+        row.pytorch_note = note.clone();
+        if row.pytorch_seconds.is_some() {
+            row.pytorch_peak_rss_bytes = torch_peak;
+            row.rss_ratio = torch_peak.filter(|&p| p > 0).map(|p| row.peak_rss_bytes as f64 / p as f64);
         }
     }
     Ok(rows)
+}
+
+/// One timed PyTorch iteration, if the child is running; a failure ends it (kept as the note).
+fn torch_step(torch: &mut Option<Result<pytorch::PyTorchChild, String>>) -> Option<f64> {
+    let child = torch.as_mut()?.as_mut().ok()?;
+    match child.run_once() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            *torch = Some(Err(e));
+            None
+        }
+    }
 }
 
 /// Bytes in GB (10⁹), for tables.

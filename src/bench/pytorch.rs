@@ -1,9 +1,13 @@
 //! The PyTorch side of `bench --against-pytorch`: MMSegmentation's own model, built in a child
 //! Python (the project venv) from the same config dict, random init, timed with the same thread
-//! count on the same input, reporting every iteration's seconds and its own peak RSS.
+//! count on the same input. The child stays up and runs one timed iteration per request
+//! ([`PyTorchChild::run_once`]), so that the bench can interleave its iterations with ours:
+//! both sides then see the same machine (a shared machine's speed drifts by ±20% over a
+//! minute). At the end it reports its own peak RSS.
 
+use std::io::{BufRead, BufReader, Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use serde_json::{json, Value};
 
@@ -61,18 +65,24 @@ s = args['size']
 c, y, x = np.meshgrid(np.arange(3), np.arange(s), np.arange(s), indexing='ij')
 img = torch.from_numpy((((c * 7 + y * 3 + x) % 17) / 17.0 - 0.5).astype(np.float32))[None].to(dev)
 metas = [dict(ori_shape=(s, s), img_shape=(s, s), pad_shape=(s, s), padding_size=[0, 0, 0, 0])]
-secs = []
-with torch.no_grad():
-    for _ in range(args['warmup']):
+def once():
+    sync()
+    t = time.perf_counter()
+    with torch.no_grad():
         model.inference(img, metas).argmax(1)
-    for _ in range(args['iters']):
-        sync()
-        t = time.perf_counter()
-        model.inference(img, metas).argmax(1)
-        sync()
-        secs.append(time.perf_counter() - t)
-print('BENCH_JSON ' + json.dumps(dict(seconds=secs, peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-      torch=torch.__version__, mmseg=mmseg.__version__, threads=torch.get_num_threads())))
+    sync()
+    return time.perf_counter() - t
+# The protocol: READY once built; `run` -> `TIME <seconds>`; `quit` -> `DONE <json>`.
+print('READY ' + json.dumps(dict(torch=torch.__version__, mmseg=mmseg.__version__,
+      threads=torch.get_num_threads())), flush=True)
+for line in sys.stdin:
+    cmd = line.strip()
+    if cmd == 'run':
+        print('TIME %r' % once(), flush=True)
+    elif cmd == 'quit':
+        break
+print('DONE ' + json.dumps(dict(peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)),
+      flush=True)
 "#;
 
 /// The Python to use: explicit, `$BEIT_SEG_PYTHON`, or the project venv under `~/.cache/beit-seg`.
@@ -104,8 +114,6 @@ pub struct PyTorchJob<'a> {
     pub size: usize,
     pub threads: usize,
     pub device: &'a str,
-    pub warmup: usize,
-    pub iters: usize,
     pub python: Option<&'a Path>,
 }
 
@@ -123,51 +131,105 @@ fn sync_bn_to_bn(v: &mut Value) {
     }
 }
 
-/// Runs the child; `Err(why)` when it could not run (no Python, no mmseg, a failure).
-pub fn run(job: &PyTorchJob) -> Result<PyTorchRun, String> {
-    let python =
-        find_python(job.python).ok_or("no Python with MMSegmentation found (set --python or BEIT_SEG_PYTHON)")?;
-    let mut model = job.model.clone();
-    sync_bn_to_bn(&mut model);
-    let args = json!({
-        "model": model, "threads": job.threads, "device": job.device, "size": job.size,
-        "warmup": job.warmup, "iters": job.iters.max(1),
-    });
-    let out = Command::new(&python)
-        .arg("-c")
-        .arg(PYTORCH_SCRIPT)
-        .arg(args.to_string())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().find_map(|l| l.strip_prefix("BENCH_JSON "));
-    match (out.status.success(), line) {
-        (true, Some(line)) => {
-            let v: Value = serde_json::from_str(line).map_err(|e| format!("unreadable PyTorch result: {e}"))?;
-            let seconds: Vec<f64> = v
-                .get("seconds")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_f64).collect())
-                .filter(|s: &Vec<f64>| !s.is_empty())
-                .ok_or("PyTorch result lacks `seconds`")?;
-            let s = |k: &str| {
-                v.get(k).map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).unwrap_or_default()
-            };
-            Ok(PyTorchRun {
-                seconds,
-                peak_rss_bytes: v.get("peak_rss_bytes").and_then(Value::as_u64).unwrap_or(0),
-                versions: format!("torch {}, mmseg {}, threads {}", s("torch"), s("mmseg"), s("threads")),
-            })
+/// The running child: MMSegmentation's model built and waiting for `run` requests.
+pub struct PyTorchChild {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    stderr: std::fs::File,
+    python: PathBuf,
+    /// `torch X, mmseg Y, threads N`.
+    pub versions: String,
+}
+
+impl PyTorchChild {
+    /// Starts the child and waits until its model is built; `Err(why)` when it cannot (no
+    /// Python, no MMSegmentation, a failure while building).
+    pub fn start(job: &PyTorchJob) -> Result<Self, String> {
+        let python =
+            find_python(job.python).ok_or("no Python with MMSegmentation found (set --python or BEIT_SEG_PYTHON)")?;
+        let mut model = job.model.clone();
+        sync_bn_to_bn(&mut model);
+        let args = json!({ "model": model, "threads": job.threads, "device": job.device, "size": job.size });
+        let stderr = tempfile::tempfile().map_err(|e| format!("cannot create a file for the child's stderr: {e}"))?;
+        let mut child = Command::new(&python)
+            .arg("-c")
+            .arg(PYTORCH_SCRIPT)
+            .arg(args.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr.try_clone().map_err(|e| format!("cannot share the stderr file: {e}"))?)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("the child's pipes are missing".into());
+        };
+        let mut me =
+            PyTorchChild { child, stdin, stdout: BufReader::new(stdout), stderr, python, versions: String::new() };
+        let ready = me.expect("READY ")?;
+        let v: Value = serde_json::from_str(&ready).map_err(|e| format!("unreadable READY line: {e}"))?;
+        let s = |k: &str| v.get(k).map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()));
+        me.versions = format!(
+            "torch {}, mmseg {}, threads {}",
+            s("torch").unwrap_or_default(),
+            s("mmseg").unwrap_or_default(),
+            s("threads").unwrap_or_default()
+        );
+        Ok(me)
+    }
+
+    /// Reads lines until one starts with `prefix` (returns the rest); an error with the tail of
+    /// the child's stderr when it ends first.
+    fn expect(&mut self, prefix: &str) -> Result<String, String> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match self.stdout.read_line(&mut line) {
+                Ok(0) | Err(_) => return Err(self.failure()),
+                Ok(_) => {
+                    if let Some(rest) = line.trim_end().strip_prefix(prefix) {
+                        return Ok(rest.to_string());
+                    }
+                }
+            }
         }
-        _ => {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let tail: Vec<&str> = err.lines().rev().take(3).collect();
-            Err(format!(
-                "{} failed ({}): {}",
-                python.display(),
-                out.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            ))
-        }
+    }
+
+    /// `<python> failed (<status>): <last lines of stderr>`.
+    fn failure(&mut self) -> String {
+        let status = self.child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+        let mut err = String::new();
+        let _ = self.stderr.rewind();
+        let _ = self.stderr.read_to_string(&mut err);
+        let tail: Vec<&str> = err.lines().rev().take(3).collect();
+        format!(
+            "{} failed ({status}): {}",
+            self.python.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        )
+    }
+
+    /// One timed `model.inference(...).argmax(1)`: its seconds.
+    pub fn run_once(&mut self) -> Result<f64, String> {
+        writeln!(self.stdin, "run").and_then(|_| self.stdin.flush()).map_err(|_| self.failure())?;
+        let t = self.expect("TIME ")?;
+        t.trim().parse::<f64>().map_err(|e| format!("unreadable PyTorch time {t:?}: {e}"))
+    }
+
+    /// Ends the child: its peak RSS in bytes.
+    pub fn finish(mut self) -> Result<u64, String> {
+        writeln!(self.stdin, "quit").and_then(|_| self.stdin.flush()).map_err(|_| self.failure())?;
+        let done = self.expect("DONE ")?;
+        let _ = self.child.wait();
+        let v: Value = serde_json::from_str(&done).map_err(|e| format!("unreadable DONE line: {e}"))?;
+        Ok(v.get("peak_rss_bytes").and_then(Value::as_u64).unwrap_or(0))
+    }
+}
+
+impl Drop for PyTorchChild {
+    fn drop(&mut self) {
+        // Ends a child left running by an error on our side (after `finish` it has exited).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -33,12 +33,17 @@ pub struct BenchArgs {
     /// Threads for our backend and for PyTorch (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Untimed runs first.
+    /// Untimed runs first (in every round, on each side).
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    /// Timed runs (median and min are reported).
+    /// Timed runs per round (median and min over all rounds are reported).
     #[arg(long, default_value_t = 3)]
     pub iters: usize,
+    /// With --against-pytorch: alternate ours and PyTorch's blocks of runs this many times
+    /// (ours, PyTorch, PyTorch, ours, ...), each block after its own warm-up, so that a drift
+    /// of the machine's speed falls on both sides.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
     /// Also time MMSegmentation eager (fp32) in a child Python, same config/threads/input.
     #[arg(long)]
     pub against_pytorch: bool,
@@ -71,6 +76,7 @@ pub fn run_bench_cli(a: BenchArgs) -> Result<ExitCode> {
         threads: a.threads,
         warmup: a.warmup,
         iters: a.iters,
+        rounds: a.rounds,
         against_pytorch: a.against_pytorch,
         python: a.python,
         seed: a.seed,
