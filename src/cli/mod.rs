@@ -47,6 +47,27 @@ enum Command {
 }
 
 /// Runs the command line; `main` of the binary.
+/// The `blas` build: OpenBLAS picks its kernels when it is loaded, from `OPENBLAS_CORETYPE` or
+/// its own CPU detection, which on some CPUs falls back to SSE3 kernels. When it did, and the
+/// user did not choose, run this program again with the right `OPENBLAS_CORETYPE` (said once on
+/// stderr); the program is replaced, so nothing has run yet.
+#[cfg(feature = "blas")]
+fn reexec_for_openblas() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("OPENBLAS_CORETYPE").is_some() {
+        return;
+    }
+    let Some(better) = crate::reference::ops::openblas_better_core() else { return };
+    let Ok(exe) = std::env::current_exe() else { return };
+    eprintln!(
+        "note: OpenBLAS chose its {} kernels for this CPU; running again with OPENBLAS_CORETYPE={better} \
+         (set OPENBLAS_CORETYPE yourself to choose)",
+        crate::reference::ops::openblas_core()
+    );
+    let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("OPENBLAS_CORETYPE", better).exec();
+    eprintln!("note: could not run again ({err}); going on with OpenBLAS's choice");
+}
+
 pub fn main() -> ExitCode {
     // A closed stdout (`beit-seg inspect F | head -2`) ends the program quietly, as CLIs do.
     #[cfg(unix)]
@@ -54,6 +75,8 @@ pub fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    #[cfg(feature = "blas")]
+    reexec_for_openblas();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

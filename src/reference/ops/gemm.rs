@@ -98,6 +98,44 @@ mod backend {
     extern "C" {
         /// OpenBLAS's thread-count setter (libopenblas).
         fn openblas_set_num_threads(n: std::ffi::c_int);
+        /// The name of the kernel set OpenBLAS chose at load time (`SkylakeX`, `Haswell`, ...).
+        fn openblas_get_corename() -> *const std::ffi::c_char;
+    }
+
+    /// The kernel set the loaded OpenBLAS uses (`openblas_get_corename`).
+    pub fn openblas_core() -> String {
+        // SAFETY: OpenBLAS returns a pointer to a static NUL-terminated name (or null).
+        let p = unsafe { openblas_get_corename() };
+        if p.is_null() {
+            return String::new();
+        }
+        // SAFETY: non-null, NUL-terminated, static (see above).
+        unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+
+    /// A better `OPENBLAS_CORETYPE` for this CPU when OpenBLAS's own detection fell back to
+    /// kernels older than AVX2 (Debian's OpenBLAS 0.3.21 picks `Prescott`, SSE3, on the
+    /// AVX-512 Xeons of this project's machines: 3.4x slower): `SkylakeX` where the CPU and OS
+    /// support AVX-512 (F, BW, DQ, VL), `Haswell` where AVX2 + FMA; `None` when OpenBLAS's choice
+    /// is AVX2-class already or nothing better is supported.
+    pub fn openblas_better_core() -> Option<&'static str> {
+        let core = openblas_core().to_ascii_lowercase();
+        const MODERN: &[&str] =
+            &["haswell", "skylakex", "cooperlake", "sapphirerapids", "zen", "skylake", "broadwell", "excavator"];
+        if MODERN.iter().any(|m| core.contains(m)) {
+            return None;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
+                return Some("SkylakeX");
+            }
+            if has!("avx2") && has!("fma") {
+                return Some("Haswell");
+            }
+        }
+        None
     }
 
     static SINGLE_THREADED: std::sync::Once = std::sync::Once::new();
@@ -111,6 +149,9 @@ mod backend {
         general_mat_mul(T::one(), &a, &b, beta, &mut c);
     }
 }
+
+#[cfg(feature = "blas")]
+pub use backend::{openblas_better_core, openblas_core};
 
 /// `c = a · b + beta · c` (`beta` 0 or 1), split into blocks of output columns (or rows) run in
 /// parallel. Every block is one [`gemm_block`] over the full inner dimension, and the blocks

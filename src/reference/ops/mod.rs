@@ -22,6 +22,8 @@ pub(super) mod winograd;
 pub use activation::{gelu, gelu_inplace, relu_inplace, softmax_rows_biased_inplace, softmax_rows_inplace};
 pub use conv::{conv2d, conv_transpose2d};
 pub use gemm::{linear, matmul};
+#[cfg(feature = "blas")]
+pub use gemm::{openblas_better_core, openblas_core};
 pub use norm::{batch_norm_inplace, layer_norm};
 pub use pool::{adaptive_avg_pool2d, max_pool2d};
 pub use resize::interpolate_bilinear;
