@@ -65,7 +65,9 @@ pub struct BeitAttention {
     pub tokens: i64,
     pub num_heads: i64,
     pub scale: f64,
-    /// fp16/bf16: fused `scaled_dot_product_attention` (softmax accumulated in fp32).
+    /// Fused `scaled_dot_product_attention` (on the CPU its flash kernel, which never
+    /// materialises the (nH, N, N) scores; softmax accumulated in fp32 for fp16/bf16): every
+    /// precision on the CPU, fp16/bf16 on CUDA.
     fused: bool,
     wide: Kind,
 }
@@ -103,7 +105,7 @@ impl BeitAttention {
             tokens,
             num_heads: cfg.num_heads as i64,
             scale: (head_dim as f64).powf(-0.5),
-            fused: ctx.precision.is_reduced(),
+            fused: ctx.precision.is_reduced() || ctx.device == tch::Device::Cpu,
             wide: ctx.wide_kind(),
         })
     }
