@@ -31,6 +31,8 @@ pub struct WeightStore<T: Float> {
     problems: Vec<String>,
     /// Keys that may be present without being used (derived buffers, BN counters).
     ignorable_suffixes: Vec<&'static str>,
+    /// Built from no tensor at all.
+    empty: bool,
 }
 
 impl<T: Float> WeightStore<T> {
@@ -46,6 +48,7 @@ impl<T: Float> WeightStore<T> {
             }
         }
         WeightStore {
+            empty: floats.is_empty() && ints.is_empty(),
             floats,
             ints,
             used: BTreeSet::new(),
@@ -57,14 +60,22 @@ impl<T: Float> WeightStore<T> {
 
     /// Takes the float tensor `key` with exactly `shape`. On a missing key or a wrong shape the
     /// problem is recorded and a zero tensor of `shape` is returned, so that construction goes
-    /// on and every problem is reported at once by [`finish`](Self::finish).
+    /// on and every problem is reported at once by [`finish`](Self::finish). The tensor is
+    /// moved out of the store (no copy: a model is built with one copy of its weights in
+    /// memory, not two); asking for the same key twice is a bug of the model code, reported
+    /// like a problem of the checkpoint.
     pub fn get(&mut self, key: &str, shape: &[usize]) -> ArrayD<T> {
-        self.used.insert(key.to_string());
+        let again = !self.used.insert(key.to_string());
         self.requests.push((key.to_string(), shape.to_vec()));
-        match self.floats.get(key) {
-            Some(a) if a.shape() == shape => a.clone(),
+        if again && !self.empty {
+            self.problems.push(format!("  internal: `{key}` was asked for twice"));
+            return ArrayD::zeros(IxDyn(shape));
+        }
+        match self.floats.remove(key) {
+            Some(a) if a.shape() == shape => a,
             Some(a) => {
                 self.problems.push(format!("  wrong shape: `{key}` is {:?}, the model expects {:?}", a.shape(), shape));
+                self.floats.insert(key.to_string(), a);
                 ArrayD::zeros(IxDyn(shape))
             }
             None => {
@@ -91,9 +102,10 @@ impl<T: Float> WeightStore<T> {
 
     /// Every float tensor the model asked for, `(key, shape)` in construction order: the
     /// parameter list of a model (see `EncoderDecoder::parameter_shapes`).
-    /// Whether the store holds no tensor at all (it can only collect requests).
+    /// Whether the store was built without any tensor (it can only collect requests, as
+    /// `parameter_shapes` does, or fail in `finish`).
     pub fn is_empty(&self) -> bool {
-        self.floats.is_empty() && self.ints.is_empty()
+        self.empty
     }
 
     pub fn requests(&self) -> &[(String, Vec<usize>)] {
@@ -190,4 +202,56 @@ pub fn non_finite_summary(a: &AnyArray) -> Option<String> {
         _ => (0, 0),
     };
     (nan + inf > 0).then(|| format!("{nan} NaN, {inf} inf of {} values", a.shape().iter().product::<usize>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> WeightStore<f32> {
+        WeightStore::from_arrays(vec![
+            ("a.weight".to_string(), AnyArray::F32(ArrayD::from_elem(IxDyn(&[2, 3]), 1.5))),
+            ("b.bias".to_string(), AnyArray::F32(ArrayD::from_elem(IxDyn(&[4]), 2.0))),
+        ])
+    }
+
+    #[test]
+    fn get_hands_out_the_tensor_and_finish_accepts_a_complete_model() {
+        let mut ws = store();
+        assert!(!ws.is_empty());
+        assert_eq!(ws.get("a.weight", &[2, 3]), ArrayD::from_elem(IxDyn(&[2, 3]), 1.5));
+        assert_eq!(ws.get("b.bias", &[4]).sum(), 8.0);
+        // Every tensor handed out: the store still knows it was built from tensors.
+        assert!(!ws.is_empty());
+        assert!(ws.finish().is_ok());
+    }
+
+    #[test]
+    fn asking_twice_wrong_shapes_and_leftovers_are_reported_once_each() {
+        let mut ws = store();
+        let _ = ws.get("a.weight", &[2, 3]);
+        let again = ws.get("a.weight", &[2, 3]);
+        assert_eq!(again.sum(), 0.0);
+        let wrong = ws.get("b.bias", &[5]);
+        assert_eq!(wrong.shape(), &[5]);
+        let _ = ws.get("c.weight", &[1]);
+        let problems = match ws.finish() {
+            Err(WeightsError::Mismatch { problems }) => problems.join("\n"),
+            other => panic!("expected a mismatch, got {other:?}"),
+        };
+        assert!(problems.contains("`a.weight` was asked for twice"), "{problems}");
+        assert!(problems.contains("wrong shape: `b.bias` is [4]"), "{problems}");
+        assert!(problems.contains("missing: `c.weight`"), "{problems}");
+        // A wrong-shape key is not also "unexpected".
+        assert!(!problems.contains("unexpected: `b.bias`"), "{problems}");
+    }
+
+    #[test]
+    fn an_empty_store_only_collects_requests() {
+        let mut ws = WeightStore::<f32>::from_arrays(Vec::new());
+        assert!(ws.is_empty());
+        let _ = ws.get("x", &[2]);
+        let _ = ws.get("x", &[2]);
+        assert_eq!(ws.requests().len(), 2);
+    }
 }

@@ -2,11 +2,11 @@
 //!
 //! Every op is generic over [`Float`] and computes in the tensor's own dtype `T` (PyTorch's
 //! CPU "opmath" type is the dtype itself for `float32` and `float64`) unless its doc says
-//! otherwise. Matrix products go through ndarray's `general_mat_mul` (the `matrixmultiply`
-//! GEMM), convolutions through im2col + GEMM, and the large loops are parallelised with rayon
-//! over batch images, channels, planes, rows or GEMM column blocks. None of the parallel
-//! splits changes the order of any floating-point reduction, so results do not depend on the
-//! number of threads.
+//! otherwise. Matrix products go through the `gemm` crate (or OpenBLAS with feature `blas`,
+//! see [`gemm`]), convolutions through im2col + GEMM or, for 3x3 kernels at stride 1, Winograd's
+//! F(2x2, 3x3) ([`conv2d_winograd`]), and the large loops are parallelised with rayon over batch
+//! images, channels, planes, rows or GEMM blocks. Every split is a function of the shapes, never
+//! of the thread count, so results do not depend on the number of threads (tests/threads.rs).
 //!
 //! Shape contracts are checked with `assert!` (with a message): callers validate user data
 //! before calling, so a failed assertion is a bug in the caller.
