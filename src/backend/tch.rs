@@ -112,8 +112,9 @@ impl Model for TchModel {
         let model = self.lock()?;
         let x = from_any_array(&AnyArray::F32(input.into_dyn()), self.ctx.kind(), self.ctx.device)?;
         let out = model.forward(&x, &mut Recorder::none())?;
-        let a = to_f64_array(&out.seg_logits)?;
-        a.mapv(|v| v as f32).into_dimensionality().map_err(|_| {
+        // One host copy in f32 (what this method returns; PyTorch's own logits stay a tensor).
+        let a = crate::fast::to_f32_array(&out.seg_logits)?;
+        a.into_dimensionality().map_err(|_| {
             BackendError::Input(format!("seg_logits: expected a 4-D tensor, got {:?}", out.seg_logits.size()))
         })
     }

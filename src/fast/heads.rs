@@ -7,12 +7,22 @@ use tch::Tensor;
 
 use super::neck::BatchNorm;
 use super::params::Source;
+use super::winograd::Winograd;
 use super::{join, ops, Ctx, FastError, Recorder, Result};
 use crate::config::{HeadConfig, HeadKind, InputTransform};
 
+/// The kernel of a convolution, laid out for the algorithm that runs it (as in
+/// [`crate::reference::heads::ConvKernel`]).
+pub enum ConvKernel {
+    /// (Cout, Cin, kh, kw), run by libtorch's convolution.
+    Direct(Tensor),
+    /// A 3x3 kernel at dilation 1, fp32/fp64 on the CPU: Winograd F(2x2, 3x3) in torch ops.
+    Winograd(Winograd),
+}
+
 /// mmcv `ConvModule(in, out, k, padding, dilation)`: conv (bias only without norm) → BN → ReLU.
 pub struct ConvModule {
-    pub weight: Tensor,
+    pub kernel: ConvKernel,
     pub bias: Option<Tensor>,
     pub bn: Option<BatchNorm>,
     pub relu: bool,
@@ -37,8 +47,14 @@ impl ConvModule {
             Some(n) => Some(BatchNorm::load(src, ctx, &join(prefix, "bn"), cout, n.eps)?),
             None => None,
         };
+        let weight = src.get(&join(prefix, "conv.weight"), &[cout, cin, k, k], ctx.kind())?;
+        let winograd = k == 3 && dilation == 1 && ctx.device == tch::Device::Cpu && !ctx.precision.is_reduced();
         Ok(ConvModule {
-            weight: src.get(&join(prefix, "conv.weight"), &[cout, cin, k, k], ctx.kind())?,
+            kernel: if winograd {
+                ConvKernel::Winograd(Winograd::new(&weight, ctx.kind())?)
+            } else {
+                ConvKernel::Direct(weight)
+            },
             // bias='auto': a conv bias only when there is no norm layer.
             bias: if bn.is_none() { Some(src.get(&join(prefix, "conv.bias"), &[cout], ctx.kind())?) } else { None },
             bn,
@@ -49,7 +65,10 @@ impl ConvModule {
     }
 
     pub fn forward(&self, x: &Tensor, prefix: &str, rec: &mut Recorder) -> Result<Tensor> {
-        let mut y = ops::conv2d(x, &self.weight, self.bias.as_ref(), 1, self.padding, self.dilation)?;
+        let mut y = match &self.kernel {
+            ConvKernel::Direct(w) => ops::conv2d(x, w, self.bias.as_ref(), 1, self.padding, self.dilation)?,
+            ConvKernel::Winograd(u) => u.conv2d(x, self.bias.as_ref(), self.padding)?,
+        };
         rec.put(&join(prefix, "conv"), &y);
         if let Some(bn) = &self.bn {
             y = bn.forward(&y)?;
@@ -74,6 +93,8 @@ fn pick<'a>(maps: &'a [Tensor], idx: i64, prefix: &str) -> Result<&'a Tensor> {
     Ok(&maps[i as usize])
 }
 
+// One value per head: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Body {
     Uper {
         pool_scales: Vec<usize>,

@@ -29,6 +29,7 @@ pub mod neck;
 pub mod ops;
 pub mod params;
 pub mod segmentor;
+pub mod winograd;
 
 use ndarray::{ArrayD, IxDyn};
 use tch::{Device, Kind, Tensor};
@@ -204,6 +205,16 @@ pub fn to_f64_array(t: &Tensor) -> Result<ArrayD<f64>> {
     let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
     let n = t.numel();
     let mut v = vec![0f64; n];
+    t.f_copy_data(&mut v, n)?;
+    ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| FastError::Input(format!("tensor to array: {e}")))
+}
+
+/// A host copy of a float tensor as an f32 array (converted on the device first).
+pub fn to_f32_array(t: &Tensor) -> Result<ArrayD<f32>> {
+    let t = t.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?;
+    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+    let n = t.numel();
+    let mut v = vec![0f32; n];
     t.f_copy_data(&mut v, n)?;
     ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| FastError::Input(format!("tensor to array: {e}")))
 }
