@@ -1,9 +1,9 @@
 //! The PyTorch side of `bench --against-pytorch`: MMSegmentation's own model, built in a child
 //! Python (the project venv) from the same config dict, random init, timed with the same thread
 //! count on the same input. The child stays up and runs one timed iteration per request
-//! ([`PyTorchChild::run_once`]), so that the bench can interleave its iterations with ours:
-//! both sides then see the same machine (a shared machine's speed drifts by ±20% over a
-//! minute). At the end it reports its own peak RSS.
+//! ([`PyTorchChild::run_once`]), so that the bench can alternate blocks of its runs with ours
+//! (ABBA rounds, see [`super::run`]): both sides then see the same machine (a shared machine's
+//! speed drifts by ±20% over a minute). At the end it reports its own peak RSS.
 
 use std::io::{BufRead, BufReader, Read, Seek, Write};
 use std::path::{Path, PathBuf};
