@@ -129,7 +129,7 @@ pub fn reset_peak_rss() -> bool {
 }
 
 /// The model dict with `img_size` and the slide crop set to `size`.
-pub fn sized_model(model: &Value, size: usize) -> Value {
+fn sized_model(model: &Value, size: usize) -> Value {
     let mut m = model.clone();
     if let Some(obj) = m.as_object_mut() {
         obj.remove("data_preprocessor");

@@ -199,34 +199,29 @@ impl crate::model::Recorder<Tensor> {
 
 pub(crate) use crate::model::join;
 
-/// A host copy of a tensor as an f64 array (exact for every float kind used here).
-pub fn to_f64_array(t: &Tensor) -> Result<ArrayD<f64>> {
-    let t = t.f_to_device(Device::Cpu)?.f_to_kind(Kind::Double)?.f_contiguous()?;
+/// A host copy of `t` as an array of `T`, converted to `T`'s kind on the device first.
+fn to_host_array<T: tch::kind::Element + Copy + Default>(t: &Tensor) -> Result<ArrayD<T>> {
+    let t = t.f_to_device(Device::Cpu)?.f_to_kind(T::KIND)?.f_contiguous()?;
     let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
     let n = t.numel();
-    let mut v = vec![0f64; n];
+    let mut v = vec![T::default(); n];
     t.f_copy_data(&mut v, n)?;
     ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| FastError::Input(format!("tensor to array: {e}")))
+}
+
+/// A host copy of a tensor as an f64 array (exact for every float kind used here).
+pub fn to_f64_array(t: &Tensor) -> Result<ArrayD<f64>> {
+    to_host_array(t)
 }
 
 /// A host copy of a float tensor as an f32 array (converted on the device first).
 pub fn to_f32_array(t: &Tensor) -> Result<ArrayD<f32>> {
-    let t = t.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?;
-    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
-    let n = t.numel();
-    let mut v = vec![0f32; n];
-    t.f_copy_data(&mut v, n)?;
-    ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| FastError::Input(format!("tensor to array: {e}")))
+    to_host_array(t)
 }
 
 /// A host copy of an integer tensor as an i64 array.
 pub fn to_i64_array(t: &Tensor) -> Result<ArrayD<i64>> {
-    let t = t.f_to_device(Device::Cpu)?.f_to_kind(Kind::Int64)?.f_contiguous()?;
-    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
-    let n = t.numel();
-    let mut v = vec![0i64; n];
-    t.f_copy_data(&mut v, n)?;
-    ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| FastError::Input(format!("tensor to array: {e}")))
+    to_host_array(t)
 }
 
 /// A float array (f32 or f64) as a tensor of `kind` on `device`. The values pass through host
