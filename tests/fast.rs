@@ -136,6 +136,40 @@ fn cuda_without_a_gpu_is_a_clear_error() {
 }
 
 /// fp16 and bf16 are not conformant, but they must run and stay close to fp32 on a fixture.
+/// The tch Winograd F(2x2, 3x3) convolution equals `F.conv2d` (oneDNN's direct convolution)
+/// in float64 on odd and even sizes, 1-row and 1-column outputs, padding 0-2, batch 2, with
+/// blocks of one tile row and with one block; float32 within the fp32 rounding of the sums.
+#[test]
+fn winograd_conv2d_matches_the_direct_convolution() {
+    use tch::{Kind, Tensor};
+    tch::manual_seed(7);
+    let shapes: &[(i64, i64, i64, i64, i64, i64)] = &[
+        (2, 5, 3, 7, 9, 1),
+        (1, 4, 6, 8, 8, 1),
+        (2, 3, 2, 5, 4, 0),
+        (1, 6, 4, 6, 3, 2),
+        (1, 2, 3, 1, 2, 1),
+        (1, 3, 5, 3, 3, 0),
+    ];
+    for &(b, cin, cout, h, w, p) in shapes {
+        for kind in [Kind::Double, Kind::Float] {
+            let x = Tensor::randn([b, cin, h, w], (kind, Device::Cpu));
+            let wt = Tensor::randn([cout, cin, 3, 3], (kind, Device::Cpu));
+            let bias = Tensor::randn([cout], (kind, Device::Cpu));
+            let direct = fast::ops::conv2d(&x, &wt, Some(&bias), 1, p, 1).unwrap();
+            let wino = fast::winograd::Winograd::new(&wt, kind).unwrap();
+            for block in [1, 1 << 25] {
+                let y = wino.conv2d_blocked(&x, Some(&bias), p, block).unwrap();
+                assert_eq!(y.size(), direct.size(), "shape {b}x{cin}x{h}x{w} pad {p}");
+                let err = (&y - &direct).abs().max().double_value(&[]);
+                let scale = direct.abs().max().double_value(&[]).max(1.0);
+                let bound = if kind == Kind::Double { 1e-13 } else { 1e-5 };
+                assert!(err <= bound * scale, "{kind:?} {b}x{cin}x{h}x{w} pad {p} block {block}: error {err:e}");
+            }
+        }
+    }
+}
+
 #[test]
 fn half_precisions_run_and_stay_close_to_fp32() {
     let c = Case::load(&fixtures().join("tiny-whole")).unwrap();

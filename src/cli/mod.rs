@@ -85,6 +85,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    #[cfg(feature = "tch")]
+    if cli.command.uses_libtorch() && std::env::var_os("BEIT_SEG_GLIBC_MALLOC_DEFAULTS").is_none() {
+        // Before any thread starts (see the function's doc); opt out with the variable above.
+        crate::fast::malloc::keep_freed_memory_for_reuse();
+    }
     let res = match cli.command {
         Command::Verify(a) => verify::run(a),
         Command::Eval(a) => eval::run_eval(a),
@@ -99,6 +104,21 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(3)
+        }
+    }
+}
+
+impl Command {
+    /// Whether this command runs libtorch (the `tch` backend) in this process.
+    #[cfg(feature = "tch")]
+    fn uses_libtorch(&self) -> bool {
+        use crate::backend::BackendKind::Tch;
+        match self {
+            Command::Verify(a) => a.backend.backend == Tch,
+            Command::Eval(a) => a.model.backend.backend == Tch,
+            Command::Predict(a) => a.model.backend.backend == Tch,
+            Command::Bench(a) => a.backend == Tch,
+            Command::Merge(_) | Command::Inspect(_) | Command::Convert(_) => false,
         }
     }
 }

@@ -25,6 +25,7 @@
 
 pub mod beit;
 pub mod heads;
+pub mod malloc;
 pub mod neck;
 pub mod ops;
 pub mod params;
