@@ -58,7 +58,8 @@ pub struct BeitAttention {
     pub qkv: Linear,
     pub qv_bias: bool,
     pub proj: Linear,
-    /// `relative_position_bias_table` (T, nH).
+    /// `relative_position_bias_table` transposed at load time, (nH, T) contiguous, so that the
+    /// bias is gathered straight into its (nH, N+1, N+1) layout.
     pub table: Tensor,
     /// The computed `relative_position_index`, flattened ((N+1)², int64, on the device).
     pub index: Tensor,
@@ -100,7 +101,7 @@ impl BeitAttention {
             qkv,
             qv_bias: cfg.qv_bias,
             proj: Linear::load(src, ctx, &join(prefix, "proj"), c, c, true)?,
-            table,
+            table: table.f_transpose(0, 1)?.f_contiguous()?,
             index: Tensor::f_from_slice(&flat)?.f_to_device(ctx.device)?,
             tokens,
             num_heads: cfg.num_heads as i64,
@@ -110,15 +111,12 @@ impl BeitAttention {
         })
     }
 
-    /// `rel_pos_bias[h, i, j] = table[index[i, j], h]`, (nH, N+1, N+1).
+    /// `rel_pos_bias[h, i, j] = table[index[i, j], h]`, (nH, N+1, N+1): one gather along the
+    /// transposed table's rows (MMSegmentation gathers (N+1)², nH and permutes, a second copy
+    /// of the 12x1601x1601 bias per layer at BEiT-B 640; the values are the same).
     fn relative_position_bias(&self) -> Result<Tensor> {
         let n = self.tokens;
-        Ok(self
-            .table
-            .f_index_select(0, &self.index)?
-            .f_reshape([n, n, self.num_heads])?
-            .f_permute([2, 0, 1])?
-            .f_contiguous()?)
+        Ok(self.table.f_index_select(1, &self.index)?.f_view([self.num_heads, n, n])?)
     }
 
     /// (B, N+1, C) → (B, N+1, C).
