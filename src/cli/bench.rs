@@ -44,7 +44,10 @@ pub struct BenchArgs {
     /// of the machine's speed falls on both sides.
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
-    /// Also time MMSegmentation eager (fp32) in a child Python, same config/threads/input.
+    /// Also time MMSegmentation eager (fp32) in a child Python, same config/threads/input. The
+    /// child runs with this process's environment and glibc's default malloc settings (as
+    /// MMSegmentation is usually run); `--backend tch` sets its own (docs/performance.md,
+    /// "Allocation"; `GLIBC_TUNABLES` gives them to both).
     #[arg(long)]
     pub against_pytorch: bool,
     /// The Python with MMSegmentation (default: $BEIT_SEG_PYTHON or the project venv).
