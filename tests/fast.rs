@@ -135,7 +135,6 @@ fn cuda_without_a_gpu_is_a_clear_error() {
     assert!(TchBackend::from_names("cpu", "fp8").is_err());
 }
 
-/// fp16 and bf16 are not conformant, but they must run and stay close to fp32 on a fixture.
 /// The tch Winograd F(2x2, 3x3) convolution equals `F.conv2d` (oneDNN's direct convolution)
 /// in float64 on odd and even sizes, 1-row and 1-column outputs, padding 0-2, batch 2, with
 /// blocks of one tile row and with one block; float32 within the fp32 rounding of the sums.
@@ -170,6 +169,7 @@ fn winograd_conv2d_matches_the_direct_convolution() {
     }
 }
 
+/// fp16 and bf16 are not conformant, but they must run and stay close to fp32 on a fixture.
 #[test]
 fn half_precisions_run_and_stay_close_to_fp32() {
     let c = Case::load(&fixtures().join("tiny-whole")).unwrap();
