@@ -247,3 +247,209 @@ fn cli_several_cases_and_exit_codes() {
     let out = bin().args(["verify", "--no-such-flag"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+// ------------------------------------------------------------------ no verdict without evidence
+
+/// Runs the CLI; returns (exit code, stdout + stderr).
+fn cli(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_beit-seg")).args(args).output().expect("runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn nothing_compared_is_never_a_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = Case::load(&fixture("tiny-whole")).unwrap();
+    let allow = VerifyOptions { allow_uncovered: true, ..Default::default() };
+
+    // Only names the case does not know (a backbone held as `.vit`, no name map).
+    let renamed: Vec<_> = expected_tensors(&case)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("backbone."))
+        .map(|(k, a)| (k.replacen("backbone.", "vit.", 1), a))
+        .collect();
+    let dir = tmp.path().join("vit");
+    save_outputs(&dir, &renamed, None).unwrap();
+    for opts in [&VerifyOptions::default(), &allow] {
+        let r = run(&case, &dir, None, opts, true);
+        assert_eq!(r.status, CaseStatus::NoEvidence, "{:?}", r.message);
+        assert_eq!(r.coverage.compared, 0);
+        assert!(r.message.as_deref().unwrap().contains("name map"), "{:?}", r.message);
+    }
+    // The same through the CLI: non-zero exit, with and without --allow-uncovered.
+    let case_dir = fixture("tiny-whole");
+    for extra in [&[][..], &["--allow-uncovered"][..]] {
+        let mut args = vec!["verify", "--candidate", dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push(case_dir.to_str().unwrap());
+        let (code, text) = cli(&args);
+        assert_eq!(code, 1, "{text}");
+        assert!(text.contains("NO EVIDENCE") && text.contains("0 passed, 1 failed"), "{text}");
+    }
+
+    // An empty candidate directory, single- and multi-case, with and without --allow-uncovered.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let slide = fixture("slide-b2");
+    for extra in [&[][..], &["--allow-uncovered"][..]] {
+        for cases in [vec![slide.to_str().unwrap()], vec![slide.to_str().unwrap(), case_dir.to_str().unwrap()]] {
+            let mut args = vec!["verify", "--candidate", empty.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            args.extend(cases.iter().copied());
+            let (code, text) = cli(&args);
+            assert_ne!(code, 0, "{text}");
+            assert!(!text.contains("PASS"), "{text}");
+            assert!(text.lines().any(|l| l.starts_with("0 passed")), "{text}");
+        }
+    }
+    let r = run(&Case::load(&slide).unwrap(), &empty, None, &allow, true);
+    assert_eq!(r.status, CaseStatus::Error);
+    assert!(r.message.as_deref().unwrap().contains("is empty"), "{:?}", r.message);
+
+    // Case subfolders, none for this case, in single-case mode: an error naming what was found.
+    let multi = tmp.path().join("multi");
+    save_outputs(&multi.join("var-odd-size"), &expected_tensors(&case), None).unwrap();
+    for opts in [&VerifyOptions::default(), &allow] {
+        let r = run(&case, &multi, None, opts, true);
+        assert_eq!(r.status, CaseStatus::Error, "{:?}", r.message);
+        let m = r.message.as_deref().unwrap();
+        assert!(m.contains("case subfolders") && m.contains("var-odd-size/"), "{m}");
+    }
+    let (code, text) =
+        cli(&["verify", "--allow-uncovered", "--candidate", multi.to_str().unwrap(), case_dir.to_str().unwrap()]);
+    assert_eq!(code, 3, "{text}");
+    // A file where a candidate directory is expected.
+    let file = tmp.path().join("file.txt");
+    std::fs::write(&file, "x").unwrap();
+    let (code, text) = cli(&["verify", "--candidate", file.to_str().unwrap(), case_dir.to_str().unwrap()]);
+    assert_eq!(code, 3, "{text}");
+    assert!(text.contains("is a file"), "{text}");
+    // A directory and an archive for the same case: ambiguous, never one chosen silently.
+    let both = tmp.path().join("both");
+    save_outputs(&both.join("tiny-whole"), &expected_tensors(&case), None).unwrap();
+    std::fs::write(both.join("tiny-whole.npz"), b"PK").unwrap();
+    let r = run(&case, &both, None, &VerifyOptions::default(), false);
+    assert_eq!(r.status, CaseStatus::Error);
+    assert!(r.message.as_deref().unwrap().contains("two candidates"), "{:?}", r.message);
+}
+
+#[test]
+fn a_backbone_port_is_held_to_the_backbone_scope() {
+    use beit_seg::conformance::Scope;
+    let tmp = tempfile::tempdir().unwrap();
+    let case = Case::load(&fixture("tiny-whole")).unwrap();
+    let backbone: Vec<_> = expected_tensors(&case).into_iter().filter(|(k, _)| k.starts_with("backbone.")).collect();
+    let n_backbone = backbone.len();
+    assert!(n_backbone > 10 && n_backbone < case.outputs.len());
+    let dir = tmp.path().join("bb");
+    save_outputs(&dir, &backbone, None).unwrap();
+    let scoped = VerifyOptions { scope: Scope::new(&["backbone".into()], &[]).unwrap(), ..Default::default() };
+
+    let r = run(&case, &dir, None, &scoped, true);
+    assert_eq!(r.status, CaseStatus::Pass, "{:?}", r.message);
+    assert!(!r.partial);
+    assert_eq!((r.coverage.in_scope, r.coverage.covered), (n_backbone, n_backbone));
+    assert!(r.tensors.iter().filter(|t| !t.name.starts_with("backbone")).all(|t| t.status == Status::OutOfScope));
+    // Without the scope the same port fails (the heads are not produced) ...
+    assert_eq!(run(&case, &dir, None, &VerifyOptions::default(), true).status, CaseStatus::Fail);
+    // ... and with --allow-uncovered it is a partial pass that says so.
+    let allow = VerifyOptions { allow_uncovered: true, ..Default::default() };
+    let r = run(&case, &dir, None, &allow, true);
+    assert!(r.status == CaseStatus::Pass && r.partial);
+    let line = beit_seg::conformance::report::case_line(&r);
+    assert!(line.starts_with(&format!("PASS (partial: {n_backbone}/{})", case.outputs.len())), "{line}");
+
+    // One backbone tensor missing: the scope fails it, naming the tensor.
+    let missing = "backbone.layers.2.ln2";
+    let short: Vec<_> = backbone.iter().filter(|(k, _)| k != missing).cloned().collect();
+    let dir2 = tmp.path().join("short");
+    save_outputs(&dir2, &short, None).unwrap();
+    let r = run(&case, &dir2, None, &scoped, true);
+    assert_eq!(r.status, CaseStatus::Fail);
+    let t = r.tensors.iter().find(|t| t.name == missing).unwrap();
+    assert_eq!(t.status, Status::NotCovered);
+    assert!(t.note.as_deref().unwrap().contains("not produced by the candidate"), "{:?}", t.note);
+    // --ignore takes it out of the scope again.
+    let ignoring =
+        VerifyOptions { scope: Scope::new(&["backbone".into()], &["*.ln2".into()]).unwrap(), ..Default::default() };
+    assert_eq!(run(&case, &dir2, None, &ignoring, true).status, CaseStatus::Pass);
+    // A scope that selects nothing of a case is no evidence (slide cases keep only seg_logits/pred).
+    let slide = Case::load(&fixture("slide-b2")).unwrap();
+    let r = run(&slide, &dir, None, &scoped, true);
+    assert_eq!(r.status, CaseStatus::NoEvidence, "{:?}", r.message);
+
+    // The CLI: the summary line names the scope and the coverage within it; JSON carries it.
+    let json = tmp.path().join("r.json");
+    let (code, text) = cli(&[
+        "verify",
+        "--candidate",
+        dir.to_str().unwrap(),
+        "--scope",
+        "backbone",
+        "--json",
+        json.to_str().unwrap(),
+        fixture("tiny-whole").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains(&format!("scope backbone: {n_backbone}/{n_backbone} covered (100%)")), "{text}");
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(j["cases"][0]["coverage"]["in_scope"], n_backbone);
+    assert_eq!(j["cases"][0]["scope"], "backbone");
+}
+
+#[test]
+fn a_string_capture_renames_a_prefix_in_one_rule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = Case::load(&fixture("tiny-whole")).unwrap();
+    let renamed: Vec<_> = expected_tensors(&case)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("backbone."))
+        .map(|(k, a)| (k.replacen("backbone.", "vit.", 1), a))
+        .collect();
+    let dir = tmp.path().join("vit");
+    save_outputs(&dir, &renamed, None).unwrap();
+    let map = NameMap::parse(
+        r#"{"format": "beit-seg-names/1", "rules": [{"candidate": "vit.{*rest}", "fixture": "backbone.{*rest}"}]}"#,
+        "test",
+    )
+    .unwrap();
+    let scoped = VerifyOptions {
+        scope: beit_seg::conformance::Scope::new(&["backbone".into()], &[]).unwrap(),
+        ..Default::default()
+    };
+    let r = run(&case, &dir, Some(map), &scoped, true);
+    assert_eq!(r.status, CaseStatus::Pass, "{:?}", r.message);
+    assert_eq!(r.coverage.covered, renamed.len());
+    assert!(r.unused.is_empty());
+}
+
+#[test]
+fn labels_plus_a_fraction_are_not_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = Case::load(&fixture("tiny-whole")).unwrap();
+    let tensors: Vec<_> = expected_tensors(&case)
+        .into_iter()
+        .map(|(k, a)| match (&*k, &a) {
+            ("pred", AnyArray::I64(x)) => (k, AnyArray::F64(x.mapv(|v| v as f64 + 0.00005))),
+            _ => (k, a),
+        })
+        .collect();
+    let dir = tmp.path().join("c");
+    save_outputs(&dir, &tensors, None).unwrap();
+    let r = run(&case, &dir, None, &VerifyOptions::default(), true);
+    let t = r.tensors.iter().find(|t| t.name == "pred").unwrap();
+    assert_eq!(t.status, Status::Fail);
+    assert!(t.note.as_deref().unwrap().contains("not an integer"), "{:?}", t.note);
+    // Integer-valued floats are fine labels.
+    let ints: Vec<_> = expected_tensors(&case)
+        .into_iter()
+        .map(|(k, a)| match (&*k, &a) {
+            ("pred", AnyArray::I64(x)) => (k, AnyArray::F32(x.mapv(|v| v as f32))),
+            _ => (k, a),
+        })
+        .collect();
+    let dir = tmp.path().join("ints");
+    save_outputs(&dir, &ints, None).unwrap();
+    assert_eq!(run(&case, &dir, None, &VerifyOptions::default(), true).status, CaseStatus::Pass);
+}

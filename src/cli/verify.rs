@@ -13,20 +13,22 @@ use crate::backend;
 use crate::conformance::candidate::CandidateSource;
 use crate::conformance::case::{discover, Case, NameFilter};
 use crate::conformance::names::NameMap;
-use crate::conformance::report::{case_line, case_table, to_json, to_junit, CaseStatus, Summary};
-use crate::conformance::{run_case, run_case_dir, Target, VerifyOptions};
+use crate::conformance::report::{case_text, to_json, to_junit, CaseStatus, Summary, Verbosity};
+use crate::conformance::{run_case, run_case_dir, Scope, Target, VerifyOptions};
 
 /// Run fixture cases (beit-fixture/1) and compare every expected tensor.
 ///
 /// Each CASE is a case directory (with case.json) or a directory searched recursively for cases
-/// (one with none is an error). Prints a table per case and closes with `N passed, N failed,
-/// N skipped`. Exit status: 0 all pass, 1 a case failed, 2 usage error, 3 a case could not be
-/// checked.
+/// (one with none is an error). Prints one line per case (and the tensor table of each case that
+/// fails or passes only partially) and closes with `N passed, N failed, N skipped`. A case in
+/// which nothing was compared is NO EVIDENCE, never a pass. Exit status: 0 all pass, 1 a case
+/// failed (or showed no evidence), 2 usage error, 3 a case could not be checked.
 ///
 /// Examples:
 ///   beit-seg verify fixtures/                         # the reference on every bundled case
 ///   beit-seg verify --candidate out/ fixtures/tiny-whole   # tensors another port wrote
 ///   beit-seg verify --candidate hf-out/ --names hf fixtures/tiny-whole fixtures/var-odd-size
+///   beit-seg verify --candidate vit-out/ --scope backbone fixtures/tiny-whole   # a backbone port
 #[derive(Args, Debug, Clone)]
 pub struct VerifyArgs {
     /// Case directories, or directories containing cases.
@@ -60,15 +62,29 @@ pub struct VerifyArgs {
     /// (reported as such).
     #[arg(long)]
     pub as_f32: bool,
-    /// Do not fail a case for expected tensors that are not produced (still listed).
+    /// Do not fail a case for in-scope expected tensors that are not produced: it passes as
+    /// `PASS (partial: k/n)` (for bring-up; a case in which nothing was compared still fails).
     #[arg(long)]
     pub allow_uncovered: bool,
+    /// Hold the implementation to the expected tensors under this module path only (`backbone`,
+    /// `neck`, `decode_head`, `decode_head.psp_modules`, ...); may be repeated. Everything in
+    /// scope must be produced; what is outside and not produced is reported as out of scope.
+    #[arg(long, value_name = "MODULE")]
+    pub scope: Vec<String>,
+    /// Leave expected tensors matching this glob out of the scope (`*` crosses dots:
+    /// `backbone.layers.*.ffn.*`); may be repeated.
+    #[arg(long, value_name = "GLOB")]
+    pub ignore: Vec<String>,
     /// Unknown case.json keys and unknown kinds are errors (default: a warning / a skip).
     #[arg(long)]
     pub strict: bool,
-    /// Print only failing rows of each table, and no progress.
-    #[arg(long, short)]
+    /// Print only failing cases (with their failing rows) and the summary, and no progress.
+    #[arg(long, short, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// Print the full tensor table of every case (default: only of cases that fail or pass
+    /// partially).
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 /// `beit-seg verify`.
@@ -95,6 +111,7 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
     let opts = VerifyOptions {
         as_f32: a.as_f32,
         allow_uncovered: a.allow_uncovered,
+        scope: Scope::new(&a.scope, &a.ignore)?,
         strict: a.strict,
         save_outputs: a.save_outputs.clone(),
     };
@@ -102,17 +119,22 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
     let source;
     let target = match &a.candidate {
         Some(dir) => {
-            if !dir.exists() && !dir.with_extension("npz").exists() && !dir.with_extension("safetensors").exists() {
-                bail!("--candidate {}: no such file or directory", dir.display());
-            }
             let names = a.names.as_deref().map(NameMap::load).transpose()?;
             source = CandidateSource { root: dir.clone(), names };
+            source.check_root()?;
             Target::Candidate { source: &source, single: cases.len() == 1 }
         }
         None => {
             backend_box = backend::open(&a.backend.spec())?;
             Target::Backend(backend_box.as_ref())
         }
+    };
+    let verbosity = if a.quiet {
+        Verbosity::Quiet
+    } else if a.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
     };
     let bar = Progress::new("cases", cases.len() as u64, a.quiet);
     let mut reports = Vec::new();
@@ -129,24 +151,37 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
                 eprintln!("warning: {w}");
             }
         }
-        bar.print(&format!("{}\n{}", case_line(&r), case_table(&r, a.quiet)));
+        let text = case_text(&r, verbosity);
+        if !text.is_empty() {
+            bar.print(&text);
+        }
         reports.push(r);
     }
     bar.finish();
     let s = Summary::of(&reports);
     println!();
     if s.tensors > 0 {
+        let scope = if opts.scope.is_all() { String::new() } else { format!(" in scope {}", opts.scope.describe()) };
         println!(
-            "coverage: {}/{} expected tensors produced ({:.1}%) by {}",
+            "coverage: {}/{} expected tensors{scope} produced ({:.1}%) by {}",
             s.covered,
             s.tensors,
             s.coverage_percent(),
             target.name()
         );
     }
-    for r in reports.iter().filter(|r| r.status == CaseStatus::Fail || r.status == CaseStatus::Error) {
+    if s.partial > 0 {
+        println!("partial: {} case(s) passed with expected tensors not produced (--allow-uncovered)", s.partial);
+    }
+    for r in
+        reports.iter().filter(|r| matches!(r.status, CaseStatus::Fail | CaseStatus::Error | CaseStatus::NoEvidence))
+    {
         let first = r.first_failure().map(|t| format!(" (first failing tensor: {})", t.name)).unwrap_or_default();
-        let what = if r.status == CaseStatus::Error { "could not check" } else { "failed" };
+        let what = match r.status {
+            CaseStatus::Error => "could not check",
+            CaseStatus::NoEvidence => "no evidence",
+            _ => "failed",
+        };
         println!("{what}: {}{first}", r.name);
     }
     if let Some(p) = &a.json {

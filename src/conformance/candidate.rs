@@ -61,33 +61,130 @@ fn is_archive(p: &Path) -> bool {
     p.is_file() && p.extension().is_some_and(|e| e == "npz" || e == "safetensors")
 }
 
+/// The entries of a candidate directory, by what they are.
+#[derive(Default)]
+struct Listing {
+    npy: usize,
+    archives: Vec<String>,
+    subdirs: Vec<String>,
+    metrics: bool,
+}
+
+fn list_dir(dir: &Path) -> Result<Listing, CandidateError> {
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| CandidateError::Bad { path: dir.to_path_buf(), msg: format!("cannot list: {e}") })?;
+    let mut l = Listing::default();
+    for e in rd.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let p = e.path();
+        if p.is_dir() {
+            l.subdirs.push(name);
+        } else if name.ends_with(".npy") {
+            l.npy += 1;
+        } else if name == "metrics.json" {
+            l.metrics = true;
+        } else if name.ends_with(".npz") || name.ends_with(".safetensors") {
+            l.archives.push(name);
+        }
+    }
+    l.subdirs.sort();
+    l.archives.sort();
+    Ok(l)
+}
+
+fn first_few(v: &[String]) -> String {
+    let mut s = v.iter().take(5).map(|x| format!("`{x}`")).collect::<Vec<_>>().join(", ");
+    if v.len() > 5 {
+        s.push_str(&format!(", ... ({} in all)", v.len()));
+    }
+    s
+}
+
 impl CandidateSource {
+    /// Checks that the root exists in one of the layouts (a directory, an `.npz` /
+    /// `.safetensors` file, or the stem of one), before any case runs.
+    pub fn check_root(&self) -> Result<(), CandidateError> {
+        let r = &self.root;
+        let bad = |msg: String| CandidateError::Bad { path: r.clone(), msg };
+        if r.is_dir() || is_archive(r) {
+            return Ok(());
+        }
+        if r.exists() {
+            return Err(bad(
+                "is a file, but a candidate is a directory (DIR/<output>.npy, DIR/<case>/...) or an .npz / \
+                 .safetensors file"
+                    .into(),
+            ));
+        }
+        if [".npz", ".safetensors"].iter().any(|e| with_ext(r, e).is_file()) {
+            return Ok(());
+        }
+        Err(bad("no such file or directory (nor DIR.npz / DIR.safetensors)".into()))
+    }
+
     /// The file or directory holding case `case`'s outputs; `single` when only one case runs
-    /// (then DIR itself may hold them).
+    /// (then DIR itself may hold them). A layout that does not fit the invocation is an error
+    /// that says what was found: case subfolders but none for this case, an empty directory, a
+    /// file where a directory is expected, or two candidates for one case.
     pub fn locate(&self, case: &str, single: bool) -> Result<PathBuf, CandidateError> {
         let r = &self.root;
-        let sub = r.join(case);
-        if r.is_dir() {
-            if sub.is_dir() {
-                return Ok(sub);
+        let bad = |path: &Path, msg: String| CandidateError::Bad { path: path.to_path_buf(), msg };
+        let archives = |stem: &Path| -> Vec<PathBuf> {
+            [".npz", ".safetensors"].iter().map(|e| with_ext(stem, e)).filter(|f| f.is_file()).collect()
+        };
+        let one_of = |stem: &Path, dir: Option<PathBuf>| -> Result<Option<PathBuf>, CandidateError> {
+            let mut found: Vec<PathBuf> = dir.into_iter().collect();
+            found.extend(archives(stem));
+            match found.len() {
+                0 => Ok(None),
+                1 => Ok(found.pop()),
+                _ => Err(bad(
+                    stem,
+                    format!(
+                        "two candidates for case `{case}`: {}; keep one",
+                        found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" and ")
+                    ),
+                )),
             }
-            for ext in [".npz", ".safetensors"] {
-                let f = with_ext(&sub, ext);
-                if f.is_file() {
-                    return Ok(f);
-                }
+        };
+        if r.is_dir() {
+            let sub = r.join(case);
+            if sub.exists() && !sub.is_dir() && !is_archive(&sub) {
+                return Err(bad(&sub, format!("is a file, but the outputs of case `{case}` are a directory")));
+            }
+            if let Some(p) = one_of(&sub, sub.is_dir().then(|| sub.clone()))? {
+                return Ok(p);
             }
             if single {
+                if let Some(p) = one_of(r, None)? {
+                    return Err(bad(
+                        r,
+                        format!("is a directory, and {} exists too: two candidates; keep one", p.display()),
+                    ));
+                }
+                let l = list_dir(r)?;
+                if l.npy > 0 || l.metrics {
+                    return Ok(r.clone());
+                }
+                let msg = if !l.subdirs.is_empty() || !l.archives.is_empty() {
+                    let mut found = l.subdirs.iter().map(|d| format!("{d}/")).collect::<Vec<_>>();
+                    found.extend(l.archives.iter().cloned());
+                    format!(
+                        "holds case subfolders or archives ({}) but none for case `{case}`, and no <output>.npy \
+                         of its own: name the subfolder `{case}`, or pass the subfolder itself",
+                        first_few(&found)
+                    )
+                } else {
+                    format!("is empty: no <output>.npy files, no `{case}/` subfolder")
+                };
+                return Err(bad(r, msg));
+            }
+        } else if single {
+            if is_archive(r) {
                 return Ok(r.clone());
             }
-        } else if is_archive(r) && single {
-            return Ok(r.clone());
-        } else if single {
-            for ext in [".npz", ".safetensors"] {
-                let f = with_ext(r, ext);
-                if f.is_file() {
-                    return Ok(f);
-                }
+            if let Some(p) = one_of(r, None)? {
+                return Ok(p);
             }
         }
         let looked = if single {

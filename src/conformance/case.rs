@@ -41,7 +41,17 @@ impl Tolerance {
                 msg: format!("`{key}.{k}` must be a number"),
             })
         };
-        Ok(Tolerance { rtol: get("rtol")?, atol: get("atol")? })
+        let t = Tolerance { rtol: get("rtol")?, atol: get("atol")? };
+        if !(t.rtol >= 0.0 && t.atol >= 0.0 && t.rtol.is_finite() && t.atol.is_finite()) {
+            return Err(CaseError::Manifest {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "`{key}` must have finite, non-negative rtol and atol, got rtol {} atol {}",
+                    t.rtol, t.atol
+                ),
+            });
+        }
+        Ok(t)
     }
 }
 
@@ -161,9 +171,16 @@ impl Case {
             }
             other => return Err(bad(format!("`format` must be \"{FORMAT}\", got {other:?}"))),
         }
-        let kind = CaseKind::parse(
-            manifest.get("kind").and_then(Value::as_str).ok_or_else(|| bad("`kind` is missing".into()))?,
-        );
+        let kind = CaseKind::parse(match manifest.get("kind") {
+            None => return Err(bad("`kind` is missing".into())),
+            Some(Value::String(k)) => k,
+            Some(other) => {
+                return Err(bad(format!(
+                    "`kind` must be a string (one of {}), got {other}",
+                    CaseKind::KNOWN.join(", ")
+                )))
+            }
+        });
         let obj = manifest.as_object().ok_or_else(|| bad("the manifest must be a JSON object".into()))?;
         let unknown_keys: Vec<String> = if matches!(kind, CaseKind::Unknown(_)) {
             Vec::new()
@@ -199,7 +216,8 @@ impl Case {
             let obj = o.as_object().ok_or_else(|| bad("`outputs` must be an object {name: file}".into()))?;
             for (k, v) in obj {
                 let f = v.as_str().ok_or_else(|| bad(format!("`outputs.{k}` must be a file name")))?;
-                outputs.push((k.clone(), PathBuf::from(f)));
+                let f = inside_case(f).map_err(|m| bad(format!("`outputs.{k}`: {m}")))?;
+                outputs.push((k.clone(), f));
             }
         }
         Ok(Case {
@@ -227,6 +245,8 @@ impl Case {
             path: self.manifest_path(),
             msg: format!("`{key}` (a file name) is missing"),
         })?;
+        let f = inside_case(f)
+            .map_err(|msg| CaseError::Manifest { path: self.manifest_path(), msg: format!("`{key}`: {msg}") })?;
         Ok(self.dir.join(f))
     }
 
@@ -235,12 +255,40 @@ impl Case {
         let f = self.manifest.get("inputs").and_then(|i| i.get(name)).and_then(Value::as_str).ok_or_else(|| {
             CaseError::Manifest { path: self.manifest_path(), msg: format!("`inputs.{name}` (a file name) is missing") }
         })?;
+        let f = inside_case(f).map_err(|msg| CaseError::Manifest {
+            path: self.manifest_path(),
+            msg: format!("`inputs.{name}`: {msg}"),
+        })?;
         Ok(self.dir.join(f))
     }
 
     /// Reads an expected output.
+    ///
+    /// An expected float tensor holding NaN or inf is an error naming the file: a value that
+    /// cannot be compared is never silently equal (a NaN fixture would pass a NaN candidate).
     pub fn read_output(&self, rel: &Path) -> Result<AnyArray, CaseError> {
-        Ok(read_npy(&self.dir.join(rel))?)
+        let path = self.dir.join(rel);
+        let a = read_npy(&path)?;
+        if let Some(s) = crate::weights::non_finite_summary(&a) {
+            return Err(CaseError::Manifest {
+                path,
+                msg: format!("the expected tensor is not finite ({s}): it cannot be judged; regenerate the fixture"),
+            });
+        }
+        Ok(a)
+    }
+}
+
+/// A file named by a manifest, as a path relative to the case directory: a relative path with no
+/// `..` component (a case cannot make `verify` open `/etc/passwd` or `../../secret`).
+pub fn inside_case(f: &str) -> Result<PathBuf, String> {
+    let p = Path::new(f);
+    let ok = !f.is_empty()
+        && p.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+    if ok {
+        Ok(p.to_path_buf())
+    } else {
+        Err(format!("{f:?} must be a relative path inside the case directory (no `..`, not absolute)"))
     }
 }
 
@@ -266,11 +314,29 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CaseError> {
         }
     }
     found.sort();
-    found.dedup();
+    // One run per case directory, however many paths (symlinks, `a/../a`) reach it.
+    let mut seen = std::collections::HashSet::new();
+    found.retain(|d| seen.insert(std::fs::canonicalize(d).unwrap_or_else(|_| d.clone())));
     Ok(found)
 }
 
 fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<(), CaseError> {
+    let mut visited = std::collections::HashSet::new();
+    walk_from(dir, found, &mut visited, 0)
+}
+
+/// Directories are entered once each (by canonical path) and at most 64 levels deep, so a
+/// symlink loop neither repeats cases nor recurses without end.
+fn walk_from(
+    dir: &Path,
+    found: &mut Vec<PathBuf>,
+    visited: &mut std::collections::HashSet<PathBuf>,
+    depth: usize,
+) -> Result<(), CaseError> {
+    let canon = std::fs::canonicalize(dir).map_err(|e| CaseError::Io(format!("{}: {e}", dir.display())))?;
+    if depth > 64 || !visited.insert(canon) {
+        return Ok(());
+    }
     if dir.join("case.json").is_file() {
         found.push(dir.to_path_buf());
         return Ok(());
@@ -279,7 +345,7 @@ fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<(), CaseError> {
     let mut subdirs: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
     subdirs.sort();
     for d in subdirs {
-        walk(&d, found)?;
+        walk_from(&d, found, visited, depth + 1)?;
     }
     Ok(())
 }

@@ -20,6 +20,16 @@ pub enum Status {
     Fail,
     /// The implementation does not produce this tensor: never counted as passed.
     NotCovered,
+    /// Not produced, and outside the scope the user declared (`--scope`, `--ignore`): reported,
+    /// never counted as passed, and not held against the coverage within the scope.
+    OutOfScope,
+}
+
+impl Status {
+    /// Whether the tensor was compared (passed or failed): the evidence a verdict rests on.
+    pub fn compared(self) -> bool {
+        matches!(self, Status::Pass | Status::Fail)
+    }
 }
 
 /// The comparison of one expected tensor.
@@ -34,6 +44,9 @@ pub struct TensorResult {
     pub violations: usize,
     pub numel: usize,
     pub tolerance: Tolerance,
+    /// The largest error as a fraction of what the rule allows at that element
+    /// (`|a - e| / (atol + rtol·|e|)`; at most 1 passes); NaN when nothing was compared.
+    pub ratio: f64,
     /// Labels only: pixels whose expected top classes are within tolerance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub near_ties: Option<usize>,
@@ -57,9 +70,10 @@ impl TensorResult {
             violations: 0,
             numel: expected_shape.iter().product(),
             tolerance: tol,
+            ratio: f64::NAN,
             near_ties: None,
             flips: None,
-            note: Some("not produced by this backend".into()),
+            note: Some("not produced".into()),
         }
     }
 
@@ -83,6 +97,7 @@ impl TensorResult {
             violations: numel,
             numel,
             tolerance: tol,
+            ratio: f64::INFINITY,
             near_ties: None,
             flips: None,
             note: Some(note),
@@ -124,6 +139,7 @@ pub fn compare_floats(name: &str, actual: &ArrayD<f64>, expected: &ArrayD<f64>, 
     let mut max_abs = 0.0f64;
     let mut max_rel = 0.0f64;
     let mut violations = 0usize;
+    let mut ratio = 0.0f64;
     let mut worst: Option<(usize, f64, f64, f64)> = None; // (index, actual, expected, excess)
     for (i, (&a, &e)) in actual.iter().zip(expected.iter()).enumerate() {
         let (diff, ok) = if a.is_nan() || e.is_nan() {
@@ -142,6 +158,13 @@ pub fn compare_floats(name: &str, actual: &ArrayD<f64>, expected: &ArrayD<f64>, 
             let r = diff / e.abs();
             if r > max_rel {
                 max_rel = r;
+            }
+        }
+        if diff > 0.0 {
+            let bound = tol.atol + tol.rtol * e.abs();
+            let r = if bound > 0.0 { diff / bound } else { f64::INFINITY };
+            if r > ratio || r.is_nan() {
+                ratio = r;
             }
         }
         if !ok {
@@ -169,6 +192,7 @@ pub fn compare_floats(name: &str, actual: &ArrayD<f64>, expected: &ArrayD<f64>, 
         violations,
         numel: expected.len(),
         tolerance: tol,
+        ratio,
         near_ties: None,
         flips: None,
         note,
@@ -259,10 +283,22 @@ pub fn compare_labels(
         violations,
         numel: expected.len(),
         tolerance: tol,
+        ratio: if violations > 0 { f64::INFINITY } else { 0.0 },
         near_ties: logits.map(|_| near_ties),
         flips: logits.map(|_| flips),
         note,
     }
+}
+
+/// Float values that stand for labels, as labels: every value must be a finite integer.
+fn labels_from_floats(a: &ArrayD<f64>) -> Result<ArrayD<i64>, String> {
+    if let Some((i, v)) = a.iter().enumerate().find(|(_, v)| !(v.is_finite() && v.fract() == 0.0)) {
+        return Err(format!(
+            "labels are expected, but the candidate's float tensor holds {v:e} at {} (not an integer)",
+            fmt_index(a.shape(), i)
+        ));
+    }
+    Ok(a.mapv(|v| v as i64))
 }
 
 /// Compares expected tensors with produced ones, in expected (forward) order. Label maps named
@@ -274,6 +310,14 @@ pub fn compare_outputs(
     tol_for: impl Fn(&str) -> Tolerance,
 ) -> Vec<TensorResult> {
     let find = |n: &str| expected.iter().find(|(k, _)| k == n).map(|(_, a)| a);
+    // The expected logits (and their tolerance) a label map `pred` / `pred.<stem>` is the
+    // argmax of, for the near-tie rule.
+    let logits_for = |name: &str| {
+        let logits_name =
+            if name == "pred" { "seg_logits".to_string() } else { name.replacen("pred", "seg_logits", 1) };
+        let logits = find(&logits_name).filter(|l| l.is_float()).map(|l| l.to_f64());
+        (logits, tol_for(&logits_name))
+    };
     expected
         .iter()
         .map(|(name, exp)| {
@@ -282,13 +326,21 @@ pub fn compare_outputs(
                 (None, _) => TensorResult::not_covered(name, exp.shape(), tol),
                 (Some(OutTensor::Float(a)), true) => compare_floats(name, a, &exp.to_f64(), tol),
                 (Some(OutTensor::Label(a)), false) => {
-                    let logits_name =
-                        if name == "pred" { "seg_logits".to_string() } else { name.replacen("pred", "seg_logits", 1) };
-                    let logits = find(&logits_name).filter(|l| l.is_float()).map(|l| l.to_f64());
-                    let ltol = tol_for(&logits_name);
+                    let (logits, ltol) = logits_for(name);
                     compare_labels(name, a, &exp.to_i64().unwrap_or_default(), logits.as_ref(), ltol)
                 }
-                (Some(OutTensor::Float(a)), false) => compare_floats(name, a, &exp.to_f64(), tol),
+                (Some(OutTensor::Float(a)), false) => match labels_from_floats(a) {
+                    // Labels written as floats are fine when every value is an integer; they are
+                    // then compared as labels (a label map plus 0.00005 is not a label map).
+                    Ok(a) => {
+                        let (logits, ltol) = logits_for(name);
+                        compare_labels(name, &a, &exp.to_i64().unwrap_or_default(), logits.as_ref(), ltol)
+                    }
+                    Err(note) => {
+                        let numel = exp.shape().iter().product();
+                        TensorResult::whole_failure(name, exp.shape(), a.shape(), numel, tol, note)
+                    }
+                },
                 (Some(OutTensor::Label(a)), true) => compare_floats(name, &a.mapv(|v| v as f64), &exp.to_f64(), tol),
             }
         })

@@ -14,6 +14,7 @@ pub mod kinds;
 pub mod metrics_cmp;
 pub mod names;
 pub mod report;
+pub mod scope;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,7 +23,8 @@ use crate::backend::{Backend, BackendError};
 use candidate::{CandidateError, CandidateSource};
 use case::{Case, CaseError, CaseKind, Dtype};
 use compare::Status;
-use report::{CaseReport, CaseStatus};
+use report::{CaseReport, CaseStatus, Coverage};
+pub use scope::Scope;
 
 /// What produces a case's outputs.
 pub enum Target<'a> {
@@ -47,8 +49,12 @@ impl Target<'_> {
 pub struct VerifyOptions {
     /// Run (or compare) float64 cases in float32 with the fp32 tolerance (reported as such).
     pub as_f32: bool,
-    /// Do not fail a case because some expected tensors are not produced.
+    /// Do not fail a case because some expected tensors (within the scope) are not produced: it
+    /// passes as `PASS (partial: k/n)` if what was compared passes. A case in which nothing was
+    /// compared is never a pass.
     pub allow_uncovered: bool,
+    /// The expected tensors an implementation must produce (default: all).
+    pub scope: Scope,
     /// Unknown manifest keys and unknown kinds fail the case instead of a warning / skip.
     pub strict: bool,
     /// Also write what our backend produced as a candidate directory (`DIR/<case>/<name>.npy`).
@@ -151,27 +157,10 @@ pub fn run_case(case: &Case, target: &Target<'_>, opts: &VerifyOptions) -> CaseR
     }
     match kinds::run(case, target, opts, run_dtype) {
         Ok(out) => {
-            let tensors = out.tensors;
-            let any_fail = tensors.iter().any(|t| t.status == Status::Fail);
-            let uncovered = tensors.iter().filter(|t| t.status == Status::NotCovered).count();
-            rep.status = if any_fail || (uncovered > 0 && !opts.allow_uncovered) || tensors.is_empty() {
-                CaseStatus::Fail
-            } else {
-                CaseStatus::Pass
-            };
-            let mut msgs = Vec::new();
-            if let Some(f) = tensors.iter().find(|t| t.status == Status::Fail) {
-                msgs.push(format!("first failing tensor: {}", f.name));
-            }
-            if tensors.is_empty() {
-                msgs.push("the case has no expected outputs".into());
-            } else if uncovered > 0 {
-                msgs.push(format!("{uncovered} expected tensor(s) not covered by {}", target.name()));
-            }
-            msgs.extend(out.notes);
-            rep.message = (!msgs.is_empty()).then(|| msgs.join("; "));
+            rep.scope = opts.scope.describe();
+            rep.tensors = out.tensors;
+            judge(&mut rep, target, opts, out.unused.len(), out.notes);
             rep.unused = out.unused;
-            rep.tensors = tensors;
             if rep.kind != "pipeline" && rep.kind != "segmentor" {
                 if let Target::Backend(_) = target {
                     // The model-free kinds check the library itself, the same for every backend.
@@ -197,4 +186,66 @@ pub fn run_case(case: &Case, target: &Target<'_>, opts: &VerifyOptions) -> CaseR
     }
     rep.seconds = start.elapsed().as_secs_f64();
     rep
+}
+
+/// The verdict of a case from its tensor results: FAIL if a compared tensor failed; NO EVIDENCE
+/// if nothing was compared (whatever the flags); FAIL if in-scope tensors were not produced
+/// (unless `allow_uncovered`: then a partial PASS); PASS otherwise. Not-produced tensors outside
+/// the scope become [`Status::OutOfScope`].
+fn judge(rep: &mut CaseReport, target: &Target<'_>, opts: &VerifyOptions, unused: usize, notes: Vec<String>) {
+    let producer = match target {
+        Target::Backend(b) => format!("not produced by backend `{}`", b.name()),
+        Target::Candidate { .. } => "not produced by the candidate".to_string(),
+    };
+    for t in &mut rep.tensors {
+        if t.status == Status::NotCovered {
+            if !opts.scope.contains(&t.name) {
+                t.status = Status::OutOfScope;
+                t.note = Some("out of scope".into());
+            } else if t.note.as_deref() == Some("not produced") {
+                t.note = Some(producer.clone());
+            }
+        }
+    }
+    let ts = &rep.tensors;
+    let c = Coverage {
+        expected: ts.len(),
+        in_scope: ts.iter().filter(|t| opts.scope.contains(&t.name)).count(),
+        covered: ts.iter().filter(|t| opts.scope.contains(&t.name) && t.status.compared()).count(),
+        compared: ts.iter().filter(|t| t.status.compared()).count(),
+    };
+    rep.coverage = c;
+    let uncovered = ts.iter().filter(|t| t.status == Status::NotCovered).count();
+    let mut msgs = Vec::new();
+    rep.status = if let Some(f) = ts.iter().find(|t| t.status == Status::Fail) {
+        msgs.push(format!("first failing tensor: {}", f.name));
+        CaseStatus::Fail
+    } else if c.compared == 0 {
+        msgs.push(if c.expected == 0 {
+            "the case has no expected outputs: nothing to compare".to_string()
+        } else if c.in_scope == 0 {
+            format!("the scope `{}` selects none of the case's {} expected tensors", opts.scope.describe(), c.expected)
+        } else if unused > 0 {
+            format!(
+                "none of the {} expected tensors was produced, but {unused} tensor(s) with other names were: \
+                 a name map (--names) may be missing",
+                c.in_scope
+            )
+        } else {
+            format!("none of the {} expected tensors was produced", c.in_scope)
+        });
+        CaseStatus::NoEvidence
+    } else if uncovered > 0 && !opts.allow_uncovered {
+        CaseStatus::Fail
+    } else {
+        CaseStatus::Pass
+    };
+    rep.partial = rep.status == CaseStatus::Pass && uncovered > 0;
+    if uncovered > 0 && rep.status != CaseStatus::NoEvidence {
+        let how = if rep.partial { " (--allow-uncovered: partial pass)" } else { "" };
+        let within = if opts.scope.is_all() { "" } else { " within the scope" };
+        msgs.push(format!("{uncovered} expected tensor(s){within} {producer}{how}"));
+    }
+    msgs.extend(notes);
+    rep.message = (!msgs.is_empty()).then(|| msgs.join("; "));
 }

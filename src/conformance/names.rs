@@ -76,11 +76,20 @@ struct MapJson {
     rules: Vec<RuleJson>,
 }
 
-/// A piece of a name pattern: literal text, or an integer variable with an offset (`{i+1}`).
+/// A piece of a name pattern: literal text, an integer variable with an offset (`{i+1}`), or a
+/// string variable (`{*rest}`) that stands for one or more whole dotted segments.
 #[derive(Debug, Clone, PartialEq)]
 enum Piece {
     Lit(String),
     Var { name: String, offset: i64 },
+    Str { name: String },
+}
+
+/// What a variable is bound to.
+#[derive(Debug, Clone, PartialEq)]
+enum Bound {
+    Int(i64),
+    Str(String),
 }
 
 fn parse_pattern(p: &str) -> Result<Vec<Piece>, String> {
@@ -92,6 +101,17 @@ fn parse_pattern(p: &str) -> Result<Vec<Piece>, String> {
         }
         let close = rest[open..].find('}').ok_or_else(|| format!("pattern `{p}`: unclosed `{{`"))? + open;
         let inner = &rest[open + 1..close];
+        if matches!(out.last(), Some(Piece::Var { .. } | Piece::Str { .. })) {
+            return Err(format!("pattern `{p}`: two variables without text between them"));
+        }
+        if let Some(name) = inner.strip_prefix('*') {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("pattern `{p}`: bad string variable `{{{inner}}}`"));
+            }
+            out.push(Piece::Str { name: name.to_string() });
+            rest = &rest[close + 1..];
+            continue;
+        }
         let (name, offset) = match inner.find(['+', '-']) {
             Some(i) => {
                 let n: i64 =
@@ -103,58 +123,107 @@ fn parse_pattern(p: &str) -> Result<Vec<Piece>, String> {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("pattern `{p}`: bad variable `{{{inner}}}`"));
         }
-        if matches!(out.last(), Some(Piece::Var { .. })) {
-            return Err(format!("pattern `{p}`: two variables without text between them"));
-        }
         out.push(Piece::Var { name: name.to_string(), offset });
         rest = &rest[close + 1..];
     }
     if !rest.is_empty() {
         out.push(Piece::Lit(rest.to_string()));
     }
+    let mut kinds: BTreeMap<&str, bool> = BTreeMap::new();
+    for piece in &out {
+        let (name, is_str) = match piece {
+            Piece::Var { name, .. } => (name.as_str(), false),
+            Piece::Str { name } => (name.as_str(), true),
+            Piece::Lit(_) => continue,
+        };
+        if kinds.insert(name, is_str).is_some_and(|k| k != is_str) {
+            return Err(format!("pattern `{p}`: `{name}` is used both as an integer and as a string variable"));
+        }
+    }
     Ok(out)
 }
 
-/// Matches `name` against `pat`; binds each variable `v` of a piece `{v+N}` to `m - N`.
-fn match_pattern(pat: &[Piece], name: &str) -> Option<BTreeMap<String, i64>> {
-    fn rec(pat: &[Piece], s: &str, vars: &mut BTreeMap<String, i64>) -> bool {
+/// Matches `name` against `pat`; binds each integer variable `v` of a piece `{v+N}` to `m - N`
+/// and each string variable `{*s}` to the run of whole segments it covers (longest first): it
+/// starts at the beginning of the name or after a `.`, is not empty, holds no `@` and does not
+/// start or end with `.`, and ends at the end of the name or before `.` / `@`. As the last piece
+/// of a pattern it takes the rest of the name, an `@...` suffix included (the same rule as the
+/// capture helper's, python/beit_seg_capture.py).
+fn match_pattern(pat: &[Piece], name: &str) -> Option<BTreeMap<String, Bound>> {
+    fn bind(
+        vars: &mut BTreeMap<String, Bound>,
+        name: &str,
+        v: Bound,
+        rest: impl FnOnce(&mut BTreeMap<String, Bound>) -> bool,
+    ) -> bool {
+        if let Some(old) = vars.get(name) {
+            return *old == v && rest(vars);
+        }
+        vars.insert(name.to_string(), v);
+        let ok = rest(vars);
+        if !ok {
+            vars.remove(name);
+        }
+        ok
+    }
+    /// `at` is the byte offset of `s` in the whole name (for segment boundaries).
+    fn rec(pat: &[Piece], full: &str, at: usize, vars: &mut BTreeMap<String, Bound>) -> bool {
+        let s = &full[at..];
         match pat.first() {
             None => s.is_empty(),
-            Some(Piece::Lit(l)) => s.strip_prefix(l.as_str()).is_some_and(|r| rec(&pat[1..], r, vars)),
+            Some(Piece::Lit(l)) => s.starts_with(l.as_str()) && rec(&pat[1..], full, at + l.len(), vars),
             Some(Piece::Var { name, offset }) => {
                 let digits = s.bytes().take_while(u8::is_ascii_digit).count();
                 // Digits are greedy; the next piece is a literal (or the end), so one try suffices.
                 if digits == 0 || digits > 18 {
                     return false;
                 }
-                let m: i64 = s[..digits].parse().expect("digits");
+                let Ok(m) = s[..digits].parse::<i64>() else { return false };
                 let v = m - offset;
-                if v < 0 || vars.get(name).is_some_and(|&old| old != v) {
+                v >= 0 && bind(vars, name, Bound::Int(v), |vars| rec(&pat[1..], full, at + digits, vars))
+            }
+            Some(Piece::Str { name }) => {
+                // One or more whole segments: starts at the beginning or after a '.', ends at the
+                // end or before '.' / '@', holds no '@', does not start or end with '.'.
+                if !(at == 0 || full[..at].ends_with('.')) || s.starts_with('.') {
                     return false;
                 }
-                let fresh = vars.insert(name.clone(), v).is_none();
-                let ok = rec(&pat[1..], &s[digits..], vars);
-                if !ok && fresh {
-                    vars.remove(name);
+                let run = s.find('@').unwrap_or(s.len());
+                if run == 0 || s[..run].ends_with('.') {
+                    return false;
                 }
-                ok
+                // As the last piece it takes the whole rest, an `@input...` suffix included.
+                if pat.len() == 1 {
+                    return bind(vars, name, Bound::Str(s.to_string()), |vars| rec(&pat[1..], full, full.len(), vars));
+                }
+                let ends: Vec<usize> = (1..=run)
+                    .rev()
+                    .filter(|&e| e == s.len() || s[e..].starts_with(['.', '@']))
+                    .filter(|&e| !s[..e].ends_with('.'))
+                    .collect();
+                ends.into_iter().any(|e| {
+                    bind(vars, name, Bound::Str(s[..e].to_string()), |vars| rec(&pat[1..], full, at + e, vars))
+                })
             }
         }
     }
     let mut vars = BTreeMap::new();
-    rec(pat, name, &mut vars).then_some(vars)
+    rec(pat, name, 0, &mut vars).then_some(vars)
 }
 
-fn fill(pat: &[Piece], vars: &BTreeMap<String, i64>) -> Result<String, String> {
+fn fill(pat: &[Piece], vars: &BTreeMap<String, Bound>) -> Result<String, String> {
     let mut s = String::new();
     for p in pat {
         match p {
             Piece::Lit(l) => s.push_str(l),
-            Piece::Var { name, offset } => {
-                let v =
-                    vars.get(name).ok_or_else(|| format!("variable `{name}` is not bound by the candidate pattern"))?;
-                s.push_str(&(v + offset).to_string());
-            }
+            Piece::Var { name, offset } => match vars.get(name) {
+                Some(Bound::Int(v)) => s.push_str(&(v + offset).to_string()),
+                _ => return Err(format!("variable `{name}` is not bound by the candidate pattern")),
+            },
+            Piece::Str { name } => match vars.get(name) {
+                Some(Bound::Str(v)) => s.push_str(v),
+                _ => return Err(format!("variable `*{name}` is not bound by the candidate pattern")),
+            },
         }
     }
     Ok(s)
@@ -215,10 +284,22 @@ impl NameMap {
                 r.fixture.as_deref().map(parse_pattern).transpose().map_err(|e| err(format!("rules[{i}]: {e}")))?;
             if let Some(f) = &fixture {
                 for p in f {
-                    if let Piece::Var { name, .. } = p {
-                        if !candidate.iter().any(|c| matches!(c, Piece::Var { name: n, .. } if n == name)) {
-                            return Err(err(format!("rules[{i}]: `{{{name}}}` in `fixture` is not in `candidate`")));
+                    let bound = match p {
+                        Piece::Var { name, .. } => {
+                            candidate.iter().any(|c| matches!(c, Piece::Var { name: n, .. } if n == name))
                         }
+                        Piece::Str { name } => {
+                            candidate.iter().any(|c| matches!(c, Piece::Str { name: n } if n == name))
+                        }
+                        Piece::Lit(_) => true,
+                    };
+                    if !bound {
+                        let shown = match p {
+                            Piece::Str { name } => format!("{{*{name}}}"),
+                            Piece::Var { name, .. } => format!("{{{name}}}"),
+                            Piece::Lit(l) => l.clone(),
+                        };
+                        return Err(err(format!("rules[{i}]: `{shown}` in `fixture` is not bound by `candidate`")));
                     }
                 }
             }
@@ -410,6 +491,32 @@ mod tests {
             "t"
         )
         .is_err());
+    }
+
+    #[test]
+    fn string_captures_rename_a_prefix_in_one_rule() {
+        let m = map(r#"[{"candidate": "vit.{*rest}", "fixture": "backbone.{*rest}"}]"#);
+        let to = |f: &str| Mapped::To { fixture: f.to_string(), transform: vec![] };
+        assert_eq!(m.map("vit.layers.3.ln1"), to("backbone.layers.3.ln1"));
+        assert_eq!(m.map("vit.layers.3.attn@input"), to("backbone.layers.3.attn@input"));
+        assert_eq!(m.map("vit.0"), to("backbone.0"));
+        assert_eq!(m.map("vit"), to("vit")); // nothing after the prefix: no match
+        assert_eq!(m.map("vitx.a"), to("vitx.a"));
+        assert_eq!(m.map("vit..a"), to("vit..a"));
+        assert_eq!(m.map("vit.@input"), to("vit.@input"));
+        assert_eq!(m.map("vit.a@input.1"), to("backbone.a@input.1"));
+        assert_eq!(m.candidate_name("backbone.layers.0.attn"), Some(("vit.layers.0.attn".into(), vec![])));
+        // In the middle, with an integer variable after it (the run stops at a segment end).
+        let m = map(r#"[{"candidate": "enc.{*mid}.blocks.{i}", "fixture": "backbone.{*mid}.layers.{i}"}]"#);
+        assert_eq!(m.map("enc.a.b.blocks.7"), to("backbone.a.b.layers.7"));
+        assert_eq!(m.map("enc.blocks.7"), to("enc.blocks.7")); // the run must not be empty
+                                                               // A string variable used in `fixture` must be bound by `candidate`; kinds must not mix.
+        let bad = |rules: &str| {
+            NameMap::parse(&format!("{{\"format\": \"{NAMES_FORMAT}\", \"rules\": {rules}}}"), "t").is_err()
+        };
+        assert!(bad(r#"[{"candidate": "vit.{i}", "fixture": "backbone.{*rest}"}]"#));
+        assert!(bad(r#"[{"candidate": "a.{*x}.b.{x}", "fixture": "c"}]"#));
+        assert!(bad(r#"[{"candidate": "a.{*}", "fixture": "c"}]"#));
     }
 
     #[test]

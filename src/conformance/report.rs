@@ -20,6 +20,35 @@ pub enum CaseStatus {
     Error,
     /// The case's kind is not implemented by this backend (reported, never counted as passed).
     Skipped,
+    /// Nothing was compared: no expected tensor (within the scope) was produced, or the scope
+    /// selects none. Never a pass, whatever the flags (counted as failed, exit status 1).
+    NoEvidence,
+}
+
+impl CaseStatus {
+    /// The word the report prints.
+    pub fn word(self) -> &'static str {
+        match self {
+            CaseStatus::Pass => "PASS",
+            CaseStatus::Fail => "FAIL",
+            CaseStatus::Error => "ERROR",
+            CaseStatus::Skipped => "SKIP",
+            CaseStatus::NoEvidence => "NO EVIDENCE",
+        }
+    }
+}
+
+/// What a case's verdict rests on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Coverage {
+    /// Expected tensors (and metric quantities) of the case.
+    pub expected: usize,
+    /// Those within the scope (`--scope`, `--ignore`; all of them by default).
+    pub in_scope: usize,
+    /// In-scope tensors the implementation produced.
+    pub covered: usize,
+    /// Tensors compared (passed or failed), in scope or not: the evidence.
+    pub compared: usize,
 }
 
 /// The result of one case.
@@ -33,6 +62,11 @@ pub struct CaseReport {
     pub dtype: String,
     pub run_dtype: String,
     pub status: CaseStatus,
+    /// Passed with in-scope tensors not produced (`--allow-uncovered`): `PASS (partial: k/n)`.
+    pub partial: bool,
+    /// The scope the case was held to (`all`, `backbone`, ...).
+    pub scope: String,
+    pub coverage: Coverage,
     /// Why the case failed to load or run, or was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -57,6 +91,9 @@ impl CaseReport {
             dtype: "?".into(),
             run_dtype: "?".into(),
             status: CaseStatus::Fail,
+            partial: false,
+            scope: "all".into(),
+            coverage: Coverage::default(),
             message: None,
             tensors: vec![],
             unused: vec![],
@@ -65,8 +102,16 @@ impl CaseReport {
         }
     }
 
+    /// Expected tensors that were produced (compared), in or out of scope.
     pub fn covered(&self) -> usize {
-        self.tensors.iter().filter(|t| t.status != Status::NotCovered).count()
+        self.tensors.iter().filter(|t| t.status.compared()).count()
+    }
+    /// The compared tensor with the largest error relative to what the rule allows.
+    pub fn worst(&self) -> Option<&TensorResult> {
+        self.tensors
+            .iter()
+            .filter(|t| t.status.compared() && !t.ratio.is_nan())
+            .max_by(|a, b| a.ratio.total_cmp(&b.ratio))
     }
     pub fn failed_tensors(&self) -> usize {
         self.tensors.iter().filter(|t| t.status == Status::Fail).count()
@@ -85,6 +130,11 @@ pub struct Summary {
     /// Cases that could not be checked (also counted in `failed` of the closing line).
     pub errors: usize,
     pub skipped: usize,
+    /// Cases in which nothing was compared (also counted in `failed` of the closing line).
+    pub no_evidence: usize,
+    /// Passed cases with in-scope tensors not produced (`--allow-uncovered`; within `passed`).
+    pub partial: usize,
+    /// In-scope expected tensors of the checked cases, and those produced.
     pub tensors: usize,
     pub covered: usize,
 }
@@ -98,10 +148,12 @@ impl Summary {
                 CaseStatus::Fail => s.failed += 1,
                 CaseStatus::Error => s.errors += 1,
                 CaseStatus::Skipped => s.skipped += 1,
+                CaseStatus::NoEvidence => s.no_evidence += 1,
             }
+            s.partial += usize::from(r.status == CaseStatus::Pass && r.partial);
             if r.status != CaseStatus::Skipped {
-                s.tensors += r.tensors.len();
-                s.covered += r.covered();
+                s.tensors += r.coverage.in_scope;
+                s.covered += r.coverage.covered;
             }
         }
         s
@@ -116,13 +168,18 @@ impl Summary {
     /// The closing line, in the form test-result parsers read (cases that could not be checked
     /// count as failed).
     pub fn closing_line(&self) -> String {
-        format!("{} passed, {} failed, {} skipped", self.passed, self.failed + self.errors, self.skipped)
+        format!(
+            "{} passed, {} failed, {} skipped",
+            self.passed,
+            self.failed + self.errors + self.no_evidence,
+            self.skipped
+        )
     }
 
-    /// The exit status of `verify`: 0 all checked cases pass, 1 a case failed, 3 a case could
-    /// not be checked (and none failed).
+    /// The exit status of `verify`: 0 all checked cases pass, 1 a case failed (or showed no
+    /// evidence), 3 a case could not be checked (and none failed).
     pub fn exit_code(&self) -> u8 {
-        if self.failed > 0 {
+        if self.failed > 0 || self.no_evidence > 0 {
             1
         } else if self.errors > 0 {
             3
@@ -147,29 +204,106 @@ fn status_word(s: Status) -> &'static str {
         Status::Pass => "ok",
         Status::Fail => "FAIL",
         Status::NotCovered => "NOT COVERED",
+        Status::OutOfScope => "out of scope",
     }
 }
 
-/// The header line of one case.
+/// The one line of a case: status, name, kind, dtype, target, coverage, worst error, time.
 pub fn case_line(r: &CaseReport) -> String {
-    let st = match r.status {
-        CaseStatus::Pass => "PASS",
-        CaseStatus::Fail => "FAIL",
-        CaseStatus::Error => "ERROR",
-        CaseStatus::Skipped => "SKIP",
+    let st = if r.status == CaseStatus::Pass && r.partial {
+        format!("PASS (partial: {}/{})", r.coverage.covered, r.coverage.in_scope)
+    } else {
+        r.status.word().to_string()
     };
     let dtype = if r.dtype == r.run_dtype { r.dtype.clone() } else { format!("{} run as {}", r.dtype, r.run_dtype) };
-    let cov = if r.tensors.is_empty() {
-        String::new()
+    let c = r.coverage;
+    let mut detail = String::new();
+    if c.expected > 0 && matches!(r.status, CaseStatus::Pass | CaseStatus::Fail | CaseStatus::NoEvidence) {
+        let ok = r.tensors.iter().filter(|t| t.status == Status::Pass).count();
+        detail.push_str(&format!("  {ok}/{} ok", c.compared));
+        if r.scope == "all" {
+            detail.push_str(&format!(", coverage {}", percent(c.covered, c.in_scope)));
+        } else {
+            detail.push_str(&format!(
+                ", scope {}: {}/{} covered ({}), {} out of scope",
+                r.scope,
+                c.covered,
+                c.in_scope,
+                percent(c.covered, c.in_scope),
+                c.expected - c.in_scope
+            ));
+        }
+        match r.worst() {
+            Some(w) if w.ratio > 0.0 => {
+                detail.push_str(&format!(", worst {} of tol ({})", ratio_text(w.ratio), clip(&w.name, 60)))
+            }
+            Some(_) => detail.push_str(", all exact"),
+            None => {}
+        }
+    }
+    format!("{st:<5} {}  [{}, {}, {}]{detail}  ({:.2}s)", clip(&r.name, 200), r.kind, dtype, r.backend, r.seconds)
+}
+
+fn percent(k: usize, n: usize) -> String {
+    if n == 0 {
+        "-".into()
     } else {
-        format!(
-            "  {}/{} tensors ok, coverage {:.0}%",
-            r.tensors.iter().filter(|t| t.status == Status::Pass).count(),
-            r.tensors.len(),
-            100.0 * r.covered() as f64 / r.tensors.len() as f64
-        )
-    };
-    format!("{st}  {}  [{}, {}, {}]{cov}  ({:.2}s)", r.name, r.kind, dtype, r.backend, r.seconds)
+        format!("{:.0}%", 100.0 * k as f64 / n as f64)
+    }
+}
+
+/// An error/allowed ratio as the report prints it: `0.12`, `3.4e3`, `inf`.
+pub fn ratio_text(r: f64) -> String {
+    if r.is_infinite() {
+        "inf".into()
+    } else if r.is_nan() {
+        "-".into()
+    } else if r != 0.0 && !(1e-3..1e3).contains(&r) {
+        format!("{r:.1e}")
+    } else {
+        format!("{r:.2}")
+    }
+}
+
+/// `s` cut to at most `max` characters (with `...`), for names that come from files.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let head: String = s.chars().take(max.saturating_sub(3)).collect();
+        format!("{head}...")
+    }
+}
+
+/// How much of each case `verify` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verbosity {
+    /// Only failing (or no-evidence, error, skipped) cases, with their failing rows, and the
+    /// summary.
+    Quiet,
+    /// One line per case; the full table of cases that fail or are partial.
+    #[default]
+    Normal,
+    /// Every table.
+    Verbose,
+}
+
+/// What `verify` prints for one case at `v` (ends with a newline; empty when nothing).
+pub fn case_text(r: &CaseReport, v: Verbosity) -> String {
+    let bad = !matches!(r.status, CaseStatus::Pass | CaseStatus::Skipped);
+    match v {
+        Verbosity::Quiet if !bad && r.status != CaseStatus::Skipped => String::new(),
+        Verbosity::Quiet => format!("{}\n{}", case_line(r), case_table(r, true)),
+        Verbosity::Normal if bad || r.partial => format!("{}\n{}", case_line(r), case_table(r, false)),
+        Verbosity::Normal => {
+            let mut s = format!("{}\n", case_line(r));
+            if let Some(m) = r.message.as_ref().filter(|_| r.status == CaseStatus::Skipped) {
+                s.push_str(&format!("    {m}\n"));
+            }
+            s
+        }
+        Verbosity::Verbose => format!("{}\n{}", case_line(r), case_table(r, false)),
+    }
 }
 
 /// The per-tensor table of one case; with `failures_only`, only failing and uncovered rows.
@@ -179,17 +313,21 @@ pub fn case_table(r: &CaseReport, failures_only: bool) -> String {
         let _ = writeln!(out, "    {m}");
     }
     if !r.unused.is_empty() {
-        let _ = writeln!(out, "    unused candidate tensors ({}): {}", r.unused.len(), r.unused.join(", "));
+        let shown: Vec<String> = r.unused.iter().take(20).map(|u| clip(u, 120)).collect();
+        let more = if r.unused.len() > 20 { format!(", ... ({} more)", r.unused.len() - 20) } else { String::new() };
+        let _ = writeln!(out, "    unused candidate tensors ({}): {}{more}", r.unused.len(), shown.join(", "));
     }
-    let rows: Vec<&TensorResult> = r.tensors.iter().filter(|t| !failures_only || t.status != Status::Pass).collect();
+    let rows: Vec<&TensorResult> =
+        r.tensors.iter().filter(|t| !failures_only || matches!(t.status, Status::Fail | Status::NotCovered)).collect();
     if rows.is_empty() {
         return out;
     }
-    let w = rows.iter().map(|t| t.name.len()).max().unwrap_or(6).max(6);
+    // Names come from files: the column is at most 100 characters wide (longer names are cut).
+    let w = rows.iter().map(|t| t.name.chars().count()).max().unwrap_or(6).clamp(6, 100);
     let _ = writeln!(
         out,
-        "    {:<w$}  {:<20} {:>9} {:>9} {:>8}  {:<17} result",
-        "tensor", "shape", "max_abs", "max_rel", "viol", "rtol/atol"
+        "    {:<w$}  {:<20} {:>9} {:>9} {:>8}  {:<17} {:>7}  result",
+        "tensor", "shape", "max_abs", "max_rel", "viol", "rtol/atol", "err/tol"
     );
     for t in rows {
         let shape = format!("{:?}", t.expected_shape);
@@ -197,20 +335,21 @@ pub fn case_table(r: &CaseReport, failures_only: bool) -> String {
         if let (Some(n), Some(f)) = (t.near_ties, t.flips) {
             let _ = write!(extra, " (near-ties {n}, flips {f})");
         }
-        if t.status != Status::Pass {
+        if !matches!(t.status, Status::Pass | Status::OutOfScope) {
             if let Some(note) = &t.note {
-                let _ = write!(extra, " {note}");
+                let _ = write!(extra, " {}", clip(note, 300));
             }
         }
         let _ = writeln!(
             out,
-            "    {:<w$}  {:<20} {:>9} {:>9} {:>8}  {:<17} {}{}",
-            t.name,
-            shape,
+            "    {:<w$}  {:<20} {:>9} {:>9} {:>8}  {:<17} {:>7}  {}{}",
+            clip(&t.name, 100),
+            clip(&shape, 40),
             sci(t.max_abs),
             sci(t.max_rel),
             t.violations,
             format!("{:.0e}/{:.0e}", t.tolerance.rtol, t.tolerance.atol),
+            if t.status.compared() { ratio_text(t.ratio) } else { "-".into() },
             status_word(t.status),
             extra
         );
@@ -253,8 +392,8 @@ pub fn to_junit(reports: &[CaseReport]) -> String {
                 }
                 s
             }
-            CaseStatus::Fail | CaseStatus::Error => {
-                let kind = if r.status == CaseStatus::Fail { NonSuccessKind::Failure } else { NonSuccessKind::Error };
+            CaseStatus::Fail | CaseStatus::Error | CaseStatus::NoEvidence => {
+                let kind = if r.status == CaseStatus::Error { NonSuccessKind::Error } else { NonSuccessKind::Failure };
                 let mut s = TestCaseStatus::non_success(kind);
                 let msg = r
                     .message
@@ -268,6 +407,12 @@ pub fn to_junit(reports: &[CaseReport]) -> String {
         };
         let mut tc = TestCase::new(r.name.as_str(), status);
         tc.set_classname(r.kind.as_str());
+        let c = r.coverage;
+        tc.add_property(quick_junit::Property::new("scope", r.scope.as_str()));
+        tc.add_property(quick_junit::Property::new("coverage", format!("{}/{}", c.covered, c.in_scope)));
+        tc.add_property(quick_junit::Property::new("compared", c.compared.to_string()));
+        tc.add_property(quick_junit::Property::new("expected", c.expected.to_string()));
+        tc.add_property(quick_junit::Property::new("partial", r.partial.to_string()));
         tc.set_time(std::time::Duration::from_secs_f64(r.seconds.max(0.0)));
         suite.add_test_case(tc);
     }

@@ -38,9 +38,10 @@ fn input_files(case: &Case) -> Result<Vec<(String, PathBuf)>, RunError> {
         .ok_or_else(|| manifest_err(case, "`inputs` must be an object {name: file}"))?;
     obj.iter()
         .map(|(k, v)| {
-            v.as_str()
-                .map(|f| (k.clone(), case.dir.join(f)))
-                .ok_or_else(|| manifest_err(case, format!("`inputs.{k}` must be a file name")))
+            let f = v.as_str().ok_or_else(|| manifest_err(case, format!("`inputs.{k}` must be a file name")))?;
+            let f = crate::conformance::case::inside_case(f)
+                .map_err(|m| manifest_err(case, format!("`inputs.{k}`: {m}")))?;
+            Ok((k.clone(), case.dir.join(f)))
         })
         .collect()
 }

@@ -60,7 +60,10 @@ pub fn dataset_from_case(case: &Case) -> Result<(DatasetSpec, TestPipeline, Opti
         }
     };
     let spec = DatasetSpec {
-        root: case.dir.join(s("data_root", ".")?),
+        root: case.dir.join(
+            crate::conformance::case::inside_case(&s("data_root", ".")?)
+                .map_err(|m| manifest_err(case, format!("`dataset.data_root`: {m}")))?,
+        ),
         img_dir: s("img_dir", "images/validation")?,
         ann_dir: s("ann_dir", "annotations/validation")?,
         img_suffix: s("img_suffix", ".jpg")?,

@@ -1,0 +1,130 @@
+//! Hostile or broken fixture cases and candidates (the conformance side of the adversarial
+//! checks): a value that cannot be compared is never silently equal, a manifest cannot reach
+//! outside its case, and no name or layout makes `verify` panic or repeat itself.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use beit_seg::array::read_npy;
+use beit_seg::backend::reference::RefBackend;
+use beit_seg::conformance::candidate::{save_outputs, CandidateSource};
+use beit_seg::conformance::case::{discover, Case};
+use beit_seg::conformance::report::CaseStatus;
+use beit_seg::conformance::{run_case, run_case_dir, Target, VerifyOptions};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+}
+
+/// A copy of fixture `name` in `tmp`, with its case.json edited.
+fn edited(tmp: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let dst = tmp.join(name);
+    copy_dir(&fixture(name), &dst);
+    let p = dst.join("case.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    dst
+}
+
+const REF: Target<'static> = Target::Backend(&RefBackend);
+
+fn write_f32(path: &Path, shape: &[usize], v: f32) {
+    let a = beit_seg::array::AnyArray::F32(ndarray::ArrayD::from_elem(ndarray::IxDyn(shape), v));
+    save_outputs(path.parent().unwrap(), &[(path.file_stem().unwrap().to_string_lossy().into_owned(), a)], None)
+        .unwrap();
+}
+
+#[test]
+fn non_finite_expected_values_are_a_case_error_not_a_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (tag, v) in [("nan", f32::NAN), ("inf", f32::INFINITY)] {
+        let dir = tmp.path().join(tag);
+        copy_dir(&fixture("slide-b2"), &dir);
+        let logits = dir.join("outputs/seg_logits.npy");
+        let shape = read_npy(&logits).unwrap().shape().to_vec();
+        write_f32(&logits, &shape, v);
+        // Our backend, and a candidate holding the same non-finite values (or 3e38).
+        let r = run_case_dir(&dir, &REF, &VerifyOptions::default());
+        assert_eq!(r.status, CaseStatus::Error, "{tag}: {:?}", r.message);
+        let m = r.message.unwrap();
+        assert!(m.contains("seg_logits.npy") && m.contains("not finite"), "{m}");
+        let cand = tmp.path().join(format!("cand-{tag}"));
+        write_f32(&cand.join("seg_logits.npy"), &shape, if v.is_nan() { v } else { 3e38 });
+        let source = CandidateSource { root: cand, names: None };
+        let case = Case::load(&dir).unwrap();
+        let r = run_case(&case, &Target::Candidate { source: &source, single: true }, &VerifyOptions::default());
+        assert_eq!(r.status, CaseStatus::Error, "{tag}: {:?}", r.message);
+    }
+}
+
+#[test]
+fn manifest_values_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = |dir: &Path| Case::load(dir).map(|_| ()).unwrap_err().to_string();
+    let d = edited(tmp.path(), "tiny-whole", |v| v["kind"] = serde_json::json!(5));
+    let m = err(&d);
+    assert!(m.contains("`kind` must be a string") && m.contains("got 5"), "{m}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let d = edited(tmp.path(), "tiny-whole", |v| v["tolerance"] = serde_json::json!({"rtol": -1.0, "atol": 1e-4}));
+    let m = err(&d);
+    assert!(m.contains("`tolerance`") && m.contains("non-negative"), "{m}");
+
+    for evil in ["../../etc/passwd", "/etc/passwd", "outputs/../../x.npy"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = edited(tmp.path(), "tiny-whole", |v| v["outputs"]["seg_logits"] = serde_json::json!(evil));
+        let m = err(&d);
+        assert!(m.contains("outputs.seg_logits") && m.contains("inside the case directory"), "{evil}: {m}");
+        let tmp = tempfile::tempdir().unwrap();
+        let d = edited(tmp.path(), "tiny-whole", |v| v["weights"] = serde_json::json!(evil));
+        let r = run_case_dir(&d, &REF, &VerifyOptions::default());
+        assert_eq!(r.status, CaseStatus::Error);
+        assert!(r.message.unwrap().contains("`weights`"), "{evil}");
+        let tmp = tempfile::tempdir().unwrap();
+        let d = edited(tmp.path(), "tiny-whole", |v| v["inputs"]["inputs"] = serde_json::json!(evil));
+        let r = run_case_dir(&d, &REF, &VerifyOptions::default());
+        assert_eq!(r.status, CaseStatus::Error);
+        assert!(r.message.unwrap().contains("`inputs.inputs`"), "{evil}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_symlink_loop_runs_each_case_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("cases");
+    copy_dir(&fixture("metric-basic"), &root.join("a/metric-basic"));
+    std::os::unix::fs::symlink(&root, root.join("a/loop")).unwrap();
+    std::os::unix::fs::symlink(root.join("a/metric-basic"), root.join("again")).unwrap();
+    let found = discover(&[root.clone(), root.join("a")]).unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+}
+
+#[test]
+fn huge_names_do_not_panic_the_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let long = "x".repeat(70_000);
+    let d = edited(tmp.path(), "tiny-whole", |v| {
+        let f = v["outputs"]["neck.0"].clone();
+        v["outputs"].as_object_mut().unwrap().insert(long.clone(), f);
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_beit-seg")).args(["verify", "-v"]).arg(&d).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The extra name is not produced by the reference: the case fails, and nothing panics.
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("xxx...") && !text.contains(&long), "the name is cut in the table");
+}
