@@ -142,6 +142,66 @@ impl std::fmt::Display for Dtype {
     }
 }
 
+/// The arithmetic a model runs in, or a half-precision twin was made in: one type for the
+/// CLI, the backends, the bench and the fixture format (`"precision"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// float64 everywhere (the float64 twin fixtures).
+    Fp64,
+    /// float32 everywhere (TF32 off).
+    Fp32,
+    /// float16, as `torch.autocast(dtype=torch.float16)` runs a model.
+    Fp16,
+    /// bfloat16, as `torch.autocast(dtype=torch.bfloat16)` runs a model.
+    Bf16,
+}
+
+impl Precision {
+    /// `fp64`, `fp32`, `fp16`, `bf16` (also `float64`, `float32`, `float16`/`half`, `bfloat16`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "fp64" | "f64" | "float64" | "double" => Ok(Precision::Fp64),
+            "fp32" | "f32" | "float32" | "float" => Ok(Precision::Fp32),
+            "fp16" | "f16" | "float16" | "half" => Ok(Precision::Fp16),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            o => Err(format!("unknown precision `{o}` (fp32, fp16, bf16, fp64)")),
+        }
+    }
+
+    /// `fp64`, `fp32`, `fp16`, `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp64 => "fp64",
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// Whether this is a half precision (fp16, bf16).
+    pub fn is_half(self) -> bool {
+        matches!(self, Precision::Fp16 | Precision::Bf16)
+    }
+
+    /// The unit roundoff `u` (half the distance from 1 to the next value): 2^-53, 2^-24, 2^-11,
+    /// 2^-8.
+    pub fn unit_roundoff(self) -> f64 {
+        match self {
+            Precision::Fp64 => f64::EPSILON / 2.0,
+            Precision::Fp32 => f32::EPSILON as f64 / 2.0,
+            Precision::Fp16 => 2f64.powi(-11),
+            Precision::Bf16 => 2f64.powi(-8),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::exp_f32;

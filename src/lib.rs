@@ -26,4 +26,4 @@ pub mod metrics;
 
 pub mod cli;
 
-pub use float::{Dtype, Float};
+pub use float::{Dtype, Float, Precision};

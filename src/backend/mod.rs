@@ -80,12 +80,12 @@ pub enum BackendKind {
 pub struct BackendSpec {
     pub kind: BackendKind,
     pub device: String,
-    pub precision: String,
+    pub precision: crate::float::Precision,
 }
 
 impl Default for BackendSpec {
     fn default() -> Self {
-        BackendSpec { kind: BackendKind::Ref, device: "cpu".into(), precision: "fp32".into() }
+        BackendSpec { kind: BackendKind::Ref, device: "cpu".into(), precision: crate::float::Precision::Fp32 }
     }
 }
 
@@ -105,6 +105,11 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     /// Name with device and precision, for reports.
     fn describe(&self) -> String;
+    /// The precision float32 cases run in (fp32 unless the backend was opened with a half
+    /// precision): a half precision is judged on the half-precision twins of that precision.
+    fn precision(&self) -> crate::float::Precision {
+        crate::float::Precision::Fp32
+    }
     /// Builds the model from a state dict in MMSegmentation names, to run cases of `dtype`
     /// (a backend may run a float32 case in a reduced precision it was opened with; it says so
     /// in [`Model::describe`]). Every missing, wrong-shape or unexpected key is one error.
@@ -142,7 +147,7 @@ pub trait Model: Send + Sync {
 pub fn open(spec: &BackendSpec) -> Result<Box<dyn Backend>, BackendError> {
     match spec.kind {
         BackendKind::Ref => {
-            if spec.precision != "fp32" && spec.precision != "fp64" {
+            if spec.precision.is_half() {
                 return Err(BackendError::Unavailable(format!(
                     "backend `ref` computes in float32/float64 only (asked for {})",
                     spec.precision
@@ -151,7 +156,7 @@ pub fn open(spec: &BackendSpec) -> Result<Box<dyn Backend>, BackendError> {
             Ok(Box::new(reference::RefBackend))
         }
         #[cfg(feature = "tch")]
-        BackendKind::Tch => Ok(Box::new(tch::TchBackend::from_names(&spec.device, &spec.precision)?)),
+        BackendKind::Tch => Ok(Box::new(tch::TchBackend::from_names(&spec.device, spec.precision)?)),
         #[cfg(not(feature = "tch"))]
         BackendKind::Tch => Err(BackendError::Unavailable(
             "backend `tch` is not available in this build (rebuild with `--features tch`; see docs/fast-path.md)"

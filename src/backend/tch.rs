@@ -31,9 +31,9 @@ impl TchBackend {
         Ok(TchBackend { device, precision })
     }
 
-    /// From the CLI strings (`cpu`/`cuda`/`cuda:N`, `fp32`/`fp16`/`bf16`).
-    pub fn from_names(device: &str, precision: &str) -> Result<Self, FastError> {
-        Self::new(parse_device(device)?, Precision::parse(precision)?)
+    /// From the CLI's device string (`cpu`/`cuda`/`cuda:N`) and precision.
+    pub fn from_names(device: &str, precision: Precision) -> Result<Self, FastError> {
+        Self::new(parse_device(device)?, precision)
     }
 
     /// The precision a case of `dtype` runs in.
@@ -52,6 +52,9 @@ impl Backend for TchBackend {
     }
     fn describe(&self) -> String {
         format!("tch (libtorch, {}, {})", device_name(self.device), self.precision.name())
+    }
+    fn precision(&self) -> Precision {
+        self.precision
     }
     fn load(&self, cfg: &SegmentorConfig, weights: StateDict, dtype: Dtype) -> Result<Box<dyn Model>, BackendError> {
         let ctx = Ctx::new(self.device, self.precision_for(dtype));

@@ -37,7 +37,7 @@ pub struct BenchOptions {
     /// `cpu`, `cuda`, `cuda:N` (tch only).
     pub device: String,
     /// `fp32`, `fp64` (ref, tch), `fp16`, `bf16` (tch).
-    pub precisions: Vec<String>,
+    pub precisions: Vec<crate::float::Precision>,
     /// A name for reports (`base`, `large`).
     pub config_name: String,
     /// The MMSegmentation `model` dict (a preset); `img_size` and the slide crop are set to `size`.
@@ -62,7 +62,7 @@ pub struct BenchOptions {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchRow {
     pub backend: String,
-    pub precision: String,
+    pub precision: crate::float::Precision,
     pub config: String,
     pub size: usize,
     pub threads: usize,
@@ -174,9 +174,9 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>, BenchError> {
     let rounds = if matches!(torch, Some(Ok(_))) { opts.rounds.max(1) } else { 1 };
     let mut rows = Vec::new();
     for precision in &opts.precisions {
-        let spec = BackendSpec { kind: opts.backend, device: opts.device.clone(), precision: precision.clone() };
+        let spec = BackendSpec { kind: opts.backend, device: opts.device.clone(), precision: *precision };
         let be = backend::open(&spec)?;
-        let dtype = if precision == "fp64" { Dtype::F64 } else { Dtype::F32 };
+        let dtype = if *precision == crate::float::Precision::Fp64 { Dtype::F64 } else { Dtype::F32 };
         eprintln!(
             "bench: {} {precision}, {} {}x{}, {threads} threads{} ...",
             be.name(),
@@ -228,7 +228,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>, BenchError> {
         };
         rows.push(BenchRow {
             backend: be.name().to_string(),
-            precision: precision.clone(),
+            precision: *precision,
             config: opts.config_name.clone(),
             size: opts.size,
             threads,

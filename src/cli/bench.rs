@@ -25,8 +25,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 640)]
     pub size: usize,
     /// Precisions, comma-separated: fp32, fp64 (ref, tch); fp16, bf16 (tch).
-    #[arg(long, value_delimiter = ',', default_value = "fp32")]
-    pub precision: Vec<String>,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "fp32")]
+    pub precision: Vec<crate::float::Precision>,
     /// Device for tch: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,

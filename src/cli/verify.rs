@@ -34,7 +34,9 @@ pub struct VerifyArgs {
     /// Case directories, or directories containing cases.
     #[arg(required = true, value_name = "CASE")]
     pub dirs: Vec<PathBuf>,
-    /// The implementation under test (ignored with --candidate).
+    /// The implementation under test (ignored with --candidate, but for --precision: the
+    /// precision the candidate ran in; fp16/bf16 are judged on the half-precision twins of that
+    /// precision against MMSegmentation's own half-precision error, other cases are skipped).
     #[command(flatten)]
     pub backend: BackendArgs,
     /// Compare tensors another implementation wrote instead of running ours: DIR/<output>.npy
@@ -112,6 +114,7 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
         as_f32: a.as_f32,
         allow_uncovered: a.allow_uncovered,
         scope: Scope::new(&a.scope, &a.ignore)?,
+        precision: a.candidate.as_ref().map(|_| a.backend.precision),
         strict: a.strict,
         save_outputs: a.save_outputs.clone(),
     };

@@ -97,10 +97,22 @@ impl CaseKind {
     /// The manifest keys of this kind besides the common ones ([`COMMON_KEYS`]).
     pub fn keys(&self) -> &'static [&'static str] {
         match self {
-            CaseKind::Segmentor => &["model", "weights", "weights_dialect", "inputs", "outputs"],
-            CaseKind::Pipeline => {
-                &["model", "weights", "weights_dialect", "dataset", "outputs", "metrics", "per_class_table"]
+            CaseKind::Segmentor => {
+                &["model", "weights", "weights_dialect", "inputs", "outputs", "precision", "truth", "budget"]
             }
+            CaseKind::Pipeline => &[
+                "model",
+                "weights",
+                "weights_dialect",
+                "dataset",
+                "outputs",
+                "metrics",
+                "per_class_table",
+                "precision",
+                "truth",
+                "budget",
+                "truth_metrics",
+            ],
             CaseKind::Metric => {
                 &["num_classes", "ignore_index", "reduce_zero_label", "inputs", "metrics", "classes", "per_class_table"]
             }
@@ -139,8 +151,11 @@ pub struct Case {
     pub dtype: Dtype,
     pub tolerance: Tolerance,
     pub tolerances: BTreeMap<String, Tolerance>,
-    /// Expected outputs: name → file (relative to `dir`), in manifest order.
+    /// Expected outputs: name → file (relative to `dir`), in manifest order. For a
+    /// half-precision twin, the float64 truth (`truth`), which outputs are judged against.
     pub outputs: Vec<(String, PathBuf)>,
+    /// A half-precision twin's precision, budget and autocast outputs (`"precision"`).
+    pub half: Option<crate::conformance::budget::HalfTwin>,
 }
 
 impl Case {
@@ -211,15 +226,49 @@ impl Case {
                 tolerances.insert(k.clone(), Tolerance::from_value(v, &path, &format!("tolerances.{k}"))?);
             }
         }
-        let mut outputs = Vec::new();
-        if let Some(o) = manifest.get("outputs") {
-            let obj = o.as_object().ok_or_else(|| bad("`outputs` must be an object {name: file}".into()))?;
-            for (k, v) in obj {
-                let f = v.as_str().ok_or_else(|| bad(format!("`outputs.{k}` must be a file name")))?;
-                let f = inside_case(f).map_err(|m| bad(format!("`outputs.{k}`: {m}")))?;
-                outputs.push((k.clone(), f));
+        let files = |key: &str| -> Result<Vec<(String, PathBuf)>, CaseError> {
+            let mut out = Vec::new();
+            if let Some(o) = manifest.get(key) {
+                let obj = o.as_object().ok_or_else(|| bad(format!("`{key}` must be an object {{name: file}}")))?;
+                for (k, v) in obj {
+                    let f = v.as_str().ok_or_else(|| bad(format!("`{key}.{k}` must be a file name")))?;
+                    let f = inside_case(f).map_err(|m| bad(format!("`{key}.{k}`: {m}")))?;
+                    out.push((k.clone(), f));
+                }
             }
-        }
+            Ok(out)
+        };
+        let mut outputs = files("outputs")?;
+        let half = match manifest.get("precision") {
+            None => None,
+            Some(v) => {
+                let p = v.as_str().and_then(|s| crate::float::Precision::parse(s).ok()).filter(|p| p.is_half());
+                let precision = p.ok_or_else(|| bad(format!("`precision` must be \"bf16\" or \"fp16\", got {v}")))?;
+                if dtype != Dtype::F32 {
+                    return Err(bad("a half-precision twin has `dtype` float32 (its weights and inputs)".into()));
+                }
+                let truth = files("truth")?;
+                let names = |v: &[(String, PathBuf)]| {
+                    v.iter().map(|(k, _)| k.clone()).collect::<std::collections::BTreeSet<_>>()
+                };
+                if truth.is_empty() || names(&truth) != names(&outputs) {
+                    return Err(
+                        bad("`truth` must name the same tensors as `outputs` (the float64 run of each)".into()),
+                    );
+                }
+                let bobj = manifest
+                    .get("budget")
+                    .and_then(Value::as_object)
+                    .ok_or_else(|| bad("a half-precision twin needs `budget` {name: {...}}".into()))?;
+                let mut budget = BTreeMap::new();
+                for (k, v) in bobj {
+                    let b = crate::conformance::budget::Budget::from_value(v, &format!("budget.{k}")).map_err(bad)?;
+                    budget.insert(k.clone(), b);
+                }
+                let autocast = std::mem::replace(&mut outputs, truth);
+                Some(crate::conformance::budget::HalfTwin { precision, budget, autocast })
+            }
+        };
         Ok(Case {
             dir: dir.to_path_buf(),
             manifest,
@@ -231,6 +280,7 @@ impl Case {
             tolerance,
             tolerances,
             outputs,
+            half,
         })
     }
 

@@ -45,8 +45,14 @@ pub struct TensorResult {
     pub numel: usize,
     pub tolerance: Tolerance,
     /// The largest error as a fraction of what the rule allows at that element
-    /// (`|a - e| / (atol + rtol·|e|)`; at most 1 passes); NaN when nothing was compared.
+    /// (`|a - e| / (atol + rtol·|e|)`, or error over budget for half-precision twins; at most 1
+    /// passes); NaN when nothing was compared.
     pub ratio: f64,
+    /// Judged by the half-precision budget rule ([`super::budget`]): `tolerance` then holds the
+    /// bounds on the relative RMS error (`rtol`) and the max abs error (`atol`), and `max_rel`
+    /// the relative RMS error.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub budgeted: bool,
     /// Labels only: pixels whose expected top classes are within tolerance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub near_ties: Option<usize>,
@@ -71,10 +77,16 @@ impl TensorResult {
             numel: expected_shape.iter().product(),
             tolerance: tol,
             ratio: f64::NAN,
+            budgeted: false,
             near_ties: None,
             flips: None,
             note: Some("not produced".into()),
         }
+    }
+
+    /// A row judged by the half-precision budget rule, not yet compared.
+    pub fn budgeted(name: &str, expected_shape: &[usize], bounds: Tolerance) -> Self {
+        TensorResult { budgeted: true, note: None, ..Self::not_covered(name, expected_shape, bounds) }
     }
 
     /// A failure of the whole tensor (wrong shape, wrong dtype, not expected): all `numel`
@@ -98,6 +110,7 @@ impl TensorResult {
             numel,
             tolerance: tol,
             ratio: f64::INFINITY,
+            budgeted: false,
             near_ties: None,
             flips: None,
             note: Some(note),
@@ -193,6 +206,7 @@ pub fn compare_floats(name: &str, actual: &ArrayD<f64>, expected: &ArrayD<f64>, 
         numel: expected.len(),
         tolerance: tol,
         ratio,
+        budgeted: false,
         near_ties: None,
         flips: None,
         note,
@@ -284,6 +298,7 @@ pub fn compare_labels(
         numel: expected.len(),
         tolerance: tol,
         ratio: if violations > 0 { f64::INFINITY } else { 0.0 },
+        budgeted: false,
         near_ties: logits.map(|_| near_ties),
         flips: logits.map(|_| flips),
         note,
@@ -291,7 +306,7 @@ pub fn compare_labels(
 }
 
 /// Float values that stand for labels, as labels: every value must be a finite integer.
-fn labels_from_floats(a: &ArrayD<f64>) -> Result<ArrayD<i64>, String> {
+pub fn labels_from_floats(a: &ArrayD<f64>) -> Result<ArrayD<i64>, String> {
     if let Some((i, v)) = a.iter().enumerate().find(|(_, v)| !(v.is_finite() && v.fract() == 0.0)) {
         return Err(format!(
             "labels are expected, but the candidate's float tensor holds {v:e} at {} (not an integer)",

@@ -7,6 +7,7 @@
 //! [`report`] (tables, JSON, JUnit). Backends never see expected values; errors and the words
 //! "expected"/"got" are always relative to the fixture (MMSegmentation).
 
+pub mod budget;
 pub mod candidate;
 pub mod case;
 pub mod compare;
@@ -55,6 +56,10 @@ pub struct VerifyOptions {
     pub allow_uncovered: bool,
     /// The expected tensors an implementation must produce (default: all).
     pub scope: Scope,
+    /// The precision a candidate claims (`--precision`; a backend says its own): a half
+    /// precision is judged on the half-precision twins of that precision only, other cases are
+    /// skipped. None: fp32.
+    pub precision: Option<crate::float::Precision>,
     /// Unknown manifest keys and unknown kinds fail the case instead of a warning / skip.
     pub strict: bool,
     /// Also write what our backend produced as a candidate directory (`DIR/<case>/<name>.npy`).
@@ -135,6 +140,26 @@ pub fn run_case(case: &Case, target: &Target<'_>, opts: &VerifyOptions) -> CaseR
     let mut rep = CaseReport::new(case.name.clone(), case.dir.clone(), case.kind.to_string(), target.name());
     rep.dtype = case.dtype.name().into();
     rep.run_dtype = run_dtype.name().into();
+    let claimed = match target {
+        Target::Backend(b) => b.precision(),
+        Target::Candidate { .. } => opts.precision.unwrap_or(crate::float::Precision::Fp32),
+    };
+    if let Some(twin) = &case.half {
+        rep.dtype = twin.precision.name().into();
+    }
+    if claimed.is_half() {
+        rep.run_dtype = claimed.name().into();
+        if case.half.as_ref().is_none_or(|t| t.precision != claimed) {
+            rep.status = CaseStatus::Skipped;
+            rep.message = Some(format!(
+                "{claimed} is judged on the {claimed} half-precision twins (MMSegmentation's own {claimed} error); this \
+                 case is {}",
+                rep.dtype
+            ));
+            rep.seconds = start.elapsed().as_secs_f64();
+            return rep;
+        }
+    }
     if !case.unknown_keys.is_empty() {
         let keys = case.unknown_keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
         let msg = format!(

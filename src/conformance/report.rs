@@ -235,7 +235,8 @@ pub fn case_line(r: &CaseReport) -> String {
         }
         match r.worst() {
             Some(w) if w.ratio > 0.0 => {
-                detail.push_str(&format!(", worst {} of tol ({})", ratio_text(w.ratio), clip(&w.name, 60)))
+                let of = if w.budgeted { "budget" } else { "tol" };
+                detail.push_str(&format!(", worst {} of {of} ({})", ratio_text(w.ratio), clip(&w.name, 60)))
             }
             Some(_) => detail.push_str(", all exact"),
             None => {}
@@ -258,7 +259,7 @@ pub fn ratio_text(r: f64) -> String {
         "inf".into()
     } else if r.is_nan() {
         "-".into()
-    } else if r != 0.0 && !(1e-3..1e3).contains(&r) {
+    } else if r != 0.0 && !(1e-2..1e3).contains(&r) {
         format!("{r:.1e}")
     } else {
         format!("{r:.2}")
@@ -324,10 +325,14 @@ pub fn case_table(r: &CaseReport, failures_only: bool) -> String {
     }
     // Names come from files: the column is at most 100 characters wide (longer names are cut).
     let w = rows.iter().map(|t| t.name.chars().count()).max().unwrap_or(6).clamp(6, 100);
+    // Half-precision twins: max_rel is the relative RMS error, the bounds are rms/max_abs.
+    let budgeted = rows.iter().any(|t| t.budgeted);
+    let (rel, bounds, ratio) =
+        if budgeted { ("rel_rms", "bound rms/abs", "err/budget") } else { ("max_rel", "rtol/atol", "err/tol") };
     let _ = writeln!(
         out,
-        "    {:<w$}  {:<20} {:>9} {:>9} {:>8}  {:<17} {:>7}  result",
-        "tensor", "shape", "max_abs", "max_rel", "viol", "rtol/atol", "err/tol"
+        "    {:<w$}  {:<20} {:>9} {:>9} {:>8}  {:<17} {:>10}  result",
+        "tensor", "shape", "max_abs", rel, "viol", bounds, ratio
     );
     for t in rows {
         let shape = format!("{:?}", t.expected_shape);
@@ -342,13 +347,17 @@ pub fn case_table(r: &CaseReport, failures_only: bool) -> String {
         }
         let _ = writeln!(
             out,
-            "    {:<w$}  {:<20} {:>9} {:>9} {:>8}  {:<17} {:>7}  {}{}",
+            "    {:<w$}  {:<20} {:>9} {:>9} {:>8}  {:<17} {:>10}  {}{}",
             clip(&t.name, 100),
             clip(&shape, 40),
             sci(t.max_abs),
             sci(t.max_rel),
             t.violations,
-            format!("{:.0e}/{:.0e}", t.tolerance.rtol, t.tolerance.atol),
+            if t.budgeted {
+                format!("{:.1e}/{:.1e}", t.tolerance.rtol, t.tolerance.atol)
+            } else {
+                format!("{:.0e}/{:.0e}", t.tolerance.rtol, t.tolerance.atol)
+            },
             if t.status.compared() { ratio_text(t.ratio) } else { "-".into() },
             status_word(t.status),
             extra

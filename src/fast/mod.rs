@@ -61,40 +61,11 @@ pub enum FastError {
 
 pub type Result<T, E = FastError> = std::result::Result<T, E>;
 
-/// The arithmetic a model runs in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precision {
-    /// float64 everywhere (the float64 twin fixtures).
-    Fp64,
-    /// float32 everywhere, TF32 off.
-    Fp32,
-    /// float16 weights and activations; LayerNorm, softmax and logits in float32.
-    Fp16,
-    /// bfloat16 weights and activations; LayerNorm, softmax and logits in float32.
-    Bf16,
-}
+pub use crate::float::Precision;
 
+/// What a [`Precision`] means to libtorch (the type is the library's, shared with the CLI and
+/// the conformance rules).
 impl Precision {
-    /// `fp64`, `fp32`, `fp16`, `bf16` (also `float64`, `float32`, `float16`/`half`, `bfloat16`).
-    pub fn parse(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "fp64" | "f64" | "float64" | "double" => Ok(Precision::Fp64),
-            "fp32" | "f32" | "float32" | "float" => Ok(Precision::Fp32),
-            "fp16" | "f16" | "float16" | "half" => Ok(Precision::Fp16),
-            "bf16" | "bfloat16" => Ok(Precision::Bf16),
-            o => Err(FastError::Device(format!("unknown precision `{o}` (fp32, fp16, bf16, fp64)"))),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::Fp64 => "fp64",
-            Precision::Fp32 => "fp32",
-            Precision::Fp16 => "fp16",
-            Precision::Bf16 => "bf16",
-        }
-    }
-
     /// The kind of weights and activations.
     pub fn kind(self) -> Kind {
         match self {

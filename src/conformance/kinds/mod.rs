@@ -84,6 +84,20 @@ pub fn tolerance_for(case: &Case, as_f32: bool, name: &str) -> Tolerance {
     }
 }
 
+/// Compares produced outputs with a case's expected ones: by the tolerance rule, or, for a
+/// half-precision twin, against its float64 truth by the budget rule ([`super::budget`]).
+pub fn compare_case_outputs(
+    case: &Case,
+    expected: &[(String, AnyArray)],
+    produced: &Outputs,
+    tol_for: impl Fn(&str) -> Tolerance,
+) -> Vec<TensorResult> {
+    match &case.half {
+        Some(twin) => super::budget::compare_outputs(expected, produced, twin),
+        None => compare_outputs(expected, produced, tol_for),
+    }
+}
+
 /// Compares a candidate's tensors with the expected ones. A float32 candidate tensor for a
 /// float64 case fails (it cannot meet float64 tolerances) unless `as_f32`.
 pub fn compare_candidate(
@@ -104,7 +118,7 @@ pub fn compare_candidate(
             if a.is_float() { OutTensor::Float(a.to_f64()) } else { OutTensor::Label(a.to_i64().unwrap_or_default()) };
         produced.insert(name.clone(), v);
     }
-    let mut results = compare_outputs(expected, &produced, tol_for);
+    let mut results = compare_case_outputs(case, expected, &produced, tol_for);
     for r in &mut results {
         if too_narrow.contains(&r.name) {
             r.status = super::compare::Status::Fail;

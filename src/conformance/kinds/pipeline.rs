@@ -21,11 +21,11 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::segmentor::case_weights;
-use super::{compare_candidate, expected_shapes, read_expected, KindOutcome};
+use super::{compare_candidate, compare_case_outputs, expected_shapes, read_expected, KindOutcome};
 use crate::backend::OutTensor;
 use crate::config::SegmentorConfig;
 use crate::conformance::case::{Case, Dtype, Tolerance};
-use crate::conformance::compare::compare_outputs;
+use crate::conformance::compare::TensorResult;
 use crate::conformance::metrics_cmp::{compare_metrics, metrics_json};
 use crate::conformance::{RunError, Target, VerifyOptions};
 use crate::data::ade20k::{self, DatasetSpec};
@@ -94,7 +94,6 @@ fn run_pipeline(case: &Case, target: &Target<'_>) -> Result<KindOutcome, RunErro
     let model = SegmentorConfig::from_value(model_v).map_err(|e| manifest_err(case, e))?;
     let (spec, pipeline, aug) = dataset_from_case(case)?;
     let settings = EvalSettings::new(&model, model_v, pipeline, aug).map_err(|e| manifest_err(case, e))?;
-    let expected_metrics = case.manifest.get("metrics");
     let expected = read_expected(case)?;
     let tol_for = |name: &str| if name.starts_with("resized_input.") { EXACT } else { case.tolerance_for(name) };
     let backend = match target {
@@ -102,11 +101,8 @@ fn run_pipeline(case: &Case, target: &Target<'_>) -> Result<KindOutcome, RunErro
         Target::Candidate { source, single } => {
             let cand = source.read(&case.name, *single, &expected_shapes(&expected))?;
             let mut tensors = compare_candidate(case, &expected, &cand, false, tol_for);
-            let flips: usize = tensors.iter().filter(|r| r.name.starts_with("pred.")).filter_map(|r| r.flips).sum();
-            if let Some(m) = expected_metrics {
-                let actual = cand.metrics.clone().unwrap_or_else(|| Value::Object(Default::default()));
-                tensors.extend(compare_metrics(&actual, m, flips).map_err(|e| manifest_err(case, e))?);
-            }
+            let actual = cand.metrics.clone().unwrap_or_else(|| Value::Object(Default::default()));
+            tensors.extend(judge_metrics(case, &actual, &tensors)?);
             return Ok(KindOutcome { tensors, unused: cand.unused, ..Default::default() });
         }
     };
@@ -154,11 +150,28 @@ fn run_pipeline(case: &Case, target: &Target<'_>) -> Result<KindOutcome, RunErro
         }
     }
 
-    let mut results = compare_outputs(&expected, &produced, tol_for);
-    let flips: usize = results.iter().filter(|r| r.name.starts_with("pred.")).filter_map(|r| r.flips).sum();
-    if let Some(m) = expected_metrics {
-        let actual = metrics_json(&compute_metrics(&totals));
-        results.extend(compare_metrics(&actual, m, flips).map_err(|e| manifest_err(case, e))?);
-    }
+    let mut results = compare_case_outputs(case, &expected, &produced, tol_for);
+    let actual = metrics_json(&compute_metrics(&totals));
+    results.extend(judge_metrics(case, &actual, &results)?);
     Ok(KindOutcome { tensors: results, ..Default::default() })
+}
+
+/// The metric rows of a pipeline case: against `metrics` by the fixture rule (widened by the
+/// allowed near-tie flips of `tensors`), or for a half-precision twin against `truth_metrics`
+/// by the budget rule.
+fn judge_metrics(case: &Case, actual: &Value, tensors: &[TensorResult]) -> Result<Vec<TensorResult>, RunError> {
+    if let Some(twin) = &case.half {
+        let truth = case.manifest.get("truth_metrics");
+        return match (truth, twin.budget.get("metrics")) {
+            (Some(t), Some(b)) => Ok(crate::conformance::budget::compare_metrics(actual, t, b)),
+            (None, None) => Ok(vec![]),
+            _ => Err(manifest_err(
+                case,
+                "a half-precision pipeline twin needs both `truth_metrics` and `budget.metrics`",
+            )),
+        };
+    }
+    let Some(m) = case.manifest.get("metrics") else { return Ok(vec![]) };
+    let flips: usize = tensors.iter().filter(|r| r.name.starts_with("pred.")).filter_map(|r| r.flips).sum();
+    compare_metrics(actual, m, flips).map_err(|e| manifest_err(case, e))
 }

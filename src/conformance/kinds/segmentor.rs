@@ -1,10 +1,12 @@
 //! The `segmentor` kind: a model config, weights and an input batch; every named module
 //! output, `seg_logits` and `pred` are compared.
 
-use super::{compare_candidate, expected_shapes, outputs_to_arrays, read_expected, tolerance_for, KindOutcome};
+use super::{
+    compare_candidate, compare_case_outputs, expected_shapes, outputs_to_arrays, read_expected, tolerance_for,
+    KindOutcome,
+};
 use crate::config::SegmentorConfig;
 use crate::conformance::case::{Case, Dtype};
-use crate::conformance::compare::compare_outputs;
 use crate::conformance::{RunError, Target, VerifyOptions};
 use crate::weights::{load_state_dict, non_finite_summary};
 
@@ -47,7 +49,7 @@ pub fn run(case: &Case, target: &Target<'_>, opts: &VerifyOptions, run_dtype: Dt
             let m = backend.load(&model, weights, run_dtype)?;
             let wanted: Vec<String> = expected.iter().map(|(n, _)| n.clone()).collect();
             let produced = m.run(&inputs, &wanted)?;
-            let tensors = compare_outputs(&expected, &produced, tol_for);
+            let tensors = compare_case_outputs(case, &expected, &produced, tol_for);
             let saved = opts.save_outputs.as_ref().map(|_| outputs_to_arrays(&produced));
             Ok(KindOutcome { tensors, produced: saved, ..Default::default() })
         }
