@@ -164,7 +164,7 @@ pub fn compare_float(name: &str, x: &ArrayD<f64>, t: &ArrayD<f64>, b: &Budget, p
 pub fn compare_outputs(truth: &[(String, AnyArray)], produced: &Outputs, twin: &HalfTwin) -> Vec<TensorResult> {
     let p = twin.precision;
     let find = |n: &str| truth.iter().find(|(k, _)| k == n).map(|(_, a)| a);
-    truth
+    let mut rows: Vec<TensorResult> = truth
         .iter()
         .map(|(name, t)| {
             let Some(b) = twin.budget.get(name) else {
@@ -208,7 +208,11 @@ pub fn compare_outputs(truth: &[(String, AnyArray)], produced: &Outputs, twin: &
                 }
             }
         })
-        .collect()
+        .collect();
+    for r in &mut rows {
+        r.budgeted = true;
+    }
+    rows
 }
 
 /// Compares pipeline metrics (`aAcc`, `mIoU`, `mAcc`) with the truth's under the metric budget.
