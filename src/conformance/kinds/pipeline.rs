@@ -160,10 +160,11 @@ fn run_pipeline(case: &Case, target: &Target<'_>) -> Result<KindOutcome, RunErro
 /// allowed near-tie flips of `tensors`), or for a half-precision twin against `truth_metrics`
 /// by the budget rule.
 fn judge_metrics(case: &Case, actual: &Value, tensors: &[TensorResult]) -> Result<Vec<TensorResult>, RunError> {
+    let flips: usize = tensors.iter().filter(|r| r.name.starts_with("pred.")).filter_map(|r| r.flips).sum();
     if let Some(twin) = &case.half {
         let truth = case.manifest.get("truth_metrics");
         return match (truth, twin.budget.get("metrics")) {
-            (Some(t), Some(b)) => Ok(crate::conformance::budget::compare_metrics(actual, t, b)),
+            (Some(t), Some(b)) => Ok(crate::conformance::budget::compare_metrics(actual, t, b, flips)),
             (None, None) => Ok(vec![]),
             _ => Err(manifest_err(
                 case,
@@ -172,6 +173,5 @@ fn judge_metrics(case: &Case, actual: &Value, tensors: &[TensorResult]) -> Resul
         };
     }
     let Some(m) = case.manifest.get("metrics") else { return Ok(vec![]) };
-    let flips: usize = tensors.iter().filter(|r| r.name.starts_with("pred.")).filter_map(|r| r.flips).sum();
     compare_metrics(actual, m, flips).map_err(|e| manifest_err(case, e))
 }
