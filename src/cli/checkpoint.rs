@@ -75,18 +75,18 @@ pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
     for (k, a) in &arrays {
         let n: usize = a.shape().iter().product();
         total += n;
-        println!("{k:<w$}  {:<8} {:?}", a.dtype_name(), a.shape());
+        outln!("{k:<w$}  {:<8} {:?}", a.dtype_name(), a.shape())?;
     }
-    println!("{} tensors, {} elements", arrays.len(), total);
+    outln!("{} tensors, {} elements", arrays.len(), total)?;
     if !is_npy {
         match detect_dialect(arrays.iter().map(|(k, _)| k.as_str())) {
-            Ok(d) => println!("dialect: {d}"),
-            Err(e) => println!("dialect: not recognised ({e})"),
+            Ok(d) => outln!("dialect: {d}")?,
+            Err(e) => outln!("dialect: not recognised ({e})")?,
         }
     }
     let bad = crate::weights::non_finite(&arrays);
     for b in &bad {
-        eprintln!("warning: not finite: {b}");
+        errln!("warning: not finite: {b}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -132,31 +132,31 @@ pub fn convert(a: ConvertArgs) -> Result<ExitCode> {
     let (out, report) = match to {
         None => (out, report),
         Some(to) => {
-            println!(
+            outln!(
                 "{}: dialect {}, {} tensors in, {} in mmseg names",
                 a.src.display(),
                 report.dialect,
                 n_in,
                 out.len()
-            );
+            )?;
             export(out, to, &ExportOptions::default())
                 .with_context(|| format!("exporting {} to {to}", a.src.display()))?
         }
     };
-    println!("{}: dialect {}, {} tensors in, {} out", a.src.display(), report.dialect, n_in, out.len());
+    outln!("{}: dialect {}, {} tensors in, {} out", a.src.display(), report.dialect, n_in, out.len())?;
     for (x, y) in &report.renamed {
-        println!("  renamed  {x} -> {y}");
+        outln!("  renamed  {x} -> {y}")?;
     }
     for (k, why) in &report.dropped {
-        println!("  dropped  {k}: {why}");
+        outln!("  dropped  {k}: {why}")?;
     }
     for (k, x, y) in &report.resized {
-        println!("  resized  {k}: {x:?} -> {y:?}");
+        outln!("  resized  {k}: {x:?} -> {y:?}")?;
     }
     for n in &report.notes {
-        println!("  note: {n}");
+        outln!("  note: {n}")?;
     }
     write_any(&dst, &out, WriteOptions { force: a.force, ..Default::default() })?;
-    println!("wrote {}", dst.display());
+    outln!("wrote {}", dst.display())?;
     Ok(ExitCode::SUCCESS)
 }

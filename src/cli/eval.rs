@@ -284,7 +284,7 @@ pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
             .unwrap_or(def.seg_map_suffix),
     };
     if let Some(w) = image::jpeg_decoder_warning() {
-        eprintln!("{w}");
+        errln!("{w}");
     }
     let model = build_model(&args.model.backend.spec(), &cfg.model, &args.model.checkpoint)?;
     let identity = json!({
@@ -306,7 +306,7 @@ pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
     };
     if !args.quiet {
         let aug = if settings.aug.is_some() { "ms+flip (MMSegmentation 0.x, 12 passes)" } else { "single scale" };
-        eprintln!(
+        errln!(
             "eval: {} on {} ({aug}); backend {}; results in {}",
             cfg.source,
             spec.root.display(),
@@ -317,20 +317,20 @@ pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
     let out = eval::evaluate(&settings, model.as_ref(), &spec, identity, &opts);
     bar.finish();
     let out = out?;
-    println!("{}", out.report);
-    println!("images evaluated: {}, skipped: {}", out.evaluated, out.skipped.len());
+    outln!("{}", out.report)?;
+    outln!("images evaluated: {}, skipped: {}", out.evaluated, out.skipped.len())?;
     for s in &out.skipped {
-        println!("  skipped {}: {}", s.stem, s.reason);
+        outln!("  skipped {}: {}", s.stem, s.reason)?;
     }
     if let Some(s) = args.shard {
-        println!("shard {s}: partial result; combine all shards with `beit-seg merge {}/results.shard-*-of-{}.jsonl --out FILE`", args.out.display(), s.n);
+        outln!("shard {s}: partial result; combine all shards with `beit-seg merge {}/results.shard-*-of-{}.jsonl --out FILE`", args.out.display(), s.n)?;
     }
-    println!("results: {}", out.results_path.display());
+    outln!("results: {}", out.results_path.display())?;
     if let Some(p) = &out.metrics_path {
-        println!("metrics: {}", p.display());
+        outln!("metrics: {}", p.display())?;
     }
     if let Some(w) = image::jpeg_decoder_warning() {
-        eprintln!("{w}");
+        errln!("{w}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -346,7 +346,7 @@ pub fn run_predict(args: PredictArgs) -> Result<ExitCode> {
     });
     if any_jpeg {
         if let Some(w) = image::jpeg_decoder_warning() {
-            eprintln!("{w}");
+            errln!("{w}");
         }
     }
     let model = build_model(&args.model.backend.spec(), &cfg.model, &args.model.checkpoint)?;
@@ -364,7 +364,7 @@ pub fn run_predict(args: PredictArgs) -> Result<ExitCode> {
     for (i, path) in args.images.iter().enumerate() {
         bar.set(i as u64, args.images.len() as u64, &path.display().to_string());
         match predict_one(&args, &settings, model.as_ref(), path, &palette, &names, &bar) {
-            Ok(line) => println!("{line}"),
+            Ok(line) => outln!("{line}")?,
             Err(e) if args.skip_bad && is_bad_input(&e) => {
                 bar.note(&format!("skipped {}: {e:#}", path.display()));
                 skipped.push((path.clone(), format!("{e:#}")));
@@ -377,7 +377,7 @@ pub fn run_predict(args: PredictArgs) -> Result<ExitCode> {
     }
     bar.finish();
     for (p, why) in &skipped {
-        eprintln!("skipped {}: {why}", p.display());
+        errln!("skipped {}: {why}", p.display());
     }
     Ok(if skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
@@ -430,8 +430,8 @@ fn predict_one(
 /// `beit-seg merge`.
 pub fn run_merge(args: MergeArgs) -> Result<ExitCode> {
     let out = eval::merge(&args.results, &args.out, None)?;
-    println!("{}", out.report);
-    println!("images evaluated: {}, skipped: {}", out.evaluated, out.skipped.len());
-    println!("merged {} files -> {}", args.results.len(), args.out.display());
+    outln!("{}", out.report)?;
+    outln!("images evaluated: {}, skipped: {}", out.evaluated, out.skipped.len())?;
+    outln!("merged {} files -> {}", args.results.len(), args.out.display())?;
     Ok(ExitCode::SUCCESS)
 }
