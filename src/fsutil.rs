@@ -152,6 +152,33 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+// ------------------------------------------------------------------------------ locking
+
+/// Takes an advisory lock (`flock`) on `f` without waiting: exclusive (a writer) or shared (a
+/// reader). `Ok(false)` when another open file holds a conflicting lock. The lock lasts while
+/// `f` is open. On platforms without `flock` it always succeeds.
+pub fn try_lock(f: &File, exclusive: bool) -> io::Result<bool> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+        // SAFETY: flock on a file descriptor owned by `f`.
+        if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(false);
+        }
+        Err(e)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (f, exclusive);
+        Ok(true)
+    }
+}
+
 // ------------------------------------------------------------------------------ writing
 
 /// Checks that `path` may be written as an output of a command whose inputs are `inputs`

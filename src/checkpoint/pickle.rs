@@ -318,7 +318,7 @@ impl<'a> Machine<'a> {
                     let cls = self.pop()?;
                     let v = match &self.nodes[cls] {
                         Node::Global(Global::OrderedDict) => Node::Dict(Vec::new()),
-                        Node::Global(Global::Opaque(n)) => Node::Opaque(n.clone()),
+                        Node::Global(Global::Opaque(n)) => Node::Forbidden(n.clone()),
                         other => return Err(self.err(format!("NEWOBJ: cannot instantiate a {}", node_kind(other)))),
                     };
                     self.push(v)?;
@@ -329,7 +329,7 @@ impl<'a> Machine<'a> {
                     let _state = self.pop()?;
                     let obj = self.top()?;
                     match &self.nodes[obj] {
-                        Node::Dict(_) | Node::Opaque(_) | Node::Tensor(_) => {}
+                        Node::Dict(_) | Node::Opaque(_) | Node::Forbidden(_) | Node::Tensor(_) => {}
                         other => return Err(self.err(format!("BUILD: cannot set the state of a {}", node_kind(other)))),
                     }
                 }
@@ -408,7 +408,7 @@ impl<'a> Machine<'a> {
         let keys: Vec<Option<KeyRepr>> = pairs.iter().map(|&(k, _)| self.key_repr(k)).collect();
         let existing: Vec<Option<KeyRepr>> = match &self.nodes[d] {
             Node::Dict(items) => items.iter().map(|&(k, _)| self.key_repr(k)).collect(),
-            Node::Opaque(_) => return Ok(()),
+            Node::Opaque(_) | Node::Forbidden(_) => return Ok(()),
             other => return Err(self.err(format!("SETITEM(S) on a {}", node_kind(other)))),
         };
         let mut index: HashMap<KeyRepr, usize> = HashMap::new();
@@ -438,7 +438,7 @@ impl<'a> Machine<'a> {
                 v.extend(items);
                 Ok(())
             }
-            Node::Opaque(_) => Ok(()),
+            Node::Opaque(_) | Node::Forbidden(_) => Ok(()),
             other => {
                 let k = node_kind(other);
                 Err(self.err(format!("APPEND(S) on a {k}")))

@@ -176,8 +176,8 @@ impl<R: Read + Seek> Builder<'_, '_, R> {
             }
             Node::Tensor(spec) => Value::Tensor(self.storages.tensor(spec, key)?),
             Node::Opaque(n) => Value::Opaque(n.clone()),
+            Node::Forbidden(n) | Node::Global(Global::Opaque(n)) => Value::Forbidden(n.clone()),
             Node::Global(g) => Value::Opaque(match g {
-                Global::Opaque(n) => n.clone(),
                 Global::Storage(_, n) => format!("torch.{n}"),
                 other => format!("{other:?}"),
             }),

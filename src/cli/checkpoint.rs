@@ -70,12 +70,15 @@ pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
     } else {
         read_any(&file, ReadOptions { widen_half: true, opaque_globals: true })?
     };
-    let w = arrays.iter().map(|(k, _)| k.len()).max().unwrap_or(3).max(3);
+    // Keys are padded to a common width of at most 100 columns (a longer key is printed as it
+    // is; a width taken from a 65,536-character key would overflow `format!`'s width).
+    let w = arrays.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(3).clamp(3, 100);
     let mut total = 0usize;
     for (k, a) in &arrays {
         let n: usize = a.shape().iter().product();
-        total += n;
-        outln!("{k:<w$}  {:<8} {:?}", a.dtype_name(), a.shape())?;
+        total = total.saturating_add(n);
+        let pad = w.saturating_sub(k.chars().count());
+        outln!("{k}{:pad$}  {:<8} {:?}", "", a.dtype_name(), a.shape())?;
     }
     outln!("{} tensors, {} elements", arrays.len(), total)?;
     if !is_npy {
@@ -122,13 +125,23 @@ pub fn convert(a: ConvertArgs) -> Result<ExitCode> {
             }
         }
     };
-    if dst.exists() && !a.force {
-        bail!("{} exists; pass --force to replace it", dst.display());
+    // Before reading anything: DST is never SRC, never a device / FIFO (not even with
+    // --force), and replaces an existing file only with --force.
+    crate::fsutil::check_output(&dst, a.force, &[a.src.as_path()])
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dst.display()))?;
+    if let Some(s) = a.img_size {
+        let win = s / a.patch_size;
+        if win == 0 {
+            bail!("--img-size {s} is smaller than --patch-size {}", a.patch_size);
+        }
     }
     let state = read_any(&a.src, ReadOptions { widen_half: true, opaque_globals: true })?;
     let n_in = state.len();
     let (out, report) = convert_state(state, &ConvertOptions { dialect, dst_window, final_norm: a.final_norm })
-        .with_context(|| format!("converting {}", a.src.display()))?;
+        .with_context(|| match a.img_size {
+            Some(s) => format!("converting {} for --img-size {s} (window {s}/{})", a.src.display(), a.patch_size),
+            None => format!("converting {}", a.src.display()),
+        })?;
     let (out, report) = match to {
         None => (out, report),
         Some(to) => {

@@ -55,9 +55,12 @@ pub mod tta;
 
 use std::path::{Path, PathBuf};
 
-pub use merge::merge;
+pub use merge::{merge, merge_with};
 pub use predict::{image_areas, predict, predict_with, Prediction, Progress};
-pub use results::{count_lines, read_records, read_results, sum_records, ImageRecord, ResultsHeader};
+pub use results::{
+    count_lines, identity_mismatch, read_records, read_results, sum_records, validate_record, ImageRecord,
+    ResultsHeader,
+};
 pub use run::{evaluate, format_report, results_path, Event, Outcome, ProgressFn, RunOptions};
 pub use settings::{EvalSettings, Preprocess, ResizeSpec, TestPipeline};
 pub use tta::{ms0_resize, MsFlip};
