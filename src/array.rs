@@ -310,7 +310,8 @@ pub(crate) fn read_entry_bounded<R: Read>(
     if !plausible {
         return Err(format!("claims {size} bytes, more than the archive can hold"));
     }
-    crate::limits::check_memory(&format!("an archive entry of {size} bytes"), size as f64)?;
+    // The bytes, and the tensors decoded from them: twice the entry.
+    crate::limits::check_memory(&format!("an archive entry of {size} bytes"), 2.0 * size as f64)?;
     let cap = usize::try_from(size).map_err(|_| "too large for this machine".to_string())?;
     let mut v = Vec::new();
     v.try_reserve_exact(cap).map_err(|_| format!("cannot allocate {size} bytes"))?;

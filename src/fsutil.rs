@@ -309,6 +309,7 @@ pub fn write_output(
     let unregister = || temps().retain(|p| p != &tmp_path);
     let result = (|| {
         body(tmp.as_file_mut())?;
+        test_stall();
         tmp.as_file_mut().flush()?;
         #[cfg(unix)]
         {
@@ -342,6 +343,14 @@ pub fn write_output(
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// A test hook: `BEIT_SEG_TEST_STALL_WRITE_MS=N` waits N ms after a temporary file is written
+/// and before it is renamed (so that tests can interrupt a write in progress).
+fn test_stall() {
+    if let Some(ms) = std::env::var_os("BEIT_SEG_TEST_STALL_WRITE_MS").and_then(|v| v.to_str()?.parse::<u64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }
 
 /// [`write_output`] of bytes held in memory.

@@ -274,7 +274,18 @@ fn load_archive<R: Read + Seek>(reader: R, path: &Path, opts: ReadOptions) -> Re
         }
         declared.insert(st.key.clone(), (st.dtype, st.numel));
     }
-    let storages = Storages { archive: &mut archive, path, opts, remaining_uses: uses, cache: HashMap::new() };
+    let held: u64 = declared.values().map(|&(_, n)| n).fold(0u64, u64::saturating_add);
+    let storages = Storages {
+        archive: &mut archive,
+        path,
+        opts,
+        remaining_uses: uses,
+        cache: HashMap::new(),
+        materialized: 0,
+        // Views may add at most MAX_EXPANSION elements (and at most an eighth of the memory
+        // limit's bytes) beyond what the storages hold, over the whole file.
+        budget: held.saturating_add(super::tensor_view::MAX_EXPANSION.min(crate::limits::memory_limit() / 8)),
+    };
     let mut b = Builder { nodes: &nodes, storages, path };
     b.build(root, "", 0)
 }
