@@ -382,6 +382,16 @@ pub fn write_npz(path: &Path, tensors: &[(String, AnyArray)], opts: WriteOptions
                 ),
             });
         }
+        if k.len() + 4 > u16::MAX as usize {
+            return Err(CheckpointError::Write {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "a key of {} bytes is too long for an .npz entry name (zip allows {} bytes); use .safetensors",
+                    k.len(),
+                    u16::MAX as usize - 4
+                ),
+            });
+        }
         let descr = disk_of(a, StoreDtype::Native).numpy().ok_or_else(|| CheckpointError::Write {
             path: path.to_path_buf(),
             msg: format!("`{k}`: no numpy dtype"),
