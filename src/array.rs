@@ -205,7 +205,7 @@ pub fn parse_npy(bytes: &[u8], path: &Path, entry: Option<&str>) -> Result<AnyAr
     // allocates) them: a truncated file is named with both sizes, not "failed to fill whole buffer".
     if let (Some(start), DType::Plain(ts)) = (data_start, npy.dtype()) {
         let numel = npy.shape().iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-        let need = numel.and_then(|n| n.checked_mul(ts.size_field() as u64));
+        let need = numel.and_then(|n| n.checked_mul(ts.size_field()));
         let have = bytes.len() as u64 - start;
         match need {
             None => return Err(bad(format!("shape {:?} overflows", npy.shape()))),

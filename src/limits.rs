@@ -35,7 +35,7 @@ fn parse_bytes(s: &str) -> Option<u64> {
         _ => (s, 1),
     };
     let v: f64 = num.trim().parse().ok()?;
-    (v.is_finite() && v > 0.0).then(|| (v * mul as f64) as u64)
+    (v.is_finite() && v > 0.0).then_some((v * mul as f64) as u64)
 }
 
 fn physical_memory() -> Option<u64> {

@@ -204,58 +204,6 @@ pub fn non_finite_summary(a: &AnyArray) -> Option<String> {
     (nan + inf > 0).then(|| format!("{nan} NaN, {inf} inf of {} values", a.shape().iter().product::<usize>()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn store() -> WeightStore<f32> {
-        WeightStore::from_arrays(vec![
-            ("a.weight".to_string(), AnyArray::F32(ArrayD::from_elem(IxDyn(&[2, 3]), 1.5))),
-            ("b.bias".to_string(), AnyArray::F32(ArrayD::from_elem(IxDyn(&[4]), 2.0))),
-        ])
-    }
-
-    #[test]
-    fn get_hands_out_the_tensor_and_finish_accepts_a_complete_model() {
-        let mut ws = store();
-        assert!(!ws.is_empty());
-        assert_eq!(ws.get("a.weight", &[2, 3]), ArrayD::from_elem(IxDyn(&[2, 3]), 1.5));
-        assert_eq!(ws.get("b.bias", &[4]).sum(), 8.0);
-        // Every tensor handed out: the store still knows it was built from tensors.
-        assert!(!ws.is_empty());
-        assert!(ws.finish().is_ok());
-    }
-
-    #[test]
-    fn asking_twice_wrong_shapes_and_leftovers_are_reported_once_each() {
-        let mut ws = store();
-        let _ = ws.get("a.weight", &[2, 3]);
-        let again = ws.get("a.weight", &[2, 3]);
-        assert_eq!(again.sum(), 0.0);
-        let wrong = ws.get("b.bias", &[5]);
-        assert_eq!(wrong.shape(), &[5]);
-        let _ = ws.get("c.weight", &[1]);
-        let problems = match ws.finish() {
-            Err(WeightsError::Mismatch { problems }) => problems.join("\n"),
-            other => panic!("expected a mismatch, got {other:?}"),
-        };
-        assert!(problems.contains("`a.weight` was asked for twice"), "{problems}");
-        assert!(problems.contains("wrong shape: `b.bias` is [4]"), "{problems}");
-        assert!(problems.contains("missing: `c.weight`"), "{problems}");
-        // A wrong-shape key is not also "unexpected".
-        assert!(!problems.contains("unexpected: `b.bias`"), "{problems}");
-    }
-
-    #[test]
-    fn an_empty_store_only_collects_requests() {
-        let mut ws = WeightStore::<f32>::from_arrays(Vec::new());
-        assert!(ws.is_empty());
-        let _ = ws.get("x", &[2]);
-        let _ = ws.get("x", &[2]);
-        assert_eq!(ws.requests().len(), 2);
-    }
-}
-
 /// The content identity of a state dict: SHA-256 over its tensors in key order, each as its key,
 /// dtype, shape and little-endian element bytes (streamed; nothing is copied), in hex. Two
 /// checkpoints with the same tensors have the same identity whatever their file format or name;
@@ -309,3 +257,56 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     hex(&Sha256::digest(bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> WeightStore<f32> {
+        WeightStore::from_arrays(vec![
+            ("a.weight".to_string(), AnyArray::F32(ArrayD::from_elem(IxDyn(&[2, 3]), 1.5))),
+            ("b.bias".to_string(), AnyArray::F32(ArrayD::from_elem(IxDyn(&[4]), 2.0))),
+        ])
+    }
+
+    #[test]
+    fn get_hands_out_the_tensor_and_finish_accepts_a_complete_model() {
+        let mut ws = store();
+        assert!(!ws.is_empty());
+        assert_eq!(ws.get("a.weight", &[2, 3]), ArrayD::from_elem(IxDyn(&[2, 3]), 1.5));
+        assert_eq!(ws.get("b.bias", &[4]).sum(), 8.0);
+        // Every tensor handed out: the store still knows it was built from tensors.
+        assert!(!ws.is_empty());
+        assert!(ws.finish().is_ok());
+    }
+
+    #[test]
+    fn asking_twice_wrong_shapes_and_leftovers_are_reported_once_each() {
+        let mut ws = store();
+        let _ = ws.get("a.weight", &[2, 3]);
+        let again = ws.get("a.weight", &[2, 3]);
+        assert_eq!(again.sum(), 0.0);
+        let wrong = ws.get("b.bias", &[5]);
+        assert_eq!(wrong.shape(), &[5]);
+        let _ = ws.get("c.weight", &[1]);
+        let problems = match ws.finish() {
+            Err(WeightsError::Mismatch { problems }) => problems.join("\n"),
+            other => panic!("expected a mismatch, got {other:?}"),
+        };
+        assert!(problems.contains("`a.weight` was asked for twice"), "{problems}");
+        assert!(problems.contains("wrong shape: `b.bias` is [4]"), "{problems}");
+        assert!(problems.contains("missing: `c.weight`"), "{problems}");
+        // A wrong-shape key is not also "unexpected".
+        assert!(!problems.contains("unexpected: `b.bias`"), "{problems}");
+    }
+
+    #[test]
+    fn an_empty_store_only_collects_requests() {
+        let mut ws = WeightStore::<f32>::from_arrays(Vec::new());
+        assert!(ws.is_empty());
+        let _ = ws.get("x", &[2]);
+        let _ = ws.get("x", &[2]);
+        assert_eq!(ws.requests().len(), 2);
+    }
+}
+
