@@ -309,4 +309,3 @@ mod tests {
         assert_eq!(ws.requests().len(), 2);
     }
 }
-
