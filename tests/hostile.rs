@@ -838,3 +838,39 @@ fn sigint_removes_temporary_files_and_outputs_follow_the_umask() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::metadata(&dst).unwrap().permissions().mode() & 0o777, 0o640);
 }
+
+/// Item 6 (eval outputs): a `metrics.json` in `--out` that no run of this results file wrote
+/// is kept unless --force, and nothing is created; a `--save-pred` into the annotation
+/// directory would replace an input and is refused even with --force.
+#[test]
+fn eval_keeps_foreign_outputs_and_never_writes_over_its_inputs() {
+    let d = tmp();
+    let out = d.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("metrics.json"), "mine").unwrap();
+    let o = eval_cmd(&pipeline_config(), &pipeline_weights(), &out).output().unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{t}");
+    assert!(t.contains("metrics.json") && t.contains("--force"), "{t}");
+    assert_eq!(std::fs::read_to_string(out.join("metrics.json")).unwrap(), "mine");
+    assert!(!out.join("results.jsonl").exists());
+    // --save-pred into a copy of the annotation directory: the first label map is an input.
+    let data = d.path().join("data");
+    for sub in ["images/validation", "annotations/validation"] {
+        std::fs::create_dir_all(data.join(sub)).unwrap();
+    }
+    let src = fixture("pipeline-ade-tiny").join("data");
+    std::fs::copy(src.join("images/validation/ade_0001.jpg"), data.join("images/validation/ade_0001.jpg")).unwrap();
+    let ann = data.join("annotations/validation/ade_0001.png");
+    std::fs::copy(src.join("annotations/validation/ade_0001.png"), &ann).unwrap();
+    let before = std::fs::read(&ann).unwrap();
+    let mut c = bin();
+    c.args(["eval", "-q", "--force", "--config"]).arg(pipeline_config()).arg("--checkpoint").arg(pipeline_weights());
+    c.arg("--data-root").arg(&data).arg("--out").arg(d.path().join("o2"));
+    c.arg("--save-pred").arg(data.join("annotations/validation"));
+    let o = c.output().unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{t}");
+    assert!(t.contains("ade_0001.png") && t.contains("also an input"), "{t}");
+    assert_eq!(std::fs::read(&ann).unwrap(), before);
+}

@@ -197,6 +197,12 @@ pub fn evaluate(
     if let Some(i) = inputs.iter().find(|i| crate::fsutil::same_file(&rpath, i)) {
         return Err(results_err(format!("is also an input of this command ({})", i.display())));
     }
+    // A metrics file that no run of this results file wrote is kept unless --force (checked
+    // before the results file is created or anything is evaluated).
+    let metrics_path = opts.out_dir.join(format!("metrics{}.json", shard_suffix(opts.shard)));
+    let resumable = std::fs::metadata(&rpath).is_ok_and(|m| m.len() > 0);
+    crate::fsutil::check_output(&metrics_path, resumable || opts.force, &inputs)
+        .map_err(|e| EvalError::Results { path: metrics_path.clone(), msg: e.to_string() })?;
     let mut file = {
         let mut o = OpenOptions::new();
         o.read(true).append(true).create(true);
@@ -214,10 +220,6 @@ pub fn evaluate(
         ));
     }
     let existed = file.metadata().map_err(io_err(&rpath))?.len() > 0;
-    let metrics_path = opts.out_dir.join(format!("metrics{}.json", shard_suffix(opts.shard)));
-    // A metrics file this run did not write is kept unless --force (checked before any work).
-    crate::fsutil::check_output(&metrics_path, existed || opts.force, &inputs)
-        .map_err(|e| EvalError::Results { path: metrics_path.clone(), msg: e.to_string() })?;
     let mut records: Vec<ImageRecord> = Vec::new();
     if existed {
         let (old, recs, torn) = read_results(&rpath)?;
