@@ -2,7 +2,6 @@
 //! the `.npy` / `.npz` readers. The first step of the data flow: file → [`AnyArray`] →
 //! [`crate::weights`] / fixture cases.
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
@@ -138,12 +137,54 @@ pub(crate) fn describe_entry_read_error(e: &io::Error) -> String {
     }
 }
 
+/// Refuses an archive in which two central-directory records have the same name (the zip
+/// crate keeps only one of them, silently): the records are read again from the central
+/// directory and compared. Returns the archive, opened again.
+pub(crate) fn refuse_duplicate_entries<R: Read + io::Seek>(
+    zip: zip::ZipArchive<R>,
+) -> Result<zip::ZipArchive<R>, String> {
+    let start = zip.central_directory_start();
+    let n = zip.len();
+    let mut r = zip.into_inner();
+    let io_msg = |e: io::Error| format!("cannot read the zip central directory: {e}");
+    r.seek(io::SeekFrom::Start(start)).map_err(io_msg)?;
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    let mut rd = io::BufReader::new(&mut r);
+    // At most one record per entry the crate kept plus one more: any extra one is a duplicate.
+    for _ in 0..=n {
+        let mut h = [0u8; 46];
+        match rd.read_exact(&mut h) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(io_msg(e)),
+        }
+        if h[..4] != [0x50, 0x4b, 0x01, 0x02] {
+            break;
+        }
+        let name_len = u16::from_le_bytes([h[28], h[29]]) as usize;
+        let skip = u16::from_le_bytes([h[30], h[31]]) as i64 + u16::from_le_bytes([h[32], h[33]]) as i64;
+        let mut name = vec![0u8; name_len];
+        rd.read_exact(&mut name).map_err(io_msg)?;
+        rd.seek_relative(skip).map_err(io_msg)?;
+        if !seen.insert(name.clone()) {
+            return Err(format!(
+                "entry `{}` appears more than once in the archive; refusing to pick one of them",
+                String::from_utf8_lossy(&name)
+            ));
+        }
+    }
+    drop(rd);
+    r.seek(io::SeekFrom::Start(0)).map_err(io_msg)?;
+    zip::ZipArchive::new(r).map_err(|e| describe_zip_error(&e))
+}
+
 /// Parses one `.npy` stream (C or Fortran order, either endianness).
 pub fn parse_npy(bytes: &[u8], path: &Path, entry: Option<&str>) -> Result<AnyArray, ArrayError> {
     let bad = |msg: String| ArrayError::BadNpy { path: path.to_path_buf(), entry: entry.map(str::to_string), msg };
     // npyz allocates the declared header length before reading it: check it against the bytes
     // there are first (a 4 GiB claim in a 17-byte file was an out-of-memory abort, found by
     // fuzzing; see docs/security.md).
+    let mut data_start = None;
     if bytes.len() >= 10 && bytes.starts_with(b"\x93NUMPY") {
         let (hlen, start) = match bytes[6] {
             1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as u64, 10u64),
@@ -156,9 +197,28 @@ pub fn parse_npy(bytes: &[u8], path: &Path, entry: Option<&str>) -> Result<AnyAr
                 bytes.len()
             )));
         }
+        data_start = Some(start + hlen);
     }
     let npy = NpyFile::new(bytes).map_err(|e| bad(e.to_string()))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    // The data the header declares, checked against the bytes there are before npyz reads (and
+    // allocates) them: a truncated file is named with both sizes, not "failed to fill whole buffer".
+    if let (Some(start), DType::Plain(ts)) = (data_start, npy.dtype()) {
+        let numel = npy.shape().iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+        let need = numel.and_then(|n| n.checked_mul(ts.size_field()));
+        let have = bytes.len() as u64 - start;
+        match need {
+            None => return Err(bad(format!("shape {:?} overflows", npy.shape()))),
+            Some(need) if need > have => {
+                return Err(bad(format!(
+                    "truncated: the header declares shape {:?} of {} ({need} bytes of data), but only {have} bytes follow it",
+                    npy.shape(),
+                    ts
+                )))
+            }
+            Some(_) => {}
+        }
+    }
     let fortran = matches!(npy.order(), Order::Fortran);
     let dtype = npy.dtype();
     let ts = match &dtype {
@@ -210,17 +270,72 @@ pub fn parse_npy(bytes: &[u8], path: &Path, entry: Option<&str>) -> Result<AnyAr
     Ok(out)
 }
 
-/// Reads a `.npy` file.
+/// Reads a `.npy` file: a regular file only (a FIFO or device is refused by name before it is
+/// opened, see [`crate::fsutil::read_regular`]), of at most the memory limit.
 pub fn read_npy(path: &Path) -> Result<AnyArray, ArrayError> {
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let bytes = crate::fsutil::read_regular(path, crate::limits::memory_limit()).map_err(io_err(path))?;
     parse_npy(&bytes, path, None)
 }
 
 /// Reads every array of a `.npz` archive (`np.savez` or `np.savez_compressed`), keyed by the
-/// entry name without its `.npy` suffix, in archive order.
+/// entry name without its `.npy` suffix, in archive order. A regular file only.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, AnyArray)>, ArrayError> {
-    let file = File::open(path).map_err(io_err(path))?;
+    let file = crate::fsutil::open_regular(path).map_err(io_err(path))?;
     read_npz_from(io::BufReader::new(file), path)
+}
+
+/// Deflate's largest expansion (about 1032:1) with a little slack: a compressed entry claiming
+/// more is refused before anything is allocated.
+pub(crate) const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// Reads one zip entry completely, bounded: its declared size must be one the archive can hold
+/// (stored: exactly its compressed size inside the archive; deflated: at most
+/// [`MAX_DEFLATE_RATIO`] times its compressed size) and must fit the memory limit; exactly that
+/// many bytes are allocated, once, and the entry must hold exactly that many (the CRC-32 is
+/// checked by the zip reader at the entry's end). `archive_len` is the archive's length.
+pub(crate) fn read_entry_bounded<R: Read>(
+    mut f: zip::read::ZipFile<'_, R>,
+    archive_len: u64,
+) -> Result<Vec<u8>, String> {
+    let size = f.size();
+    let plausible = match f.compression() {
+        zip::CompressionMethod::Stored => {
+            f.compressed_size() == size && f.data_start().saturating_add(size) <= archive_len
+        }
+        _ => {
+            f.compressed_size() <= archive_len
+                && size <= f.compressed_size().saturating_mul(MAX_DEFLATE_RATIO).saturating_add(4096)
+        }
+    };
+    if !plausible {
+        return Err(format!("claims {size} bytes, more than the archive can hold"));
+    }
+    // The bytes, and the tensors decoded from them: twice the entry.
+    crate::limits::check_memory(&format!("an archive entry of {size} bytes"), 2.0 * size as f64)?;
+    let cap = usize::try_from(size).map_err(|_| "too large for this machine".to_string())?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(cap).map_err(|_| format!("cannot allocate {size} bytes"))?;
+    // Reading one byte past the declared size lets the zip reader reach the entry's end, where
+    // it checks the CRC-32 (a `take(size)` would stop just short of the check); a byte more
+    // than declared is refused below.
+    let mut buf = [0u8; 1 << 16];
+    let mut limited = (&mut f).take(size.saturating_add(1));
+    loop {
+        let n = match limited.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(describe_entry_read_error(&e)),
+        };
+        if v.len() + n > cap {
+            return Err(format!("holds more than the {size} bytes its zip header declares"));
+        }
+        v.extend_from_slice(&buf[..n]);
+    }
+    if v.len() as u64 != size {
+        return Err(format!("holds {} bytes, its zip header declares {size}", v.len()));
+    }
+    Ok(v)
 }
 
 /// [`read_npz`] of bytes held in memory; `name` is used in error messages.
@@ -230,20 +345,21 @@ pub fn parse_npz(bytes: &[u8], name: &Path) -> Result<Vec<(String, AnyArray)>, A
 
 /// [`read_npz`] from any seekable reader; `path` is used in error messages. Every entry's CRC-32
 /// is checked (the zip crate verifies it when an entry is read to its end).
-pub fn read_npz_from<R: Read + io::Seek>(reader: R, path: &Path) -> Result<Vec<(String, AnyArray)>, ArrayError> {
+pub fn read_npz_from<R: Read + io::Seek>(mut reader: R, path: &Path) -> Result<Vec<(String, AnyArray)>, ArrayError> {
     let bad = |msg: String| ArrayError::BadNpz { path: path.to_path_buf(), msg };
-    let mut zip = zip::ZipArchive::new(reader).map_err(|e| bad(format!(".npz: {}", describe_zip_error(&e))))?;
+    let archive_len = reader.seek(io::SeekFrom::End(0)).map_err(io_err(path))?;
+    reader.seek(io::SeekFrom::Start(0)).map_err(io_err(path))?;
+    let zip = zip::ZipArchive::new(reader).map_err(|e| bad(format!(".npz: {}", describe_zip_error(&e))))?;
+    let mut zip = refuse_duplicate_entries(zip).map_err(|m| bad(format!(".npz: {m}")))?;
     let mut out = Vec::with_capacity(zip.len());
     for i in 0..zip.len() {
-        let mut f = zip.by_index(i).map_err(|e| bad(format!(".npz entry {i}: {}", describe_zip_error(&e))))?;
+        let f = zip.by_index(i).map_err(|e| bad(format!(".npz entry {i}: {}", describe_zip_error(&e))))?;
         if f.is_dir() {
             continue;
         }
         let name = f.name().to_string();
         let key = name.strip_suffix(".npy").unwrap_or(&name).to_string();
-        let mut bytes = Vec::with_capacity(f.size().min(1 << 24) as usize);
-        f.read_to_end(&mut bytes)
-            .map_err(|e| bad(format!(".npz entry `{name}`: {}", describe_entry_read_error(&e))))?;
+        let bytes = read_entry_bounded(f, archive_len).map_err(|m| bad(format!(".npz entry `{name}`: {m}")))?;
         out.push((key.clone(), parse_npy(&bytes, path, Some(&key))?));
     }
     Ok(out)

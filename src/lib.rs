@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod float;
 pub mod fsutil;
+pub mod limits;
 pub mod weights;
 
 pub mod backend;

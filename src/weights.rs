@@ -204,6 +204,60 @@ pub fn non_finite_summary(a: &AnyArray) -> Option<String> {
     (nan + inf > 0).then(|| format!("{nan} NaN, {inf} inf of {} values", a.shape().iter().product::<usize>()))
 }
 
+/// The content identity of a state dict: SHA-256 over its tensors in key order, each as its key,
+/// dtype, shape and little-endian element bytes (streamed; nothing is copied), in hex. Two
+/// checkpoints with the same tensors have the same identity whatever their file format or name;
+/// one differing bias changes it. Used to identify an evaluation run (`results.jsonl`).
+pub fn content_sha256(state: &[(String, AnyArray)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut order: Vec<&(String, AnyArray)> = state.iter().collect();
+    order.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = Sha256::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+    for (k, a) in order {
+        h.update((k.len() as u64).to_le_bytes());
+        h.update(k.as_bytes());
+        h.update(a.dtype_name().as_bytes());
+        h.update((a.shape().len() as u64).to_le_bytes());
+        for &d in a.shape() {
+            h.update((d as u64).to_le_bytes());
+        }
+        macro_rules! stream {
+            ($x:expr, $f:expr) => {{
+                for v in $x.iter() {
+                    buf.extend_from_slice(&$f(*v));
+                    if buf.len() >= 1 << 16 {
+                        h.update(&buf);
+                        buf.clear();
+                    }
+                }
+            }};
+        }
+        match a {
+            AnyArray::F32(x) => stream!(x, |v: f32| v.to_le_bytes()),
+            AnyArray::F64(x) => stream!(x, |v: f64| v.to_le_bytes()),
+            AnyArray::I64(x) => stream!(x, |v: i64| v.to_le_bytes()),
+            AnyArray::I32(x) => stream!(x, |v: i32| v.to_le_bytes()),
+            AnyArray::U8(x) => stream!(x, |v: u8| [v]),
+            AnyArray::Bool(x) => stream!(x, |v: bool| [v as u8]),
+        }
+        h.update(&buf);
+        buf.clear();
+    }
+    hex(&h.finalize())
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of `bytes` in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex(&Sha256::digest(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

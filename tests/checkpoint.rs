@@ -405,7 +405,7 @@ fn forbidden_globals_are_refused_and_never_run() {
     // Even with opaque globals the call is only recorded, not made.
     let v =
         load_pth_bytes(&z, Path::new("evil.pth"), ReadOptions { opaque_globals: true, ..Default::default() }).unwrap();
-    assert!(matches!(v, Value::Opaque(ref n) if n == "os.system"), "{v:?}");
+    assert!(matches!(v, Value::Forbidden(ref n) if n == "os.system"), "{v:?}");
     assert!(!marker.exists(), "the command ran");
 
     // builtins.eval and posix.system through STACK_GLOBAL (protocol 4).

@@ -8,6 +8,14 @@
 pub mod flops;
 pub mod pytorch;
 
+/// A progress line on stderr that never panics (a failed write to stderr is dropped).
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -162,7 +170,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>, BenchError> {
     let input = bench_input(opts.size);
     // MMSegmentation in a child process that stays up: its blocks of runs alternate with ours.
     let mut torch: Option<Result<pytorch::PyTorchChild, String>> = opts.against_pytorch.then(|| {
-        eprintln!("bench: starting PyTorch eager (MMSegmentation), fp32 ...");
+        note!("bench: starting PyTorch eager (MMSegmentation), fp32 ...");
         pytorch::PyTorchChild::start(&pytorch::PyTorchJob {
             model: &model_json,
             size: opts.size,
@@ -177,7 +185,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>, BenchError> {
         let spec = BackendSpec { kind: opts.backend, device: opts.device.clone(), precision: *precision };
         let be = backend::open(&spec)?;
         let dtype = if *precision == crate::float::Precision::Fp64 { Dtype::F64 } else { Dtype::F32 };
-        eprintln!(
+        note!(
             "bench: {} {precision}, {} {}x{}, {threads} threads{} ...",
             be.name(),
             opts.config_name,
@@ -220,7 +228,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>, BenchError> {
         })?;
         let peak = peak_rss_bytes();
         let med = median(&seconds);
-        eprintln!("bench: {} {precision}: median {med:.3} s", be.name());
+        note!("bench: {} {precision}: median {med:.3} s", be.name());
         let (pt_med, pt_min) = if torch_secs.is_empty() {
             (None, None)
         } else {

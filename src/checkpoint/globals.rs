@@ -276,7 +276,7 @@ impl Machine<'_> {
                 Ok(Node::Bytes(out))
             }
             Global::Storage(_, name) => Err(self.err(format!("calling torch.{name} is not supported"))),
-            Global::Opaque(name) => Ok(Node::Opaque(name)),
+            Global::Opaque(name) => Ok(Node::Forbidden(name)),
         }
     }
 }

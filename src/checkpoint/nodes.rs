@@ -41,6 +41,8 @@ pub(super) enum Node {
     Storage(StorageRef),
     Tensor(TensorSpec),
     Opaque(String),
+    /// An object of a global outside the allow-list (with `opaque_globals`).
+    Forbidden(String),
 }
 
 /// A short description of a node's kind (for error messages).
@@ -59,5 +61,6 @@ pub(super) fn node_kind(n: &Node) -> &'static str {
         Node::Storage(_) => "storage",
         Node::Tensor(_) => "tensor",
         Node::Opaque(_) => "object",
+        Node::Forbidden(_) => "object of a global that is not allowed",
     }
 }

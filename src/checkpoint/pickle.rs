@@ -24,10 +24,15 @@ pub(super) struct Machine<'a> {
     stack: Vec<Id>,
     marks: Vec<usize>,
     memo: HashMap<u32, Id>,
+    /// Operations that grow the machine's memory so far (see [`MAX_OPS`]).
+    ops: usize,
 }
 
-/// Most nodes one pickle may create (a bound on memory for hostile input).
-const MAX_NODES: usize = 50_000_000;
+/// The one per-file budget of the machine (a bound on memory for hostile input): every
+/// operation that grows its memory counts one, whether it creates an object, pushes a MARK,
+/// pushes a memo entry (`BINGET`, `DUP`) or stores one (`BINPUT`, `MEMOIZE`). 50 M operations
+/// of at most ~64 bytes each bound the machine to a few GB whatever the opcodes.
+const MAX_OPS: usize = 50_000_000;
 
 impl<'a> Machine<'a> {
     pub(super) fn new(data: &'a [u8], path: &'a Path, opts: ReadOptions) -> Self {
@@ -41,7 +46,19 @@ impl<'a> Machine<'a> {
             stack: Vec::new(),
             marks: Vec::new(),
             memo: HashMap::new(),
+            ops: 0,
         }
+    }
+
+    /// Counts one memory-growing operation against [`MAX_OPS`].
+    fn spend(&mut self) -> Result<(), CheckpointError> {
+        self.ops += 1;
+        if self.ops > MAX_OPS {
+            return Err(self.err(format!(
+                "more than {MAX_OPS} objects, marks and memo operations: refusing to go on (a real checkpoint needs far fewer)"
+            )));
+        }
+        Ok(())
     }
 
     pub(super) fn err(&self, msg: impl Into<String>) -> CheckpointError {
@@ -87,9 +104,7 @@ impl<'a> Machine<'a> {
     }
 
     fn alloc(&mut self, n: Node) -> Result<Id, CheckpointError> {
-        if self.nodes.len() >= MAX_NODES {
-            return Err(self.err("too many objects"));
-        }
+        self.spend()?;
         self.nodes.push(n);
         Ok(self.nodes.len() - 1)
     }
@@ -137,12 +152,14 @@ impl<'a> Machine<'a> {
     }
 
     fn memo_put(&mut self, idx: u32) -> Result<(), CheckpointError> {
+        self.spend()?;
         let top = self.top()?;
         self.memo.insert(idx, top);
         Ok(())
     }
 
     fn memo_get(&mut self, idx: u32) -> Result<(), CheckpointError> {
+        self.spend()?;
         let id = *self.memo.get(&idx).ok_or_else(|| self.err(format!("memo key {idx} was never stored")))?;
         self.stack.push(id);
         Ok(())
@@ -173,7 +190,10 @@ impl<'a> Machine<'a> {
                 b'}' => self.push(Node::Dict(Vec::new()))?,
                 b']' => self.push(Node::List(Vec::new()))?,
                 b')' => self.push(Node::Tuple(Vec::new()))?,
-                b'(' => self.marks.push(self.stack.len()),
+                b'(' => {
+                    self.spend()?;
+                    self.marks.push(self.stack.len());
+                }
                 b'0' => {
                     // POP
                     self.pop()?;
@@ -184,6 +204,7 @@ impl<'a> Machine<'a> {
                 }
                 b'2' => {
                     // DUP
+                    self.spend()?;
                     let t = self.top()?;
                     self.stack.push(t);
                 }
@@ -318,7 +339,7 @@ impl<'a> Machine<'a> {
                     let cls = self.pop()?;
                     let v = match &self.nodes[cls] {
                         Node::Global(Global::OrderedDict) => Node::Dict(Vec::new()),
-                        Node::Global(Global::Opaque(n)) => Node::Opaque(n.clone()),
+                        Node::Global(Global::Opaque(n)) => Node::Forbidden(n.clone()),
                         other => return Err(self.err(format!("NEWOBJ: cannot instantiate a {}", node_kind(other)))),
                     };
                     self.push(v)?;
@@ -329,7 +350,7 @@ impl<'a> Machine<'a> {
                     let _state = self.pop()?;
                     let obj = self.top()?;
                     match &self.nodes[obj] {
-                        Node::Dict(_) | Node::Opaque(_) | Node::Tensor(_) => {}
+                        Node::Dict(_) | Node::Opaque(_) | Node::Forbidden(_) | Node::Tensor(_) => {}
                         other => return Err(self.err(format!("BUILD: cannot set the state of a {}", node_kind(other)))),
                     }
                 }
@@ -408,7 +429,7 @@ impl<'a> Machine<'a> {
         let keys: Vec<Option<KeyRepr>> = pairs.iter().map(|&(k, _)| self.key_repr(k)).collect();
         let existing: Vec<Option<KeyRepr>> = match &self.nodes[d] {
             Node::Dict(items) => items.iter().map(|&(k, _)| self.key_repr(k)).collect(),
-            Node::Opaque(_) => return Ok(()),
+            Node::Opaque(_) | Node::Forbidden(_) => return Ok(()),
             other => return Err(self.err(format!("SETITEM(S) on a {}", node_kind(other)))),
         };
         let mut index: HashMap<KeyRepr, usize> = HashMap::new();
@@ -438,7 +459,7 @@ impl<'a> Machine<'a> {
                 v.extend(items);
                 Ok(())
             }
-            Node::Opaque(_) => Ok(()),
+            Node::Opaque(_) | Node::Forbidden(_) => Ok(()),
             other => {
                 let k = node_kind(other);
                 Err(self.err(format!("APPEND(S) on a {k}")))

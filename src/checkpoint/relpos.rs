@@ -263,10 +263,19 @@ pub fn resize_rel_pos_table<T: Float>(
         return Err(err(format!("a table for window {src_window:?} has {expect} rows, this one has {rows}")));
     }
     let src = 2 * src_window.0 - 1;
-    let dst = 2 * dst_window.0 - 1;
-    if src == dst {
+    if src_window == dst_window {
         return Ok(table.clone());
     }
+    // The new table, the spline matrix and one head's products, before any is allocated.
+    let d = 2.0 * dst_window.0 as f64 - 1.0;
+    let need = (d * d + EXTRA_ROWS as f64) * heads as f64 * std::mem::size_of::<T>() as f64
+        + 8.0 * (2.0 * d * src as f64 + d * d);
+    crate::limits::check_memory(
+        &format!("resizing a relative position table to window {dst_window:?} ({d}x{d} table sides, {heads} heads)"),
+        need,
+    )
+    .map_err(err)?;
+    let dst = 2 * dst_window.0 - 1;
     let q = geometric_ratio(src, dst);
     let x = source_grid(src, q);
     let t = target_grid(dst);

@@ -14,6 +14,18 @@ use crate::array::AnyArray;
 /// dict (`meta`, `optimizer`, ...) is left out.
 pub fn state_dict_of(root: Value, path: &Path) -> Result<Vec<(String, AnyArray)>, CheckpointError> {
     let nosd = |msg: String| CheckpointError::NoStateDict { path: path.to_path_buf(), msg };
+    // An object of a global outside the allow-list anywhere in the file (under `meta` too) is
+    // refused by name: such a file is not a plain checkpoint (nothing was executed).
+    if let Some((at, global)) = find_forbidden(&root, "") {
+        let at = if at.is_empty() { "at the top level".to_string() } else { format!("under `{at}`") };
+        return Err(CheckpointError::Format {
+            path: path.to_path_buf(),
+            msg: format!(
+                "the checkpoint holds an object of global `{global}` {at}, which is not allowed (only tensor \
+                 rebuilding, storages and OrderedDict are; nothing was executed)"
+            ),
+        });
+    }
     let Value::Dict(top) = root else {
         return Err(nosd(format!("the checkpoint holds a {}, not a dict", root.kind())));
     };
@@ -50,6 +62,25 @@ pub fn state_dict_of(root: Value, path: &Path) -> Result<Vec<(String, AnyArray)>
         shown.join(", "),
         if top_keys.len() > 12 { ", ..." } else { "" }
     )))
+}
+
+/// The first object of a forbidden global in `v`: (its dotted key, the global's name).
+fn find_forbidden(v: &Value, key: &str) -> Option<(String, String)> {
+    let sub = |k: &str| if key.is_empty() { k.to_string() } else { format!("{key}.{k}") };
+    match v {
+        Value::Forbidden(g) => Some((key.to_string(), g.clone())),
+        Value::List(items) | Value::Tuple(items) => {
+            items.iter().enumerate().find_map(|(i, x)| find_forbidden(x, &sub(&i.to_string())))
+        }
+        Value::Dict(items) => items.iter().find_map(|(k, x)| {
+            let name = match k {
+                Value::Str(s) => s.clone(),
+                other => format!("<{}>", other.kind()),
+            };
+            find_forbidden(k, key).or_else(|| find_forbidden(x, &sub(&name)))
+        }),
+        _ => None,
+    }
 }
 
 fn is_tensor_dict(items: &[(Value, Value)]) -> bool {

@@ -21,7 +21,16 @@ pub(super) struct Storages<'a, R: Read + Seek> {
     pub(super) opts: ReadOptions,
     pub(super) remaining_uses: HashMap<String, usize>,
     pub(super) cache: HashMap<String, Vec<u8>>,
+    /// Elements of every tensor built so far (over the whole file).
+    pub(super) materialized: u64,
+    /// The most elements the file's tensors may hold together: the elements of its storages
+    /// plus [`MAX_EXPANSION`] (views may repeat storage elements, up to that many in all).
+    pub(super) budget: u64,
 }
+
+/// Elements that views (zero strides, overlapping or repeated views of a storage) may add,
+/// over the whole file, beyond what the file's storages hold: 2^28 (1 GiB of float32).
+pub(super) const MAX_EXPANSION: u64 = 1 << 28;
 
 impl<R: Read + Seek> Storages<'_, R> {
     /// Reads the tensor of view `spec` (state-dict key `key`, for errors).
@@ -62,15 +71,19 @@ impl<R: Read + Seek> Storages<'_, R> {
             SDtype::Unsupported(n, _) => return Err(terr(format!("dtype {n} is not supported"))),
             _ => {}
         }
-        if numel > st.numel && numel > (1 << 28) {
+        let total = self.materialized.saturating_add(numel);
+        if total > self.budget {
             return Err(terr(format!(
-                "a view of {numel} elements over storage `{}` of {} elements is too large to expand",
-                st.key, st.numel
+                "a view of {numel} elements over storage `{}` of {} elements would make the file's tensors hold {total} \
+                 elements, more than the {} this file may hold (its storages' elements plus at most {MAX_EXPANSION} \
+                 repeated by views, over the whole file); refusing to expand it",
+                st.key, st.numel, self.budget
             )));
         }
+        self.materialized = total;
         let shape: Vec<usize> = spec.size.iter().map(|&d| d as usize).collect();
         let bytes = self.bytes(st)?;
-        let idx = element_indices(spec, numel);
+        let idx = element_indices(spec);
         let es = st.dtype.size();
         let at = |i: u64| {
             let o = i as usize * es;
@@ -82,7 +95,7 @@ impl<R: Read + Seek> Storages<'_, R> {
                     Indices::Contiguous(start) => {
                         bytes[*start as usize * es..(*start + numel) as usize * es].chunks_exact(es).map($f).collect()
                     }
-                    Indices::List(l) => l.iter().map(|&i| $f(at(i))).collect(),
+                    Indices::Strided => ViewIndices::new(spec, numel).map(|i| $f(at(i))).collect(),
                 };
                 AnyArray::$variant(ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| terr(e.to_string()))?)
             }};
@@ -127,41 +140,60 @@ impl<R: Read + Seek> Storages<'_, R> {
 
 enum Indices {
     Contiguous(u64),
-    List(Vec<u64>),
+    /// Walk the view with [`ViewIndices`] (no list of indices is built).
+    Strided,
 }
 
-/// Storage element indices of a view, in row-major order of the view.
-fn element_indices(spec: &TensorSpec, numel: u64) -> Indices {
+/// Whether a view is contiguous (then its first element's index).
+fn element_indices(spec: &TensorSpec) -> Indices {
     let mut expect = 1u64;
-    let mut contiguous = true;
     for (&d, &s) in spec.size.iter().zip(&spec.stride).rev() {
         if d != 1 && s != expect {
-            contiguous = false;
-            break;
+            return Indices::Strided;
         }
         expect = expect.saturating_mul(d);
     }
-    if contiguous || numel == 0 {
-        return Indices::Contiguous(spec.offset);
+    Indices::Contiguous(spec.offset)
+}
+
+/// Storage element indices of a view, in row-major order of the view (an odometer over its
+/// size and stride; bounds were checked by the caller).
+struct ViewIndices<'a> {
+    spec: &'a TensorSpec,
+    idx: Vec<u64>,
+    cur: u64,
+    left: u64,
+}
+
+impl<'a> ViewIndices<'a> {
+    fn new(spec: &'a TensorSpec, numel: u64) -> Self {
+        ViewIndices { spec, idx: vec![0; spec.size.len()], cur: spec.offset, left: numel }
     }
-    let nd = spec.size.len();
-    let mut out = Vec::with_capacity(numel as usize);
-    let mut idx = vec![0u64; nd];
-    let mut cur = spec.offset;
-    for _ in 0..numel {
-        out.push(cur);
-        // odometer increment
-        let mut ax = nd;
+}
+
+impl Iterator for ViewIndices<'_> {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let out = self.cur;
+        let mut ax = self.idx.len();
         while ax > 0 {
             ax -= 1;
-            idx[ax] += 1;
-            cur = cur.wrapping_add(spec.stride[ax]);
-            if idx[ax] < spec.size[ax] {
+            self.idx[ax] += 1;
+            self.cur = self.cur.wrapping_add(self.spec.stride[ax]);
+            if self.idx[ax] < self.spec.size[ax] {
                 break;
             }
-            cur = cur.wrapping_sub(spec.stride[ax].wrapping_mul(spec.size[ax]));
-            idx[ax] = 0;
+            self.cur = self.cur.wrapping_sub(self.spec.stride[ax].wrapping_mul(self.spec.size[ax]));
+            self.idx[ax] = 0;
         }
+        Some(out)
     }
-    Indices::List(out)
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = usize::try_from(self.left).unwrap_or(usize::MAX);
+        (n, Some(n))
+    }
 }

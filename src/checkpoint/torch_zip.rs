@@ -4,7 +4,6 @@
 //! Every entry read is checked against its zip CRC-32.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -12,7 +11,7 @@ use super::globals::{Global, SDtype};
 use super::pickle::{Id, Machine, Node};
 use super::tensor_view::Storages;
 use super::{CheckpointError, ReadOptions, Value};
-use crate::array::{describe_entry_read_error, describe_zip_error};
+use crate::array::{describe_zip_error, read_entry_bounded, refuse_duplicate_entries};
 
 /// The archive: where the pickle and storages live.
 pub(super) struct Archive<R: Read + Seek> {
@@ -49,6 +48,7 @@ impl<R: Read + Seek> Archive<R> {
             )));
         }
         let zip = zip::ZipArchive::new(reader).map_err(|e| fmt(describe_zip_error(&e)))?;
+        let zip = refuse_duplicate_entries(zip).map_err(fmt)?;
         let prefix = zip
             .file_names()
             .filter_map(|n| n.strip_suffix("/data.pkl"))
@@ -101,24 +101,7 @@ impl<R: Read + Seek> Archive<R> {
                 return Err(bad(format!("holds {size} bytes, the pickle declares {e}")));
             }
         }
-        let plausible = match f.compression() {
-            zip::CompressionMethod::Stored => f.compressed_size() == size && f.data_start().saturating_add(size) <= len,
-            // Deflate expands at most ~1032:1.
-            _ => f.compressed_size() <= len && size <= f.compressed_size().saturating_mul(1100).saturating_add(4096),
-        };
-        if !plausible {
-            return Err(bad(format!("claims {size} bytes, more than the archive can hold")));
-        }
-        let cap = usize::try_from(size).map_err(|_| bad("too large for this machine".into()))?;
-        let mut v = Vec::new();
-        v.try_reserve_exact(cap).map_err(|_| bad(format!("cannot allocate {size} bytes")))?;
-        // Reading one byte past the declared size lets the zip reader reach the entry's end,
-        // where it checks the CRC-32 (a `take(size)` would stop just short of the check).
-        f.take(size.saturating_add(1)).read_to_end(&mut v).map_err(|e| bad(describe_entry_read_error(&e)))?;
-        if v.len() as u64 != size {
-            return Err(bad(format!("holds {} bytes, its zip header declares {size}", v.len())));
-        }
-        Ok(v)
+        read_entry_bounded(f, len).map_err(bad)
     }
 
     fn entry_size(&mut self, name: &str) -> Option<u64> {
@@ -193,8 +176,8 @@ impl<R: Read + Seek> Builder<'_, '_, R> {
             }
             Node::Tensor(spec) => Value::Tensor(self.storages.tensor(spec, key)?),
             Node::Opaque(n) => Value::Opaque(n.clone()),
+            Node::Forbidden(n) | Node::Global(Global::Opaque(n)) => Value::Forbidden(n.clone()),
             Node::Global(g) => Value::Opaque(match g {
-                Global::Opaque(n) => n.clone(),
                 Global::Storage(_, n) => format!("torch.{n}"),
                 other => format!("{other:?}"),
             }),
@@ -291,14 +274,25 @@ fn load_archive<R: Read + Seek>(reader: R, path: &Path, opts: ReadOptions) -> Re
         }
         declared.insert(st.key.clone(), (st.dtype, st.numel));
     }
-    let storages = Storages { archive: &mut archive, path, opts, remaining_uses: uses, cache: HashMap::new() };
+    let held: u64 = declared.values().map(|&(_, n)| n).fold(0u64, u64::saturating_add);
+    let storages = Storages {
+        archive: &mut archive,
+        path,
+        opts,
+        remaining_uses: uses,
+        cache: HashMap::new(),
+        materialized: 0,
+        // Views may add at most MAX_EXPANSION elements (and at most an eighth of the memory
+        // limit's bytes) beyond what the storages hold, over the whole file.
+        budget: held.saturating_add(super::tensor_view::MAX_EXPANSION.min(crate::limits::memory_limit() / 8)),
+    };
     let mut b = Builder { nodes: &nodes, storages, path };
     b.build(root, "", 0)
 }
 
 /// Reads a `torch.save` (zip) file into a [`Value`] tree.
 pub fn load_pth(path: &Path, opts: ReadOptions) -> Result<Value, CheckpointError> {
-    let f = File::open(path).map_err(CheckpointError::io(path))?;
+    let f = crate::fsutil::open_regular(path).map_err(CheckpointError::io(path))?;
     load_archive(BufReader::new(f), path, opts)
 }
 

@@ -32,9 +32,12 @@ pub enum Value {
     /// its last value, as in Python).
     Dict(Vec<(Value, Value)>),
     Tensor(AnyArray),
-    /// An object of a global outside the allow-list (only with [`ReadOptions::opaque_globals`]),
-    /// or a torch layout; holds the global's dotted name.
+    /// A torch layout (or another inert tag of an allowed global); holds its name.
     Opaque(String),
+    /// An object of a global outside the allow-list (only with [`ReadOptions::opaque_globals`]):
+    /// holds the global's dotted name (`os.system`). Never executed; a state dict read from a
+    /// checkpoint holding one anywhere is refused, naming it.
+    Forbidden(String),
 }
 
 impl Value {
@@ -67,6 +70,7 @@ impl Value {
             Value::Dict(_) => "dict",
             Value::Tensor(_) => "tensor",
             Value::Opaque(_) => "object",
+            Value::Forbidden(_) => "object of a global that is not allowed",
         }
     }
 }

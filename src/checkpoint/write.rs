@@ -374,6 +374,24 @@ pub fn write_npz(path: &Path, tensors: &[(String, AnyArray)], opts: WriteOptions
     }
     let mut entries = Vec::with_capacity(tensors.len());
     for (k, a) in tensors {
+        if k.is_empty() || k.contains(['/', '\\', '\0']) || k == ".." || k == "." {
+            return Err(CheckpointError::Write {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "key `{k}` cannot be an .npz entry name (empty, `.`/`..`, or a path separator or NUL, which would name a path outside the archive when extracted)"
+                ),
+            });
+        }
+        if k.len() + 4 > u16::MAX as usize {
+            return Err(CheckpointError::Write {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "a key of {} bytes is too long for an .npz entry name (zip allows {} bytes); use .safetensors",
+                    k.len(),
+                    u16::MAX as usize - 4
+                ),
+            });
+        }
         let descr = disk_of(a, StoreDtype::Native).numpy().ok_or_else(|| CheckpointError::Write {
             path: path.to_path_buf(),
             msg: format!("`{k}`: no numpy dtype"),

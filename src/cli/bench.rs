@@ -59,6 +59,9 @@ pub struct BenchArgs {
     /// Write the result rows as a JSON list here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Replace an existing --json file (never a device or FIFO).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `beit-seg bench`.
@@ -69,6 +72,19 @@ pub fn run_bench_cli(a: BenchArgs) -> Result<ExitCode> {
         o => bail!("--config: unknown config {o} (base or large)"),
     };
     let Some(model) = super::eval::preset(preset_name) else { bail!("no built-in preset {preset_name}") };
+    if a.threads == Some(0) {
+        bail!("--threads 0: give at least 1 thread (or leave it out for all cores)");
+    }
+    if a.iters == 0 {
+        bail!("--iters 0: at least one timed run is needed");
+    }
+    if a.rounds == 0 {
+        bail!("--rounds 0: at least one round is needed");
+    }
+    if let Some(p) = &a.json {
+        crate::fsutil::check_output(p, a.force, &[])
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
+    }
     let opts = BenchOptions {
         backend: a.backend,
         device: a.device,
@@ -85,9 +101,9 @@ pub fn run_bench_cli(a: BenchArgs) -> Result<ExitCode> {
         seed: a.seed,
     };
     let rows = bench::run(&opts)?;
-    print!("{}", bench::to_text(&rows));
+    out!("{}", bench::to_text(&rows))?;
     if let Some(p) = &a.json {
-        super::write_report(p, &serde_json::to_string_pretty(&rows)?)?;
+        super::write_report(p, &serde_json::to_string_pretty(&rows)?, a.force, &[])?;
     }
     Ok(ExitCode::SUCCESS)
 }

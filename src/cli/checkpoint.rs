@@ -70,23 +70,26 @@ pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
     } else {
         read_any(&file, ReadOptions { widen_half: true, opaque_globals: true })?
     };
-    let w = arrays.iter().map(|(k, _)| k.len()).max().unwrap_or(3).max(3);
+    // Keys are padded to a common width of at most 100 columns (a longer key is printed as it
+    // is; a width taken from a 65,536-character key would overflow `format!`'s width).
+    let w = arrays.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(3).clamp(3, 100);
     let mut total = 0usize;
     for (k, a) in &arrays {
         let n: usize = a.shape().iter().product();
-        total += n;
-        println!("{k:<w$}  {:<8} {:?}", a.dtype_name(), a.shape());
+        total = total.saturating_add(n);
+        let pad = w.saturating_sub(k.chars().count());
+        outln!("{k}{:pad$}  {:<8} {:?}", "", a.dtype_name(), a.shape())?;
     }
-    println!("{} tensors, {} elements", arrays.len(), total);
+    outln!("{} tensors, {} elements", arrays.len(), total)?;
     if !is_npy {
         match detect_dialect(arrays.iter().map(|(k, _)| k.as_str())) {
-            Ok(d) => println!("dialect: {d}"),
-            Err(e) => println!("dialect: not recognised ({e})"),
+            Ok(d) => outln!("dialect: {d}")?,
+            Err(e) => outln!("dialect: not recognised ({e})")?,
         }
     }
     let bad = crate::weights::non_finite(&arrays);
     for b in &bad {
-        eprintln!("warning: not finite: {b}");
+        errln!("warning: not finite: {b}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -122,41 +125,51 @@ pub fn convert(a: ConvertArgs) -> Result<ExitCode> {
             }
         }
     };
-    if dst.exists() && !a.force {
-        bail!("{} exists; pass --force to replace it", dst.display());
+    // Before reading anything: DST is never SRC, never a device / FIFO (not even with
+    // --force), and replaces an existing file only with --force.
+    crate::fsutil::check_output(&dst, a.force, &[a.src.as_path()])
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dst.display()))?;
+    if let Some(s) = a.img_size {
+        let win = s / a.patch_size;
+        if win == 0 {
+            bail!("--img-size {s} is smaller than --patch-size {}", a.patch_size);
+        }
     }
     let state = read_any(&a.src, ReadOptions { widen_half: true, opaque_globals: true })?;
     let n_in = state.len();
     let (out, report) = convert_state(state, &ConvertOptions { dialect, dst_window, final_norm: a.final_norm })
-        .with_context(|| format!("converting {}", a.src.display()))?;
+        .with_context(|| match a.img_size {
+            Some(s) => format!("converting {} for --img-size {s} (window {s}/{})", a.src.display(), a.patch_size),
+            None => format!("converting {}", a.src.display()),
+        })?;
     let (out, report) = match to {
         None => (out, report),
         Some(to) => {
-            println!(
+            outln!(
                 "{}: dialect {}, {} tensors in, {} in mmseg names",
                 a.src.display(),
                 report.dialect,
                 n_in,
                 out.len()
-            );
+            )?;
             export(out, to, &ExportOptions::default())
                 .with_context(|| format!("exporting {} to {to}", a.src.display()))?
         }
     };
-    println!("{}: dialect {}, {} tensors in, {} out", a.src.display(), report.dialect, n_in, out.len());
+    outln!("{}: dialect {}, {} tensors in, {} out", a.src.display(), report.dialect, n_in, out.len())?;
     for (x, y) in &report.renamed {
-        println!("  renamed  {x} -> {y}");
+        outln!("  renamed  {x} -> {y}")?;
     }
     for (k, why) in &report.dropped {
-        println!("  dropped  {k}: {why}");
+        outln!("  dropped  {k}: {why}")?;
     }
     for (k, x, y) in &report.resized {
-        println!("  resized  {k}: {x:?} -> {y:?}");
+        outln!("  resized  {k}: {x:?} -> {y:?}")?;
     }
     for n in &report.notes {
-        println!("  note: {n}");
+        outln!("  note: {n}")?;
     }
     write_any(&dst, &out, WriteOptions { force: a.force, ..Default::default() })?;
-    println!("wrote {}", dst.display());
+    outln!("wrote {}", dst.display())?;
     Ok(ExitCode::SUCCESS)
 }

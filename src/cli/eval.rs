@@ -103,6 +103,10 @@ pub struct EvalArgs {
     /// that are not 8-bit single-channel, size mismatches, images too small for the crop.
     #[arg(long)]
     pub skip_bad: bool,
+    /// Replace existing --save-pred files, and a metrics file in --out that no run of this
+    /// results file wrote (never a device, FIFO or an input).
+    #[arg(long)]
+    pub force: bool,
     /// No progress lines on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -126,6 +130,9 @@ pub struct PredictArgs {
     /// instead of stopping at the first; the exit status is 3 when any was skipped.
     #[arg(long)]
     pub skip_bad: bool,
+    /// Replace existing output PNGs (never a device, FIFO or an input image).
+    #[arg(long)]
+    pub force: bool,
     /// No progress on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -140,6 +147,9 @@ pub struct MergeArgs {
     /// The merged result JSON (same format as an unsharded run's metrics.json).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Replace FILE if it exists (never a device, FIFO or one of the results files).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// A model config with its optional dataset section.
@@ -189,7 +199,8 @@ pub fn preset(name: &str) -> Option<Value> {
 pub fn load_config(config: Option<&Path>, preset_name: Option<&str>) -> Result<LoadedConfig> {
     let (v, source) = match (config, preset_name) {
         (Some(p), _) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text = crate::fsutil::read_regular_to_string(p, crate::fsutil::MAX_TEXT_BYTES)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
             let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))?;
             (v, p.display().to_string())
         }
@@ -206,9 +217,24 @@ pub fn load_config(config: Option<&Path>, preset_name: Option<&str>) -> Result<L
 
 /// Builds the network: the checkpoint (any dialect, converted on load) on the chosen backend.
 pub fn build_model(spec: &BackendSpec, cfg: &SegmentorConfig, checkpoint: &Path) -> Result<Box<dyn Model>> {
+    build_model_with_id(spec, cfg, checkpoint).map(|(m, _)| m)
+}
+
+/// [`build_model`], also returning the content identity of the weights
+/// ([`crate::weights::content_sha256`] of the loaded state dict: hashed every time, about 1 s
+/// per GB; no cache).
+pub fn build_model_with_id(
+    spec: &BackendSpec,
+    cfg: &SegmentorConfig,
+    checkpoint: &Path,
+) -> Result<(Box<dyn Model>, String)> {
     let backend = backend::open(spec)?;
     let weights = load_state_dict(checkpoint, cfg, None)?;
-    backend.load(cfg, weights, Dtype::F32).with_context(|| format!("building the model from {}", checkpoint.display()))
+    let id = crate::weights::content_sha256(&weights);
+    let model = backend
+        .load(cfg, weights, Dtype::F32)
+        .with_context(|| format!("building the model from {}", checkpoint.display()))?;
+    Ok((model, id))
 }
 
 fn dataset_str(ds: Option<&Value>, key: &str) -> Result<Option<String>> {
@@ -255,20 +281,40 @@ pub fn settings_for(cfg: &LoadedConfig, aug: Option<&str>) -> Result<EvalSetting
     EvalSettings::new(&cfg.model, &cfg.model_json, pipeline, aug).map_err(|e| anyhow::anyhow!("{}: {e}", cfg.source))
 }
 
-/// The `dataset.classes` of a config, if any.
+/// The `dataset.classes` of a config, if any (checked by [`check_class_names`]).
 pub fn class_names(cfg: &LoadedConfig) -> Option<Vec<String>> {
     let list = cfg.dataset.as_ref()?.get("classes")?.as_array()?;
     list.iter().map(|v| v.as_str().map(str::to_string)).collect()
 }
 
-fn file_identity(p: &Path) -> Value {
-    let bytes = std::fs::metadata(p).map(|m| m.len()).ok();
-    json!({"name": p.file_name().map(|n| n.to_string_lossy().into_owned()), "bytes": bytes})
+/// Refuses a `dataset.classes` that is not a list of one name per class of the model.
+pub fn check_class_names(cfg: &LoadedConfig) -> Result<()> {
+    let Some(v) = cfg.dataset.as_ref().and_then(|d| d.get("classes")).filter(|v| !v.is_null()) else {
+        return Ok(());
+    };
+    let n = cfg.model.decode_head.num_classes;
+    match v.as_array() {
+        Some(a) if a.iter().all(Value::is_string) => {
+            if a.len() != n {
+                bail!(
+                    "{}: dataset.classes has {} names, but the model has {n} classes (model.decode_head.num_classes)",
+                    cfg.source,
+                    a.len()
+                );
+            }
+            Ok(())
+        }
+        _ => bail!("{}: dataset.classes: expected a list of {n} class names (strings), got {v}", cfg.source),
+    }
 }
 
 /// `beit-seg eval`.
 pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
+    if args.limit == Some(0) {
+        bail!("--limit 0: no image would be evaluated (give at least 1, or leave --limit out for all)");
+    }
     let cfg = load_config(args.model.config.as_deref(), args.model.preset.as_deref())?;
+    check_class_names(&cfg)?;
     let settings = settings_for(&cfg, args.model.aug.as_deref())?;
     let ds = cfg.dataset.as_ref();
     let def = DatasetSpec::ade20k_val(&args.data_root);
@@ -284,12 +330,16 @@ pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
             .unwrap_or(def.seg_map_suffix),
     };
     if let Some(w) = image::jpeg_decoder_warning() {
-        eprintln!("{w}");
+        errln!("{w}");
     }
-    let model = build_model(&args.model.backend.spec(), &cfg.model, &args.model.checkpoint)?;
+    let (model, weights_id) = build_model_with_id(&args.model.backend.spec(), &cfg.model, &args.model.checkpoint)?;
     let identity = json!({
         "model": cfg.model_json,
-        "checkpoint": file_identity(&args.model.checkpoint),
+        // By content: the SHA-256 of the loaded tensors (the name is only shown in messages).
+        "checkpoint": {
+            "name": args.model.checkpoint.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "sha256": weights_id,
+        },
         "backend": model.describe(),
         "jpeg_decoder": image::jpeg_decoder_name(),
     });
@@ -303,10 +353,12 @@ pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
         progress: Some(eval_progress(&bar)),
         stop_after: None,
         class_names: class_names(&cfg),
+        force: args.force,
+        inputs: std::iter::once(args.model.checkpoint.clone()).chain(args.model.config.clone()).collect(),
     };
     if !args.quiet {
         let aug = if settings.aug.is_some() { "ms+flip (MMSegmentation 0.x, 12 passes)" } else { "single scale" };
-        eprintln!(
+        errln!(
             "eval: {} on {} ({aug}); backend {}; results in {}",
             cfg.source,
             spec.root.display(),
@@ -317,36 +369,69 @@ pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
     let out = eval::evaluate(&settings, model.as_ref(), &spec, identity, &opts);
     bar.finish();
     let out = out?;
-    println!("{}", out.report);
-    println!("images evaluated: {}, skipped: {}", out.evaluated, out.skipped.len());
+    outln!("{}", out.report)?;
+    outln!("images evaluated: {}, skipped: {}", out.evaluated, out.skipped.len())?;
     for s in &out.skipped {
-        println!("  skipped {}: {}", s.stem, s.reason);
+        outln!("  skipped {}: {}", s.stem, s.reason)?;
     }
     if let Some(s) = args.shard {
-        println!("shard {s}: partial result; combine all shards with `beit-seg merge {}/results.shard-*-of-{}.jsonl --out FILE`", args.out.display(), s.n);
+        outln!("shard {s}: partial result; combine all shards with `beit-seg merge {}/results.shard-*-of-{}.jsonl --out FILE`", args.out.display(), s.n)?;
     }
-    println!("results: {}", out.results_path.display());
+    outln!("results: {}", out.results_path.display())?;
     if let Some(p) = &out.metrics_path {
-        println!("metrics: {}", p.display());
+        outln!("metrics: {}", p.display())?;
     }
     if let Some(w) = image::jpeg_decoder_warning() {
-        eprintln!("{w}");
+        errln!("{w}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `beit-seg predict`.
 pub fn run_predict(args: PredictArgs) -> Result<ExitCode> {
+    if !(args.opacity.is_finite() && (0.0..=1.0).contains(&args.opacity)) {
+        bail!("--opacity {}: must be a number from 0 to 1", args.opacity);
+    }
     let cfg = load_config(args.model.config.as_deref(), args.model.preset.as_deref())?;
+    check_class_names(&cfg)?;
     let settings = settings_for(&cfg, args.model.aug.as_deref())?;
+    // Every output is planned and checked before the model is loaded: two inputs never write
+    // the same file, no output is an input, none replaces a file without --force.
+    let mut planned: std::collections::HashMap<PathBuf, &Path> = std::collections::HashMap::new();
+    for img in &args.images {
+        for f in output_files(&args.out, img) {
+            if let Some(other) = planned.insert(f.clone(), img) {
+                if other == img.as_path() || crate::fsutil::same_file(other, img) {
+                    bail!("{} is given twice", img.display());
+                }
+                bail!(
+                    "{} and {} would both be written to {}: rename one of them, or segment them into different --out directories",
+                    other.display(),
+                    img.display(),
+                    f.display()
+                );
+            }
+        }
+    }
+    let inputs: Vec<&Path> = args
+        .images
+        .iter()
+        .map(PathBuf::as_path)
+        .chain([args.model.checkpoint.as_path()])
+        .chain(args.model.config.as_deref())
+        .collect();
+    for f in planned.keys() {
+        crate::fsutil::check_output(f, args.force, &inputs)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", f.display()))?;
+    }
     let any_jpeg = args.images.iter().any(|p| {
         let mut head = [0u8; 16];
-        std::fs::File::open(p).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).is_ok()
+        crate::fsutil::open_regular(p).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).is_ok()
             && image::sniff(&head) == Some(image::Format::Jpeg)
     });
     if any_jpeg {
         if let Some(w) = image::jpeg_decoder_warning() {
-            eprintln!("{w}");
+            errln!("{w}");
         }
     }
     let model = build_model(&args.model.backend.spec(), &cfg.model, &args.model.checkpoint)?;
@@ -363,8 +448,8 @@ pub fn run_predict(args: PredictArgs) -> Result<ExitCode> {
     let mut skipped = Vec::new();
     for (i, path) in args.images.iter().enumerate() {
         bar.set(i as u64, args.images.len() as u64, &path.display().to_string());
-        match predict_one(&args, &settings, model.as_ref(), path, &palette, &names, &bar) {
-            Ok(line) => println!("{line}"),
+        match predict_one(&args, &settings, model.as_ref(), path, &palette, &names, &bar, &inputs) {
+            Ok(line) => outln!("{line}")?,
             Err(e) if args.skip_bad && is_bad_input(&e) => {
                 bar.note(&format!("skipped {}: {e:#}", path.display()));
                 skipped.push((path.clone(), format!("{e:#}")));
@@ -377,7 +462,7 @@ pub fn run_predict(args: PredictArgs) -> Result<ExitCode> {
     }
     bar.finish();
     for (p, why) in &skipped {
-        eprintln!("skipped {}: {why}", p.display());
+        errln!("skipped {}: {why}", p.display());
     }
     Ok(if skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
@@ -387,7 +472,15 @@ fn is_bad_input(e: &anyhow::Error) -> bool {
         || e.downcast_ref::<image::ImageError>().is_some()
 }
 
+/// The three PNGs `predict` writes for `img`: `<stem>.png`, `<stem>_color.png`,
+/// `<stem>_overlay.png` in `out`.
+fn output_files(out: &Path, img: &Path) -> [PathBuf; 3] {
+    let stem = img.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+    [out.join(format!("{stem}.png")), out.join(format!("{stem}_color.png")), out.join(format!("{stem}_overlay.png"))]
+}
+
 /// Segments one image and writes its three PNGs; returns the summary line.
+#[allow(clippy::too_many_arguments)]
 fn predict_one(
     args: &PredictArgs,
     settings: &EvalSettings,
@@ -396,22 +489,18 @@ fn predict_one(
     palette: &[[u8; 3]],
     names: &[String],
     bar: &Progress,
+    inputs: &[&Path],
 ) -> Result<String> {
     let img = image::read_bgr(path)?;
     let progress = |done: usize, total: usize| bar.inner(done as u64, total as u64, "augmentations");
     let p = eval::predict_with(settings, model, img.view(), &path.display().to_string(), &progress)?;
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
     let labels = image::labels_to_png_values(p.pred.view(), settings.pipeline.reduce_zero_label);
     let color = image::colorize(p.pred.view(), palette);
     let over = image::overlay(img.view(), color.view(), args.opacity);
-    let files = [
-        args.out.join(format!("{stem}.png")),
-        args.out.join(format!("{stem}_color.png")),
-        args.out.join(format!("{stem}_overlay.png")),
-    ];
-    image::write_label_png(&files[0], labels.view())?;
-    image::write_rgb_png(&files[1], color.view())?;
-    image::write_rgb_png(&files[2], over.view())?;
+    let files = output_files(&args.out, path);
+    image::write_label_png_to(&files[0], labels.view(), args.force, inputs)?;
+    image::write_rgb_png_to(&files[1], color.view(), args.force, inputs)?;
+    image::write_rgb_png_to(&files[2], over.view(), args.force, inputs)?;
     let (h, w) = p.pred.dim();
     let mut counts = vec![0usize; settings.num_classes];
     p.pred.iter().for_each(|&c| counts[c as usize] += 1);
@@ -429,9 +518,9 @@ fn predict_one(
 
 /// `beit-seg merge`.
 pub fn run_merge(args: MergeArgs) -> Result<ExitCode> {
-    let out = eval::merge(&args.results, &args.out, None)?;
-    println!("{}", out.report);
-    println!("images evaluated: {}, skipped: {}", out.evaluated, out.skipped.len());
-    println!("merged {} files -> {}", args.results.len(), args.out.display());
+    let out = eval::merge_with(&args.results, &args.out, None, args.force)?;
+    outln!("{}", out.report)?;
+    outln!("images evaluated: {}, skipped: {}", out.evaluated, out.skipped.len())?;
+    outln!("merged {} files -> {}", args.results.len(), args.out.display())?;
     Ok(ExitCode::SUCCESS)
 }

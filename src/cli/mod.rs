@@ -5,12 +5,31 @@
 //! Exit status: 0 success; 1 a verified case failed; 2 a usage error (bad arguments); 3 a
 //! runtime or input error (unreadable file, bad checkpoint, a case that could not be run).
 
+/// `println!` that returns an error instead of panicking when standard output cannot be
+/// written (a full disk, `> /dev/full`): `outln!("...")?`.
+macro_rules! outln {
+    () => { $crate::cli::stdout_write(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli::stdout_write(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` that returns an error instead of panicking (see [`outln!`]).
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::stdout_write(format_args!($($arg)*)) };
+}
+
+/// `eprintln!` that never panics: a message that cannot be written to standard error is
+/// dropped (there is nowhere left to report it).
+macro_rules! errln {
+    ($($arg:tt)*) => { $crate::cli::stderr_write(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 pub mod bench;
 pub mod checkpoint;
 pub mod eval;
 pub mod progress;
 pub mod verify;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -59,13 +78,65 @@ fn reexec_for_openblas() {
     }
     let Some(better) = crate::reference::ops::openblas_better_core() else { return };
     let Ok(exe) = std::env::current_exe() else { return };
-    eprintln!(
+    errln!(
         "note: OpenBLAS chose its {} kernels for this CPU; running again with OPENBLAS_CORETYPE={better} \
          (set OPENBLAS_CORETYPE yourself to choose)",
         crate::reference::ops::openblas_core()
     );
     let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("OPENBLAS_CORETYPE", better).exec();
-    eprintln!("note: could not run again ({err}); going on with OpenBLAS's choice");
+    errln!("note: could not run again ({err}); going on with OpenBLAS's choice");
+}
+
+/// Standard output could not be written (see [`outln!`]); a closed pipe ends the program
+/// quietly, anything else (`No space left on device`) is an error.
+#[derive(Debug, thiserror::Error)]
+#[error("writing to standard output: {0}")]
+pub struct StdoutError(pub std::io::Error);
+
+/// Writes to the locked standard output (the body of [`outln!`] / [`out!`]).
+pub fn stdout_write(args: std::fmt::Arguments<'_>) -> Result<(), StdoutError> {
+    let mut o = std::io::stdout().lock();
+    o.write_fmt(args).map_err(StdoutError)
+}
+
+/// Writes to standard error, ignoring failure (the body of [`errln!`]).
+pub fn stderr_write(args: std::fmt::Arguments<'_>) {
+    let _ = std::io::stderr().lock().write_fmt(args);
+}
+
+/// SIGINT, SIGTERM and SIGHUP are blocked in every thread and taken by one thread that removes
+/// the temporary files of atomic writes in progress ([`crate::fsutil::remove_temp_files`]) and
+/// exits with status 128 + the signal (130 for Ctrl-C). Must run before any other thread
+/// starts (threads inherit the blocked mask; child processes get an empty one from `std`).
+#[cfg(unix)]
+fn install_signal_cleanup() {
+    // SAFETY: plain libc signal-set calls on a local set, before any other thread exists.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return;
+        }
+        set
+    };
+    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is a valid signal set; sigwait writes the signal number to `sig`.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            crate::fsutil::remove_temp_files();
+            std::process::exit(128 + sig);
+        }
+    });
+    if spawned.is_err() {
+        // No handler thread: unblock, so the signals keep their default effect.
+        // SAFETY: as above.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        }
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -75,6 +146,8 @@ pub fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    #[cfg(unix)]
+    install_signal_cleanup();
     #[cfg(feature = "blas")]
     reexec_for_openblas();
     let cli = match Cli::try_parse() {
@@ -99,10 +172,14 @@ pub fn main() -> ExitCode {
         Command::Convert(a) => checkpoint::convert(a),
         Command::Bench(a) => bench::run_bench_cli(a),
     };
+    let res = res.and_then(|code| std::io::stdout().lock().flush().map(|_| code).map_err(|e| StdoutError(e).into()));
     match res {
         Ok(code) => code,
+        Err(e) if e.downcast_ref::<StdoutError>().is_some_and(|s| s.0.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::from(141)
+        }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            errln!("error: {e:#}");
             ExitCode::from(3)
         }
     }
@@ -147,8 +224,15 @@ impl BackendArgs {
     }
 }
 
-/// Writes a report the user asked for by name, atomically (a crash never leaves half a file).
-pub fn write_report(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    use anyhow::Context;
-    crate::fsutil::replace_file_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+/// Writes a report the user asked for by name (`verify --json/--junit`, `bench --json`)
+/// through [`crate::fsutil::write_output`]: atomically, never over a non-regular file or one of
+/// the command's `inputs`, over an existing file only with `force`. The error names the file.
+pub fn write_report(
+    path: &std::path::Path,
+    text: &str,
+    force: bool,
+    inputs: &[&std::path::Path],
+) -> anyhow::Result<()> {
+    crate::fsutil::write_output_bytes(path, force, inputs, text.as_bytes())
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }

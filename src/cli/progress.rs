@@ -50,7 +50,7 @@ impl Progress {
     pub fn set(&self, pos: u64, len: u64, msg: &str) {
         match self {
             Progress::Quiet => {}
-            Progress::Lines { what } => eprintln!("{what}: [{pos}/{len}] {msg}"),
+            Progress::Lines { what } => errln!("{what}: [{pos}/{len}] {msg}"),
             Progress::Bars { main, inner } => {
                 main.set_length(len);
                 main.set_position(pos);
@@ -73,16 +73,16 @@ impl Progress {
     pub fn note(&self, msg: &str) {
         match self {
             Progress::Quiet => {}
-            Progress::Lines { .. } => eprintln!("{msg}"),
+            Progress::Lines { .. } => errln!("{msg}"),
             Progress::Bars { main, .. } => main.println(msg),
         }
     }
 
     /// Prints `text` on stdout without tearing the bars.
-    pub fn print(&self, text: &str) {
+    pub fn print(&self, text: &str) -> Result<(), super::StdoutError> {
         match self {
-            Progress::Bars { main, .. } => main.suspend(|| print!("{text}")),
-            _ => print!("{text}"),
+            Progress::Bars { main, .. } => main.suspend(|| out!("{text}")),
+            _ => out!("{text}"),
         }
     }
 

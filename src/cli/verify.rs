@@ -60,6 +60,9 @@ pub struct VerifyArgs {
     /// Write a JUnit XML report to FILE.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// Replace existing --json / --junit files (never a device, FIFO or an input of the run).
+    #[arg(long)]
+    pub force: bool,
     /// Run (or, with --candidate, compare) float64 cases in float32 with the fp32 tolerance
     /// (reported as such).
     #[arg(long)]
@@ -92,6 +95,11 @@ pub struct VerifyArgs {
 /// `beit-seg verify`.
 pub fn run(a: VerifyArgs) -> Result<ExitCode> {
     let filter = NameFilter::new(&a.filter)?;
+    if let (Some(j), Some(x)) = (&a.json, &a.junit) {
+        if j == x || crate::fsutil::same_file(j, x) {
+            bail!("--json and --junit name the same file {}", j.display());
+        }
+    }
     // Each case.json is read once: the filter needs its name, the run its manifest.
     let mut cases: Vec<(PathBuf, Option<Case>)> = discover(&a.dirs)?
         .into_iter()
@@ -109,6 +117,17 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
     });
     if cases.is_empty() {
         bail!("no fixture case matches --filter {:?} under {:?}", a.filter, a.dirs);
+    }
+    // The reports are checked before any case runs: never over an input (a case's files, the
+    // candidate's), never over a device or FIFO, over an existing file only with --force.
+    let case_files: Vec<PathBuf> = cases.iter().map(|(d, _)| d.join("case.json")).collect();
+    let mut inputs: Vec<&std::path::Path> = case_files.iter().map(PathBuf::as_path).collect();
+    if let Some(c) = &a.candidate {
+        inputs.push(c);
+    }
+    for p in [&a.json, &a.junit].into_iter().flatten() {
+        crate::fsutil::check_output(p, a.force, &inputs)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
     }
     let opts = VerifyOptions {
         as_f32: a.as_f32,
@@ -151,30 +170,30 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
         for w in &r.warnings {
             bar.note(&format!("warning: {w}"));
             if matches!(bar, Progress::Quiet) {
-                eprintln!("warning: {w}");
+                errln!("warning: {w}");
             }
         }
         let text = case_text(&r, verbosity);
         if !text.is_empty() {
-            bar.print(&text);
+            bar.print(&text)?;
         }
         reports.push(r);
     }
     bar.finish();
     let s = Summary::of(&reports);
-    println!();
+    outln!()?;
     if s.tensors > 0 {
         let scope = if opts.scope.is_all() { String::new() } else { format!(" in scope {}", opts.scope.describe()) };
-        println!(
+        outln!(
             "coverage: {}/{} expected tensors{scope} produced ({:.1}%) by {}",
             s.covered,
             s.tensors,
             s.coverage_percent(),
             target.name()
-        );
+        )?;
     }
     if s.partial > 0 {
-        println!("partial: {} case(s) passed with expected tensors not produced (--allow-uncovered)", s.partial);
+        outln!("partial: {} case(s) passed with expected tensors not produced (--allow-uncovered)", s.partial)?;
     }
     for r in
         reports.iter().filter(|r| matches!(r.status, CaseStatus::Fail | CaseStatus::Error | CaseStatus::NoEvidence))
@@ -185,14 +204,14 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
             CaseStatus::NoEvidence => "no evidence",
             _ => "failed",
         };
-        println!("{what}: {}{first}", r.name);
+        outln!("{what}: {}{first}", r.name)?;
     }
     if let Some(p) = &a.json {
-        write_report(p, &to_json(&reports))?;
+        write_report(p, &to_json(&reports), a.force, &inputs)?;
     }
     if let Some(p) = &a.junit {
-        write_report(p, &to_junit(&reports))?;
+        write_report(p, &to_junit(&reports), a.force, &inputs)?;
     }
-    println!("{}", s.closing_line());
+    outln!("{}", s.closing_line())?;
     Ok(ExitCode::from(s.exit_code()))
 }

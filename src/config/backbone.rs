@@ -18,6 +18,12 @@ pub(crate) fn ln_cfg(v: Option<&Value>, path: &str) -> Result<LnConfig, ConfigEr
         other => return err(d.key("type"), format!("only LN is supported, got {other:?}")),
     }
     let eps = d.f64("eps", 1e-5)?;
+    if !(eps.is_finite() && eps > 0.0) {
+        return err(
+            d.key("eps"),
+            format!("must be a finite number > 0, got {eps} (LayerNorm divides by sqrt(var + eps))"),
+        );
+    }
     d.ignore(&["requires_grad"]);
     if let Some(v) = d.raw("elementwise_affine") {
         if v != &Value::Bool(true) {
@@ -116,6 +122,12 @@ impl BeitConfig {
                 format!("{path}.num_heads"),
                 format!("embed_dims {embed_dims} is not divisible by num_heads {num_heads}"),
             );
+        }
+        if in_channels == 0 {
+            return err(format!("{path}.in_channels"), "must be at least 1");
+        }
+        if num_layers == 0 {
+            return err(format!("{path}.num_layers"), "must be at least 1");
         }
         if patch_size == 0 || img_size.0 < patch_size || img_size.1 < patch_size {
             return err(

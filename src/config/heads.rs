@@ -19,6 +19,12 @@ pub(crate) fn bn_cfg(v: Option<&Value>, path: &str) -> Result<Option<BnConfig>, 
         other => return err(d.key("type"), format!("only BN/SyncBN are supported, got {other:?}")),
     }
     let eps = d.f64("eps", 1e-5)?;
+    if !(eps.is_finite() && eps > 0.0) {
+        return err(
+            d.key("eps"),
+            format!("must be a finite number > 0, got {eps} (BatchNorm divides by sqrt(var + eps))"),
+        );
+    }
     // momentum and requires_grad only matter in training.
     d.ignore(&["requires_grad", "momentum"]);
     if let Some(v) = d.raw("affine") {
@@ -147,6 +153,12 @@ impl HeadConfig {
         let kind = match ty {
             Some("UPerHead") => {
                 let pool_scales = d.usize_list("pool_scales")?.unwrap_or(vec![1, 2, 3, 6]);
+                if let Some(bad) = pool_scales.iter().find(|&&s| s == 0) {
+                    return err(
+                        d.key("pool_scales"),
+                        format!("{pool_scales:?}: every scale must be at least 1 (adaptive pooling to {bad}x{bad} is empty)"),
+                    );
+                }
                 HeadKind::Uper { pool_scales }
             }
             Some("FCNHead") => {
@@ -156,6 +168,9 @@ impl HeadConfig {
                 let dilation = d.usize("dilation", Some(1))?;
                 if dilation == 0 {
                     return err(d.key("dilation"), "must be > 0");
+                }
+                if kernel_size == 0 {
+                    return err(d.key("kernel_size"), "must be > 0");
                 }
                 HeadKind::Fcn { num_convs, kernel_size, concat_input, dilation }
             }
@@ -237,7 +252,13 @@ impl HeadConfig {
             Some(o) => return err(format!("{path}.input_transform"), format!("unknown input_transform {o:?}")),
         };
         let channels = d.usize("channels", None)?;
+        if channels == 0 {
+            return err(d.key("channels"), "must be at least 1");
+        }
         let num_classes = d.usize("num_classes", None)?;
+        if num_classes == 0 {
+            return err(d.key("num_classes"), "must be at least 1");
+        }
         let out_channels = d.usize("out_channels", Some(num_classes))?;
         if out_channels != num_classes {
             return err(

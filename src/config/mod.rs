@@ -225,7 +225,126 @@ impl SegmentorConfig {
                 );
             }
         }
-        Ok(SegmentorConfig { backbone, neck, decode_head, auxiliary_heads, auxiliary_is_list, test })
+        let win = backbone.window();
+        if let Some(n) = &neck {
+            // The smallest pyramid level: max pooling by 2 (0.5) or by 4 (0.25) of the patch grid.
+            let f = if n.with_upsample_4x { 2 } else { 4 };
+            if win.0 < f || win.1 < f {
+                return err(
+                    "model.backbone.img_size",
+                    format!(
+                        "img_size {:?} with patch_size {} gives a {}x{} patch grid; Feature2Pyramid's {} rescale \
+                         (max pooling by {f}) needs at least {f}x{f}, or its feature map is empty",
+                        backbone.img_size,
+                        backbone.patch_size,
+                        win.0,
+                        win.1,
+                        if f == 2 { "0.5" } else { "0.25" }
+                    ),
+                );
+            }
+        }
+        if let TestMode::Slide { crop, .. } = test {
+            if crop.0 < backbone.patch_size || crop.1 < backbone.patch_size {
+                return err(
+                    "model.test_cfg.crop_size",
+                    format!("{crop:?} is smaller than patch_size {}", backbone.patch_size),
+                );
+            }
+        }
+        let cfg = SegmentorConfig { backbone, neck, decode_head, auxiliary_heads, auxiliary_is_list, test };
+        cfg.check_memory()?;
+        Ok(cfg)
+    }
+
+    /// A generous estimate of the memory needed to build this model (float32 parameters) and to
+    /// run it on one `img_size` input (the largest activations: attention maps, token and
+    /// pyramid features, logits), in bytes, with the part that dominates it named. Sizes are
+    /// multiplied in `f64`, so an absurd config cannot overflow the estimate.
+    pub fn estimated_memory(&self) -> (f64, String) {
+        let b = &self.backbone;
+        let (c, f, l, h) =
+            (b.embed_dims as f64, b.feedforward_channels as f64, b.num_layers as f64, b.num_heads as f64);
+        let (wh, ww) = (b.window().0 as f64, b.window().1 as f64);
+        let n = wh * ww + 1.0;
+        let table = ((2.0 * wh - 1.0) * (2.0 * ww - 1.0) + 3.0) * h;
+        let per_layer = 4.0 * c * c + 2.0 * c * f + 12.0 * c + f + table;
+        let patch = c * b.in_channels as f64 * (b.patch_size as f64).powi(2);
+        let backbone_params = l * per_layer + patch;
+        // Attention scores and bias (heads x N x N, twice), the position index (N x N int64),
+        // token features (N x max(C, F), a few copies).
+        let attn = 2.0 * h * n * n + 2.0 * n * n + 4.0 * n * c.max(f);
+        let pyramid = 16.0 * wh * ww * c * 2.0;
+        let head = |hc: &HeadConfig| -> (f64, f64) {
+            let ch = hc.channels as f64;
+            let ins: f64 = hc.in_channels.iter().map(|&x| x as f64).sum();
+            let last = hc.in_channels.last().copied().unwrap_or(0) as f64;
+            let params = match &hc.kind {
+                HeadKind::Uper { pool_scales } => {
+                    let k = hc.in_channels.len() as f64;
+                    let ps = pool_scales.len() as f64;
+                    ins * ch + k * ch * ch * 9.0 + ps * last * ch + (last + ps * ch) * ch * 9.0 + k * ch * ch * 9.0
+                }
+                HeadKind::Fcn { num_convs, kernel_size, .. } => {
+                    let k2 = (*kernel_size as f64).powi(2);
+                    (ins + *num_convs as f64 * ch) * ch * k2 + ins * ch * k2
+                }
+            } + ch * hc.num_classes as f64;
+            // Feature maps at 1/4 resolution: every input plus the fused ones.
+            let maps = 16.0 * wh * ww * (ins + 4.0 * ch + hc.num_classes as f64);
+            (params, maps)
+        };
+        let (dh_params, dh_maps) = head(&self.decode_head);
+        let aux: (f64, f64) = self.auxiliary_heads.iter().map(head).fold((0.0, 0.0), |a, x| (a.0 + x.0, a.1 + x.1));
+        let logits = self.decode_head.num_classes as f64 * (b.img_size.0 as f64) * (b.img_size.1 as f64) * 2.0;
+        let parts = [
+            (
+                4.0 * backbone_params,
+                format!(
+                    "the backbone's parameters (num_layers {}, embed_dims {}, mlp_ratio, window {:?})",
+                    b.num_layers,
+                    b.embed_dims,
+                    b.window()
+                ),
+            ),
+            (
+                4.0 * attn,
+                format!(
+                    "the attention maps ({} heads over {} tokens: img_size {:?} / patch_size {})",
+                    b.num_heads, n, b.img_size, b.patch_size
+                ),
+            ),
+            (
+                4.0 * pyramid,
+                format!("the feature pyramid (embed_dims {} at 4x the {}x{} patch grid)", b.embed_dims, wh, ww),
+            ),
+            (
+                4.0 * (dh_params + aux.0),
+                format!("the heads' parameters (decode_head.channels {})", self.decode_head.channels),
+            ),
+            (
+                4.0 * (dh_maps + aux.1),
+                format!(
+                    "the heads' feature maps (channels {}, num_classes {})",
+                    self.decode_head.channels, self.decode_head.num_classes
+                ),
+            ),
+            (
+                4.0 * logits,
+                format!("the logits ({} classes at img_size {:?})", self.decode_head.num_classes, b.img_size),
+            ),
+        ];
+        let total: f64 = parts.iter().map(|p| p.0).sum();
+        let biggest = parts.iter().max_by(|a, b| a.0.total_cmp(&b.0)).map(|p| p.1.clone()).unwrap_or_default();
+        (total, biggest)
+    }
+
+    /// Refuses a config whose model could not be built or run within the memory limit
+    /// ([`crate::limits`]), naming the values that make it that large.
+    pub fn check_memory(&self) -> Result<(), ConfigError> {
+        let (bytes, what) = self.estimated_memory();
+        crate::limits::check_memory(&format!("this model config (mostly {what})"), bytes)
+            .or_else(|msg| err("model", msg))
     }
 
     /// The name prefix of auxiliary head `k` (`auxiliary_head` or `auxiliary_head.{k}`).

@@ -84,20 +84,16 @@ pub struct Listing {
 pub enum DatasetError {
     #[error("{path}: {msg}")]
     Layout { path: PathBuf, msg: String },
-    #[error("{path}: cannot read directory: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: cannot read directory: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("image {img}: its annotation {ann} does not exist (pass --skip-bad to leave such images out)")]
     MissingAnnotation { img: PathBuf, ann: PathBuf },
 }
 
 fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf)>) -> Result<(), DatasetError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| DatasetError::Io { path: dir.to_path_buf(), source })?;
+    let rd = std::fs::read_dir(dir).map_err(|err| DatasetError::Io { path: dir.to_path_buf(), err })?;
     for e in rd {
-        let e = e.map_err(|source| DatasetError::Io { path: dir.to_path_buf(), source })?;
+        let e = e.map_err(|err| DatasetError::Io { path: dir.to_path_buf(), err })?;
         let path = e.path();
         let name = e.file_name().to_string_lossy().into_owned();
         let r = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };

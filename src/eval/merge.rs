@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::results::{read_results, skipped_and_evaluated, sum_records, ResultsHeader};
-use super::run::{as_written, class_names, format_report, result_json, write_atomic, Outcome};
+use super::results::{
+    comparable_run, identity_mismatch, read_results, skipped_and_evaluated, sum_records, ResultsHeader,
+};
+use super::run::{as_written, class_names, format_report, result_json, Outcome};
 use super::{io_err, EvalError};
 use crate::metrics::compute_metrics;
 
@@ -15,10 +17,41 @@ use crate::metrics::compute_metrics;
 /// image of the run must be recorded exactly once over the files. Writes the result JSON to
 /// `out`.
 pub fn merge(files: &[PathBuf], out: &Path, class_names_opt: Option<Vec<String>>) -> Result<Outcome, EvalError> {
+    merge_with(files, out, class_names_opt, false)
+}
+
+/// [`merge`]; `force` replaces an existing `out` (a regular file only; never one of `files`).
+/// Every check is made before anything is written: `out` is not one of the inputs, not a
+/// device or FIFO, and exists only with `force`; no results file is still being written by an
+/// `eval` (its lock); every file is of the same run (content identities, named on mismatch).
+pub fn merge_with(
+    files: &[PathBuf],
+    out: &Path,
+    class_names_opt: Option<Vec<String>>,
+    force: bool,
+) -> Result<Outcome, EvalError> {
     let first = files.first().ok_or_else(|| EvalError::Config("merge: no results files given".into()))?;
+    let inputs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    crate::fsutil::check_output(out, force, &inputs)
+        .map_err(|e| EvalError::Results { path: out.to_path_buf(), msg: e.to_string() })?;
+    for (i, f) in files.iter().enumerate() {
+        if let Some(g) = files[..i].iter().find(|g| crate::fsutil::same_file(f, g)) {
+            return Err(EvalError::Results {
+                path: f.clone(),
+                msg: format!("is given twice (also as {})", g.display()),
+            });
+        }
+    }
     let mut header0: Option<ResultsHeader> = None;
     let mut records = Vec::new();
     for f in files {
+        let lock = crate::fsutil::open_regular(f).map_err(io_err(f))?;
+        if !crate::fsutil::try_lock(&lock, false).map_err(io_err(f))? {
+            return Err(EvalError::Results {
+                path: f.clone(),
+                msg: "an eval is still writing this file (it is locked); merge it when that run has finished".into(),
+            });
+        }
         let (h, recs, torn) = read_results(f)?;
         if torn.is_some() {
             return Err(EvalError::Results {
@@ -29,7 +62,12 @@ pub fn merge(files: &[PathBuf], out: &Path, class_names_opt: Option<Vec<String>>
         match &header0 {
             None => header0 = Some(h),
             Some(h0) => {
-                let same = h0.run == h.run && h0.num_images == h.num_images && h0.num_classes == h.num_classes;
+                if let Some(why) = identity_mismatch(h0, &first.display().to_string(), &h, &f.display().to_string()) {
+                    return Err(EvalError::Results { path: f.clone(), msg: format!("not from the same run: {why}") });
+                }
+                let same = comparable_run(&h0.run) == comparable_run(&h.run)
+                    && h0.num_images == h.num_images
+                    && h0.num_classes == h.num_classes;
                 if !same {
                     return Err(EvalError::Results {
                         path: f.clone(),
@@ -90,7 +128,13 @@ pub fn merge(files: &[PathBuf], out: &Path, class_names_opt: Option<Vec<String>>
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    write_atomic(out, &serde_json::to_string_pretty(&json).expect("serializable"))?;
+    crate::fsutil::write_output_bytes(
+        out,
+        force,
+        &inputs,
+        serde_json::to_string_pretty(&json).expect("serializable").as_bytes(),
+    )
+    .map_err(|e| EvalError::Results { path: out.to_path_buf(), msg: e.to_string() })?;
     let report = format_report(&metrics, &names);
     Ok(Outcome {
         totals,

@@ -55,9 +55,12 @@ pub mod tta;
 
 use std::path::{Path, PathBuf};
 
-pub use merge::merge;
+pub use merge::{merge, merge_with};
 pub use predict::{image_areas, predict, predict_with, Prediction, Progress};
-pub use results::{count_lines, read_records, read_results, sum_records, ImageRecord, ResultsHeader};
+pub use results::{
+    count_lines, identity_mismatch, read_records, read_results, sum_records, validate_record, ImageRecord,
+    ResultsHeader,
+};
 pub use run::{evaluate, format_report, results_path, Event, Outcome, ProgressFn, RunOptions};
 pub use settings::{EvalSettings, Preprocess, ResizeSpec, TestPipeline};
 pub use tta::{ms0_resize, MsFlip};
@@ -83,20 +86,20 @@ pub enum EvalError {
     TooSmall { path: String, h0: usize, w0: usize, h: usize, w: usize, ch: usize, cw: usize },
     #[error("image {img}: the annotation {ann} is {lh}x{lw}, the image {h}x{w} (after EXIF orientation)")]
     LabelShape { img: PathBuf, ann: PathBuf, h: usize, w: usize, lh: usize, lw: usize },
-    #[error("model on image {path}: {source}")]
-    Model {
-        path: String,
-        #[source]
-        source: crate::backend::BackendError,
-    },
+    #[error("model on image {path}: {err}")]
+    Model { path: String, err: crate::backend::BackendError },
+    #[error(
+        "image {path}: the model's seg_logits hold {nan} NaN and {inf} infinite values of {total} (first at class {class}, \
+         row {y}, column {x}); refusing to turn them into a prediction or metrics (check the weights and the config's \
+         eps / std values)"
+    )]
+    NonFinite { path: String, nan: usize, inf: usize, total: usize, class: usize, y: usize, x: usize },
+    #[error("image {path}: {msg}")]
+    TooLarge { path: String, msg: String },
     #[error("{path}: {msg}")]
     Results { path: PathBuf, msg: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
 }
 
 impl EvalError {
@@ -111,5 +114,5 @@ fn cfg_err<T>(msg: impl Into<String>) -> Result<T, EvalError> {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
-    move |source| EvalError::Io { path: path.to_path_buf(), source }
+    move |err| EvalError::Io { path: path.to_path_buf(), err }
 }

@@ -71,10 +71,12 @@ pub fn predict_with(
     let p = &settings.preprocess;
     let run = |x: &Array3<u8>| -> Result<Array4<f32>, EvalError> {
         let input = normalize(x.view(), &p.mean, &p.std, p.flip_channels).insert_axis(Axis(0));
-        let logits = model.seg_logits(input).map_err(|source| EvalError::Model { path: name.to_string(), source })?;
+        let logits = model.seg_logits(input).map_err(|err| EvalError::Model { path: name.to_string(), err })?;
+        check_finite(&logits, name)?;
         Ok(interpolate_bilinear(logits.view(), (h0, w0), settings.align_corners))
     };
     let plan = settings.plan((h0, w0));
+    check_memory(settings, &plan, (h0, w0), name)?;
     let mut resized_cache: Vec<((usize, usize), Array3<u8>)> = Vec::new();
     let mut resized_out = Vec::with_capacity(plan.len());
     let mut acc: Option<Array4<f32>> = None;
@@ -118,6 +120,63 @@ pub fn predict_with(
     }
     let pred = argmax_channels(seg4.view()).index_axis_move(Axis(0), 0);
     Ok(Prediction { seg: seg4.index_axis_move(Axis(0), 0), pred, resized: resized_out })
+}
+
+/// Refuses logits with NaN or infinite values (a broken checkpoint or config), naming the image
+/// and the first bad position: they would otherwise become a prediction and metrics.
+fn check_finite(logits: &Array4<f32>, name: &str) -> Result<(), EvalError> {
+    let (mut nan, mut inf) = (0usize, 0usize);
+    let mut first = None;
+    for ((_, c, y, x), &v) in logits.indexed_iter() {
+        if !v.is_finite() {
+            if v.is_nan() {
+                nan += 1;
+            } else {
+                inf += 1;
+            }
+            first.get_or_insert((c, y, x));
+        }
+    }
+    match first {
+        None => Ok(()),
+        Some((class, y, x)) => {
+            Err(EvalError::NonFinite { path: name.to_string(), nan, inf, total: logits.len(), class, y, x })
+        }
+    }
+}
+
+/// Refuses an image whose planned work (the resized inputs, their logits at the resized size and
+/// at the original size) would not fit the memory limit ([`crate::limits`]), before anything is
+/// allocated: a small PNG can declare 16000x16000 pixels, a config a Resize scale of 4e9.
+fn check_memory(
+    settings: &EvalSettings,
+    plan: &[((usize, usize), bool)],
+    (h0, w0): (usize, usize),
+    name: &str,
+) -> Result<(), EvalError> {
+    let c = settings.num_classes as f64;
+    let orig = (h0 as f64) * (w0 as f64);
+    let mut worst = 0.0f64;
+    let mut worst_size = (h0, w0);
+    for &((h, w), _) in plan {
+        let px = (h as f64) * (w as f64);
+        // uint8 image + float32 input + slide accumulators (logits and counts) at this size.
+        let need = 3.0 * px + 12.0 * px + 4.0 * (c + 1.0) * px;
+        if need > worst {
+            worst = need;
+            worst_size = (h, w);
+        }
+    }
+    // Logits at the original size (and the ms+flip sum), plus the argmax.
+    let total = worst + 4.0 * c * orig * if settings.aug.is_some() { 2.0 } else { 1.0 } + 8.0 * orig;
+    crate::limits::check_memory(
+        &format!(
+            "the {h0}x{w0} image resized to {}x{} (test pipeline Resize {:?}) with {} classes",
+            worst_size.0, worst_size.1, settings.pipeline.resize, settings.num_classes
+        ),
+        total,
+    )
+    .map_err(|msg| EvalError::TooLarge { path: name.to_string(), msg })
 }
 
 /// Per-image areas of `IoUMetric` for a prediction and the label map as stored on disk.

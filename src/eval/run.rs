@@ -1,14 +1,17 @@
 //! The evaluation loop: every image of a dataset (or of one shard) through [`predict`], one
 //! results line per image, resumable; the metrics of the whole run at the end.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs::OpenOptions;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::results::{read_results, skipped_and_evaluated, sum_records, ImageRecord, ResultsHeader, RESULTS_VERSION};
+use super::results::{
+    comparable_run, identity_mismatch, read_results, skipped_and_evaluated, sum_records, ImageRecord, ResultsHeader,
+    RESULTS_VERSION,
+};
 use super::{image_areas, io_err, predict_with, EvalError, EvalSettings};
 use crate::backend::Model;
 use crate::data::ade20k::{self, DatasetSpec, Shard, Skipped};
@@ -36,6 +39,10 @@ pub struct RunOptions {
     pub stop_after: Option<usize>,
     /// Class names for the table (default: ADE20K's when there are 150 classes).
     pub class_names: Option<Vec<String>>,
+    /// Replace existing files in `save_pred` (and a `metrics*.json` left by another run).
+    pub force: bool,
+    /// The command's input files (checkpoint, config): no output is ever written over them.
+    pub inputs: Vec<PathBuf>,
 }
 
 /// What a run (or a merge) produced.
@@ -113,10 +120,6 @@ fn report(opts: &RunOptions, e: Event<'_>) {
     }
 }
 
-pub(super) fn write_atomic(path: &Path, text: &str) -> Result<(), EvalError> {
-    crate::fsutil::replace_file_atomic(path, text.as_bytes()).map_err(io_err(path))
-}
-
 /// Builds the final JSON (the fixture format's `metrics` plus run information).
 pub(super) fn result_json(
     metrics: &Metrics,
@@ -168,34 +171,77 @@ pub fn evaluate(
         "img_dir": spec.img_dir, "ann_dir": spec.ann_dir, "img_suffix": spec.img_suffix, "seg_map_suffix": spec.seg_map_suffix,
         "listed": total, "stems_fnv1a64": format!("{stems_hash:016x}"),
     });
+    let ids = run_ids(settings, &run_identity, &listing, num_images, opts, &names, spec);
     let header = ResultsHeader {
         beit_seg_results: RESULTS_VERSION,
         run: json!({"identity": run_identity, "settings": settings, "dataset": dataset_id, "limit": opts.limit,
                     "skip_bad": opts.skip_bad, "classes": names}),
+        ids,
         num_images,
         num_classes: settings.num_classes,
         shard: opts.shard,
     };
-    // Compared as text: JSON numbers do not always survive a parse exactly (serde_json's fast
-    // float parser), but the same settings always print the same line.
     let header_line = serde_json::to_string(&header).expect("serializable");
     std::fs::create_dir_all(&opts.out_dir).map_err(io_err(&opts.out_dir))?;
     let rpath = results_path(&opts.out_dir, opts.shard);
+    let results_err = |msg: String| EvalError::Results { path: rpath.clone(), msg };
+    let inputs: Vec<&Path> = opts.inputs.iter().map(PathBuf::as_path).collect();
+    // The results file is this run's own (read back on resume), but never a device, a FIFO or
+    // one of the command's inputs.
+    match std::fs::metadata(&rpath) {
+        Ok(md) if !md.is_file() => {
+            return Err(results_err(format!("is {}, not a regular file", crate::fsutil::kind_of(&md))))
+        }
+        _ => {}
+    }
+    if let Some(i) = inputs.iter().find(|i| crate::fsutil::same_file(&rpath, i)) {
+        return Err(results_err(format!("is also an input of this command ({})", i.display())));
+    }
+    // A metrics file that no run of this results file wrote is kept unless --force (checked
+    // before the results file is created or anything is evaluated).
+    let metrics_path = opts.out_dir.join(format!("metrics{}.json", shard_suffix(opts.shard)));
+    let resumable = std::fs::metadata(&rpath).is_ok_and(|m| m.len() > 0);
+    crate::fsutil::check_output(&metrics_path, resumable || opts.force, &inputs)
+        .map_err(|e| EvalError::Results { path: metrics_path.clone(), msg: e.to_string() })?;
+    let mut file = {
+        let mut o = OpenOptions::new();
+        o.read(true).append(true).create(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.custom_flags(libc::O_NONBLOCK);
+        }
+        o.open(&rpath).map_err(io_err(&rpath))?
+    };
+    // One writer per results file: a second eval on the same --out (and shard) stops here.
+    if !crate::fsutil::try_lock(&file, true).map_err(io_err(&rpath))? {
+        return Err(results_err(
+            "another eval is writing this file (it is locked); wait for it to finish, or use another --out".into(),
+        ));
+    }
+    let existed = file.metadata().map_err(io_err(&rpath))?.len() > 0;
     let mut records: Vec<ImageRecord> = Vec::new();
-    if rpath.exists() {
-        let (_, recs, torn) = read_results(&rpath)?;
-        let first_line = first_line(&rpath)?;
-        if first_line != header_line {
-            return Err(EvalError::Results {
-                path: rpath,
-                msg: "this results file is from a run with different settings (model, checkpoint, data, limit, shard or options); \
-                      remove it or choose another --out directory"
+    if existed {
+        let (old, recs, torn) = read_results(&rpath)?;
+        if let Some(why) = identity_mismatch(&old, "the file", &header, "this run") {
+            return Err(results_err(format!(
+                "this results file is from another run ({why}); remove it or choose another --out directory"
+            )));
+        }
+        // Both sides through the same print and parse, so that float printing cannot differ.
+        let same = comparable_run(&old.run) == comparable_run(&as_written(header.run.clone()))
+            && old.num_images == header.num_images
+            && old.num_classes == header.num_classes
+            && old.shard == header.shard;
+        if !same {
+            return Err(results_err(
+                "this results file is from a run with different settings (model, checkpoint, data, limit, shard or options); \
+                 remove it or choose another --out directory"
                     .into(),
-            });
+            ));
         }
         if let Some(len) = torn {
-            let f = OpenOptions::new().write(true).open(&rpath).map_err(io_err(&rpath))?;
-            f.set_len(len).map_err(io_err(&rpath))?;
+            file.set_len(len).map_err(io_err(&rpath))?;
             report(
                 opts,
                 Event::Note(format!("{}: dropped an incomplete last line (interrupted write)", rpath.display())),
@@ -203,10 +249,7 @@ pub fn evaluate(
         }
         for r in &recs {
             if !in_run(r.index) {
-                return Err(EvalError::Results {
-                    path: rpath.clone(),
-                    msg: format!("image index {} ({}) does not belong to this run", r.index, r.stem),
-                });
+                return Err(results_err(format!("image index {} ({}) does not belong to this run", r.index, r.stem)));
             }
         }
         records = recs;
@@ -217,9 +260,8 @@ pub fn evaluate(
             );
         }
     } else {
-        let mut f = File::create(&rpath).map_err(io_err(&rpath))?;
-        writeln!(f, "{header_line}").map_err(io_err(&rpath))?;
-        f.sync_data().map_err(io_err(&rpath))?;
+        writeln!(file, "{header_line}").map_err(io_err(&rpath))?;
+        file.sync_data().map_err(io_err(&rpath))?;
     }
     sum_records(&records, settings.num_classes).map_err(|msg| EvalError::Results { path: rpath.clone(), msg })?;
     let done: std::collections::BTreeSet<usize> = records.iter().map(|r| r.index).collect();
@@ -235,7 +277,20 @@ pub fn evaluate(
     work.retain(|(i, _)| in_run(*i) && !done.contains(i));
     let planned = (0..num_images).filter(|&i| in_run(i)).count();
 
-    let mut file = OpenOptions::new().append(true).open(&rpath).map_err(io_err(&rpath))?;
+    if let (Some(dir), false) = (&opts.save_pred, opts.force) {
+        // Existing prediction PNGs are refused before any image is evaluated.
+        for (_, w) in &work {
+            if let Work::Image(s) = w {
+                let p = dir.join(format!("{}.png", s.stem));
+                if std::fs::symlink_metadata(&p).is_ok() {
+                    return Err(EvalError::Results {
+                        path: p,
+                        msg: "already exists (pass --force to replace the --save-pred files)".into(),
+                    });
+                }
+            }
+        }
+    }
     report(opts, Event::Start { planned, recorded: records.len() });
     let mut stopped = false;
     for (new_images, (index, w)) in work.iter().enumerate() {
@@ -290,8 +345,14 @@ pub fn evaluate(
     };
     let json = as_written(result_json(&metrics, &header, evaluated, &skipped, &names, partial.as_deref()));
     let metrics_path = if complete {
-        let p = opts.out_dir.join(format!("metrics{}.json", shard_suffix(opts.shard)));
-        write_atomic(&p, &serde_json::to_string_pretty(&json).expect("serializable"))?;
+        let p = metrics_path;
+        crate::fsutil::write_output_bytes(
+            &p,
+            true,
+            &inputs,
+            serde_json::to_string_pretty(&json).expect("serializable").as_bytes(),
+        )
+        .map_err(io_err(&p))?;
         Some(p)
     } else {
         None
@@ -300,11 +361,55 @@ pub fn evaluate(
     Ok(Outcome { totals, metrics, evaluated, skipped, complete, results_path: rpath, metrics_path, json, report })
 }
 
-fn first_line(path: &Path) -> Result<String, EvalError> {
-    let f = File::open(path).map_err(io_err(path))?;
-    let mut line = String::new();
-    BufReader::new(f).read_line(&mut line).map_err(io_err(path))?;
-    Ok(line.trim_end_matches('\n').to_string())
+/// The content identities of a run ([`ResultsHeader::ids`]).
+fn run_ids(
+    settings: &EvalSettings,
+    run_identity: &Value,
+    listing: &ade20k::Listing,
+    num_images: usize,
+    opts: &RunOptions,
+    names: &[String],
+    spec: &DatasetSpec,
+) -> std::collections::BTreeMap<String, String> {
+    use crate::weights::sha256_hex;
+    let text = |v: &Value| serde_json::to_string(v).expect("serializable");
+    let checkpoint = run_identity
+        .pointer("/checkpoint/sha256")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| sha256_hex(text(run_identity).as_bytes()));
+    let config = sha256_hex(text(run_identity.get("model").unwrap_or(run_identity)).as_bytes());
+    // The data: every image of the run by relative name, with the sizes of its image and
+    // annotation files (not the root path, so shards may run where the data is mounted
+    // elsewhere; a changed file of another size is a different data set).
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len().to_string()).unwrap_or_else(|_| "-".into());
+    let mut rows: Vec<(usize, String)> = listing
+        .samples
+        .iter()
+        .map(|s| (s.index, format!("{}\t{}\t{}", s.stem, size(&s.img_path), size(&s.ann_path))))
+        .collect();
+    rows.extend(listing.skipped.iter().map(|s| (s.index, format!("{}\t{}\tmissing", s.stem, size(&s.path)))));
+    rows.sort();
+    let mut data = format!("{}\t{}\t{}\t{}\n", spec.img_dir, spec.ann_dir, spec.img_suffix, spec.seg_map_suffix);
+    for (_, r) in rows.iter().take(num_images) {
+        data.push_str(r);
+        data.push('\n');
+    }
+    let pipeline = text(&json!({"settings": settings, "classes": names}));
+    let options = text(&json!({
+        "limit": opts.limit, "skip_bad": opts.skip_bad,
+        "backend": run_identity.get("backend"), "jpeg_decoder": run_identity.get("jpeg_decoder"),
+    }));
+    [
+        ("checkpoint", checkpoint),
+        ("config", config),
+        ("data", sha256_hex(data.as_bytes())),
+        ("pipeline", sha256_hex(pipeline.as_bytes())),
+        ("options", sha256_hex(options.as_bytes())),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 /// The JSON as it will read back from the file (numbers parsed from their text).
@@ -344,7 +449,9 @@ fn eval_one(
     let p = predict_with(settings, model, img.view(), &s.img_path.display().to_string(), &progress)?;
     if let Some(dir) = &opts.save_pred {
         let vals = image::labels_to_png_values(p.pred.view(), settings.pipeline.reduce_zero_label);
-        image::write_label_png(&dir.join(format!("{}.png", s.stem)), vals.view())?;
+        let mut inputs: Vec<&Path> = opts.inputs.iter().map(PathBuf::as_path).collect();
+        inputs.extend([s.img_path.as_path(), s.ann_path.as_path()]);
+        image::write_label_png_to(&dir.join(format!("{}.png", s.stem)), vals.view(), opts.force, &inputs)?;
     }
     Ok(([h, w], image_areas(&p.pred, &label, settings.pipeline.reduce_zero_label, settings.num_classes)))
 }

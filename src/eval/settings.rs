@@ -95,6 +95,16 @@ impl Preprocess {
                 std.len()
             ));
         }
+        for (i, (&m, &sd)) in mean.iter().zip(&std).enumerate() {
+            if !m.is_finite() {
+                return cfg_err(format!("model.data_preprocessor.mean[{i}]: must be a finite number, got {m}"));
+            }
+            if !(sd.is_finite() && sd > 0.0) {
+                return cfg_err(format!(
+                    "model.data_preprocessor.std[{i}]: must be a finite number > 0, got {sd} (the input is divided by it)"
+                ));
+            }
+        }
         Ok(Preprocess { mean, std, flip_channels: flip })
     }
 }

@@ -36,17 +36,16 @@ use ndarray::{Array2, Array3};
 
 pub use exif::{apply_orientation, exif_orientation};
 pub use jpeg::{jpeg_decoder_is_exact, jpeg_decoder_name, jpeg_decoder_warning, MAX_PIXELS, MAX_SIDE};
-pub use write::{colorize, labels_to_png_values, overlay, palette, write_label_png, write_rgb_png, ADE20K_PALETTE};
+pub use write::{
+    colorize, labels_to_png_values, overlay, palette, write_label_png, write_label_png_to, write_rgb_png,
+    write_rgb_png_to, ADE20K_PALETTE,
+};
 
 /// A problem with an image file; always names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("{path}: cannot read: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: cannot read: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{path}: cannot decode image: {msg}")]
     Decode { path: PathBuf, msg: String },
     #[error("{path}: not a usable label map: {msg}")]
@@ -77,8 +76,12 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
     }
 }
 
+/// The largest image file read: 2 GiB (OpenCV's pixel limit bounds the decoded size).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 2 << 30;
+
 fn read_file(path: &Path) -> Result<Vec<u8>, ImageError> {
-    std::fs::read(path).map_err(|source| ImageError::Io { path: path.to_path_buf(), source })
+    crate::fsutil::read_regular(path, MAX_IMAGE_FILE_BYTES)
+        .map_err(|err| ImageError::Io { path: path.to_path_buf(), err })
 }
 
 /// Reads and decodes a colour image file as `cv2.imread(path, IMREAD_COLOR)`: BGR, H×W×3.

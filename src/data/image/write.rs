@@ -6,7 +6,15 @@ use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 
 use super::ImageError;
 
-fn write_png(path: &Path, w: usize, h: usize, color: png::ColorType, data: &[u8]) -> Result<(), ImageError> {
+fn write_png(
+    path: &Path,
+    w: usize,
+    h: usize,
+    color: png::ColorType,
+    data: &[u8],
+    force: bool,
+    inputs: &[&Path],
+) -> Result<(), ImageError> {
     let werr = |e: &dyn std::fmt::Display| ImageError::Write { path: path.to_path_buf(), msg: e.to_string() };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| werr(&e))?;
@@ -20,26 +28,42 @@ fn write_png(path: &Path, w: usize, h: usize, color: png::ColorType, data: &[u8]
         wr.write_image_data(data).map_err(|e| werr(&e))?;
         wr.finish().map_err(|e| werr(&e))?;
     }
-    // Atomic: a temporary file beside the target, then a rename.
-    let tmp = path.with_extension("png.tmp-beit-seg");
-    std::fs::write(&tmp, &bytes).map_err(|e| werr(&e))?;
-    std::fs::rename(&tmp, path).map_err(|e| werr(&e))
+    // Atomic, never over a device / FIFO or an input (crate::fsutil::write_output).
+    crate::fsutil::write_output_bytes(path, force, inputs, &bytes).map_err(|e| werr(&e))
 }
 
 /// Writes an 8-bit greyscale PNG (a label map; read back identically by Pillow and
-/// [`read_label`]).
+/// [`read_label`]), replacing an existing regular file.
 pub fn write_label_png(path: &Path, labels: ArrayView2<u8>) -> Result<(), ImageError> {
-    let (h, w) = labels.dim();
-    let data: Vec<u8> = labels.iter().copied().collect();
-    write_png(path, w, h, png::ColorType::Grayscale, &data)
+    write_label_png_to(path, labels, true, &[])
 }
 
-/// Writes an H×W×3 RGB image as an 8-bit PNG.
+/// [`write_label_png`] as a command's output: an existing file only with `force`, never one of
+/// `inputs` (see [`crate::fsutil::write_output`]).
+pub fn write_label_png_to(
+    path: &Path,
+    labels: ArrayView2<u8>,
+    force: bool,
+    inputs: &[&Path],
+) -> Result<(), ImageError> {
+    let (h, w) = labels.dim();
+    let data: Vec<u8> = labels.iter().copied().collect();
+    write_png(path, w, h, png::ColorType::Grayscale, &data, force, inputs)
+}
+
+/// Writes an H×W×3 RGB image as an 8-bit PNG, replacing an existing regular file.
 pub fn write_rgb_png(path: &Path, rgb: ArrayView3<u8>) -> Result<(), ImageError> {
+    write_rgb_png_to(path, rgb, true, &[])
+}
+
+/// [`write_rgb_png`] as a command's output (see [`write_label_png_to`]).
+pub fn write_rgb_png_to(path: &Path, rgb: ArrayView3<u8>, force: bool, inputs: &[&Path]) -> Result<(), ImageError> {
     let (h, w, c) = rgb.dim();
-    assert_eq!(c, 3, "write_rgb_png: expected 3 channels");
+    if c != 3 {
+        return Err(ImageError::Write { path: path.to_path_buf(), msg: format!("expected 3 channels, got {c}") });
+    }
     let data: Vec<u8> = rgb.iter().copied().collect();
-    write_png(path, w, h, png::ColorType::Rgb, &data)
+    write_png(path, w, h, png::ColorType::Rgb, &data, force, inputs)
 }
 
 /// Predicted class indices as saved label PNGs: class `c` is stored as `c + 1` when
