@@ -8,11 +8,13 @@
 #     fixtures/generate.py --check (MMSegmentation regenerates every fixture and must reproduce
 #     the committed files); our .pth/.safetensors/.npz writers read back by torch.load and numpy;
 #     fixtures/sweep.py writes unseen MMSegmentation cases that verify must pass; the capture
-#     helper's tests; the peers (HF transformers, timm, ONNX Runtime) through verify --candidate
-#     must reproduce docs/peers.md (scripts/peers/run.sh --check).
+#     helper's tests and `pip install ./python` into a throwaway venv; the peers (HF transformers,
+#     timm, ONNX Runtime) through verify --candidate must reproduce docs/peers.md
+#     (scripts/peers/run.sh --check).
 #     BEIT_SEG_SKIP_PY=1 skips this step on a machine without network.
-#  5. the libtorch backend (--features tch) against every bundled case, its differential tests,
-#     and clippy with the feature. BEIT_SEG_SKIP_TCH=1 skips it.
+#  5. the libtorch backend (--features tch) against every bundled case, in bf16 and fp16 against
+#     every half-precision twin, its differential tests, and clippy with the feature.
+#     BEIT_SEG_SKIP_TCH=1 skips it.
 #  6. the `blas` build (system OpenBLAS + LAPACK; apt libopenblas-dev, installed if missing)
 #     against every bundled case at the same tolerances. BEIT_SEG_SKIP_BLAS=1 skips it.
 set -euo pipefail
@@ -41,6 +43,7 @@ if [ "${BEIT_SEG_SKIP_PY:-0}" != "1" ]; then
   "$venv/bin/python" fixtures/sweep.py --out "$sweep/cases"
   "$bin" verify --quiet "$sweep/cases"
   "$venv/bin/python" python/tests/test_capture.py
+  bash scripts/check_capture_install.sh "$venv/bin/python"
   BEIT_SEG="$bin" VENV="$venv" scripts/peers/run.sh --check
 fi
 
@@ -49,6 +52,10 @@ if [ "${BEIT_SEG_SKIP_TCH:-0}" != "1" ] && [ "${BEIT_SEG_SKIP_PY:-0}" != "1" ]; 
   export LIBTORCH_USE_PYTORCH=1 PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="${BEIT_SEG_TCH_TARGET:-target/tch}"
   cargo test --release --features tch --test fast
   cargo run --release --quiet --features tch -- verify --quiet --backend tch --device cpu fixtures/
+  # Half precision: judged on the half-precision twins against MMSegmentation's own error.
+  for p in bf16 fp16; do
+    cargo run --release --quiet --features tch -- verify --quiet --backend tch --precision "$p" fixtures/
+  done
   cargo clippy --release --features tch --all-targets --quiet -- -D warnings
 fi
 
