@@ -259,6 +259,8 @@ pub fn ratio_text(r: f64) -> String {
         "inf".into()
     } else if r.is_nan() {
         "-".into()
+    } else if r == 0.0 {
+        "0".into()
     } else if r != 0.0 && !(1e-2..1e3).contains(&r) {
         format!("{r:.1e}")
     } else {
