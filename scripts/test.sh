@@ -66,3 +66,18 @@ if [ "${BEIT_SEG_SKIP_BLAS:-0}" != "1" ]; then
   fi
   CARGO_TARGET_DIR="${BEIT_SEG_BLAS_TARGET:-target/blas}" cargo run --release --quiet --features blas -- verify --quiet fixtures/
 fi
+
+# --- 7. (appended; owned by scripts/slurm-check.sh) -------------------------------------------
+#  7. the Slurm recipe of docs/evaluation.md for real: a one-node Slurm cluster started here
+#     (apt slurm-wlm + munge, installed if missing; root only, else skipped), an array job of
+#     `eval --shard K/3` with one task killed and requeued (it resumes), `merge` equal to one
+#     unsharded run, a shard of another checkpoint refused. BEIT_SEG_SKIP_SLURM=1 skips it.
+if [ "${BEIT_SEG_SKIP_SLURM:-0}" != "1" ]; then
+  step "7. shards on a real Slurm cluster: one task killed and requeued, merge = one run"
+  # Step 5 exports CARGO_TARGET_DIR for the libtorch build; this step uses the default build.
+  slurm_target="${CARGO_TARGET_DIR:-target}"
+  if [ "$slurm_target" = "${BEIT_SEG_TCH_TARGET:-target/tch}" ]; then slurm_target=target; fi
+  CARGO_TARGET_DIR="$slurm_target" cargo build --release --quiet
+  bin="$slurm_target/release/beit-seg"
+  bash scripts/slurm-check.sh "$bin"
+fi
