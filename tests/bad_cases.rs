@@ -128,3 +128,34 @@ fn huge_names_do_not_panic_the_report() {
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("xxx...") && !text.contains(&long), "the name is cut in the table");
 }
+
+#[test]
+fn save_outputs_never_overwrites_silently_and_two_cases_of_one_name_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("saved");
+    let run = |extra: &[&str], cases: &[&Path]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_beit-seg"));
+        c.args(["verify", "--quiet", "--save-outputs"]).arg(&out).args(extra).args(cases);
+        let o = c.output().unwrap();
+        (o.status.code(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    };
+    let case = fixture("metric-basic");
+    let slide = fixture("slide-b2");
+    let (code, text) = run(&[], &[&slide]);
+    assert_eq!(code, Some(0), "{text}");
+    let saved = out.join("slide-b2/seg_logits.npy");
+    let before = std::fs::read(&saved).unwrap();
+    // A second run over the same folder: refused without --force, the file unchanged.
+    let (code, text) = run(&[], &[&slide]);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(text.contains("already exists") && text.contains("--force"), "{text}");
+    assert_eq!(std::fs::read(&saved).unwrap(), before);
+    let (code, text) = run(&["--force"], &[&slide]);
+    assert_eq!(code, Some(0), "{text}");
+    // Two case directories with the same `name`: refused before anything runs.
+    let twin = tmp.path().join("copy");
+    copy_dir(&case, &twin);
+    let (code, text) = run(&["--force"], &[&case, &twin]);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("two cases are named `metric-basic`"), "{text}");
+}

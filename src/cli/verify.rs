@@ -60,7 +60,8 @@ pub struct VerifyArgs {
     /// Write a JUnit XML report to FILE.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
-    /// Replace existing --json / --junit files (never a device, FIFO or an input of the run).
+    /// Replace existing --json / --junit / --save-outputs files (never a device, FIFO or an input
+    /// of the run).
     #[arg(long)]
     pub force: bool,
     /// Run (or, with --candidate, compare) float64 cases in float32 with the fp32 tolerance
@@ -136,7 +137,25 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
         precision: a.candidate.as_ref().map(|_| a.backend.precision),
         strict: a.strict,
         save_outputs: a.save_outputs.clone(),
+        force: a.force,
     };
+    // Two cases of one name would share a candidate subfolder, or overwrite each other's
+    // --save-outputs: refuse before running.
+    if a.save_outputs.is_some() || (a.candidate.is_some() && cases.len() > 1) {
+        let mut seen: std::collections::BTreeMap<String, &PathBuf> = Default::default();
+        for (d, c) in &cases {
+            let Some(c) = c else { continue };
+            if let Some(first) = seen.insert(c.name.clone(), d) {
+                bail!(
+                    "two cases are named `{}` ({} and {}): their candidate / --save-outputs folders would be one; \
+                     rename one (case.json `name`) or run them separately",
+                    c.name,
+                    first.display(),
+                    d.display()
+                );
+            }
+        }
+    }
     let backend_box;
     let source;
     let target = match &a.candidate {

@@ -277,44 +277,61 @@ fn read_metrics(path: &Path) -> Result<Option<Value>, CandidateError> {
 }
 
 /// Writes `tensors` as `dir/<name>.npy` (and `metrics` as `dir/metrics.json`): the candidate
-/// layout, for `verify --save-outputs`.
+/// layout. Existing regular files are replaced (never a device, FIFO or directory); for building
+/// candidates in tests and tools. `verify --save-outputs` uses [`save_outputs_to`].
 pub fn save_outputs(dir: &Path, tensors: &[(String, AnyArray)], metrics: Option<&Value>) -> Result<(), CandidateError> {
+    save_outputs_to(dir, tensors, metrics, true, &[])
+}
+
+/// [`save_outputs`] as an output of a command: each file written atomically, over an existing
+/// file only with `force`, never over a non-regular file or one of `inputs`
+/// ([`crate::fsutil::write_output`]). A name that is not a plain file name (`/`, `..`) is refused.
+pub fn save_outputs_to(
+    dir: &Path,
+    tensors: &[(String, AnyArray)],
+    metrics: Option<&Value>,
+    force: bool,
+    inputs: &[&Path],
+) -> Result<(), CandidateError> {
     let bad = |p: &Path, e: &dyn std::fmt::Display| CandidateError::Bad { path: p.to_path_buf(), msg: e.to_string() };
     std::fs::create_dir_all(dir).map_err(|e| bad(dir, &e))?;
     for (name, a) in tensors {
+        if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." || name.len() > 240 {
+            return Err(bad(dir, &format!("output name {:?} cannot be a file name", super::report::clip(name, 80))));
+        }
         let path = dir.join(format!("{name}.npy"));
-        write_npy(&path, a).map_err(|e| bad(&path, &e))?;
+        crate::fsutil::write_output(&path, force, inputs, |f| write_npy(std::io::BufWriter::new(f), a))
+            .map_err(|e| bad(&path, &e))?;
     }
     if let Some(m) = metrics {
         let path = dir.join("metrics.json");
         let text = serde_json::to_string_pretty(m).map_err(|e| bad(&path, &e))?;
-        std::fs::write(&path, text).map_err(|e| bad(&path, &e))?;
+        crate::fsutil::write_output_bytes(&path, force, inputs, text.as_bytes()).map_err(|e| bad(&path, &e))?;
     }
     Ok(())
 }
 
-/// One `.npy` file (C order) through `npyz`.
-fn write_npy(path: &Path, a: &AnyArray) -> std::io::Result<()> {
+/// One `.npy` (C order) through `npyz`.
+fn write_npy<W: std::io::Write>(w: W, a: &AnyArray) -> std::io::Result<()> {
     use npyz::WriterBuilder;
-    fn put<T: npyz::Serialize + npyz::AutoSerialize + Clone>(
-        path: &Path,
+    fn put<T: npyz::Serialize + npyz::AutoSerialize + Clone, W: std::io::Write>(
+        w: W,
         shape: &[usize],
         data: impl Iterator<Item = T>,
     ) -> std::io::Result<()> {
-        let file = std::io::BufWriter::new(std::fs::File::create(path)?);
         let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-        let mut w = npyz::WriteOptions::new().default_dtype().shape(&dims).writer(file).begin_nd()?;
+        let mut w = npyz::WriteOptions::new().default_dtype().shape(&dims).writer(w).begin_nd()?;
         for v in data {
             w.push(&v)?;
         }
         w.finish()
     }
     match a {
-        AnyArray::F32(x) => put(path, x.shape(), x.iter().copied()),
-        AnyArray::F64(x) => put(path, x.shape(), x.iter().copied()),
-        AnyArray::I64(x) => put(path, x.shape(), x.iter().copied()),
-        AnyArray::I32(x) => put(path, x.shape(), x.iter().copied()),
-        AnyArray::U8(x) => put(path, x.shape(), x.iter().copied()),
-        AnyArray::Bool(x) => put(path, x.shape(), x.iter().copied()),
+        AnyArray::F32(x) => put(w, x.shape(), x.iter().copied()),
+        AnyArray::F64(x) => put(w, x.shape(), x.iter().copied()),
+        AnyArray::I64(x) => put(w, x.shape(), x.iter().copied()),
+        AnyArray::I32(x) => put(w, x.shape(), x.iter().copied()),
+        AnyArray::U8(x) => put(w, x.shape(), x.iter().copied()),
+        AnyArray::Bool(x) => put(w, x.shape(), x.iter().copied()),
     }
 }

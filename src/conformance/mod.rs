@@ -64,6 +64,8 @@ pub struct VerifyOptions {
     pub strict: bool,
     /// Also write what our backend produced as a candidate directory (`DIR/<case>/<name>.npy`).
     pub save_outputs: Option<PathBuf>,
+    /// `--save-outputs` may replace existing (regular) files.
+    pub force: bool,
 }
 
 /// Why a case could not be checked.
@@ -193,7 +195,13 @@ pub fn run_case(case: &Case, target: &Target<'_>, opts: &VerifyOptions) -> CaseR
                 }
             }
             if let (Some(dir), Some(produced)) = (&opts.save_outputs, out.produced) {
-                if let Err(e) = candidate::save_outputs(&dir.join(&case.name), &produced, out.produced_metrics.as_ref())
+                // Never over a file of the case itself.
+                let mut case_files: Vec<PathBuf> = case.outputs.iter().map(|(_, f)| case.dir.join(f)).collect();
+                case_files.push(case.dir.join("case.json"));
+                let inputs: Vec<&Path> = case_files.iter().map(PathBuf::as_path).collect();
+                let to = dir.join(&case.name);
+                if let Err(e) =
+                    candidate::save_outputs_to(&to, &produced, out.produced_metrics.as_ref(), opts.force, &inputs)
                 {
                     rep.status = CaseStatus::Error;
                     rep.message = Some(format!("--save-outputs: {e}"));

@@ -69,6 +69,12 @@ pub struct ResultsHeader {
 
 pub(super) const RESULTS_VERSION: u32 = 2;
 
+/// Memory `merge` needs per image of a run (which files record it, the missing ones) and per
+/// class (totals, metrics, names, the result JSON and table), generously: a header's run size is
+/// checked against the memory limit with these before anything is allocated for it.
+const RUN_BYTES_PER_IMAGE: f64 = 16.0;
+const RUN_BYTES_PER_CLASS: f64 = 1024.0;
+
 /// The identities of [`ResultsHeader::ids`], in the order they are compared, with their names.
 const IDS: [(&str, &str); 5] = [
     ("checkpoint", "checkpoint (weights)"),
@@ -216,6 +222,13 @@ pub fn read_results(path: &Path) -> Result<(ResultsHeader, Vec<ImageRecord>, Opt
                             h.beit_seg_results
                         )));
                     }
+                    // `merge` allocates per image of the run and per class (coverage, totals,
+                    // metrics, the JSON): a header claiming 1e18 images aborted it.
+                    crate::limits::check_memory(
+                        &format!("line 1: a run of {} images and {} classes", h.num_images, h.num_classes),
+                        h.num_images as f64 * RUN_BYTES_PER_IMAGE + h.num_classes as f64 * RUN_BYTES_PER_CLASS,
+                    )
+                    .map_err(bad)?;
                     header = Some(h);
                 } else {
                     let r: ImageRecord = serde_json::from_value(v)
