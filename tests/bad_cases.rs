@@ -159,3 +159,25 @@ fn save_outputs_never_overwrites_silently_and_two_cases_of_one_name_are_refused(
     assert_eq!(code, Some(3), "{text}");
     assert!(text.contains("two cases are named `metric-basic`"), "{text}");
 }
+
+#[cfg(unix)]
+#[test]
+fn a_case_json_or_candidate_file_that_is_a_device_or_fifo_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    // case.json -> /dev/zero: an error naming it, not an unbounded read.
+    let dir = tmp.path().join("zero");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.join("case.json")).unwrap();
+    let e = Case::load(&dir).unwrap_err().to_string();
+    assert!(e.contains("case.json"), "{e}");
+    // A candidate's metrics.json that is a FIFO: an error, and nothing blocks.
+    let cand = tmp.path().join("cand");
+    std::fs::create_dir(&cand).unwrap();
+    let st = std::process::Command::new("mkfifo").arg(cand.join("metrics.json")).status().unwrap();
+    assert!(st.success());
+    let case = Case::load(&fixture("metric-basic")).unwrap();
+    let source = CandidateSource { root: cand, names: None };
+    let r = run_case(&case, &Target::Candidate { source: &source, single: true }, &VerifyOptions::default());
+    assert_eq!(r.status, CaseStatus::Error, "{:?}", r.message);
+    assert!(r.message.unwrap().contains("metrics.json"));
+}

@@ -260,10 +260,11 @@ fn read_raw(location: &Path) -> Result<RawCandidate, CandidateError> {
 }
 
 fn read_metrics(path: &Path) -> Result<Option<Value>, CandidateError> {
-    if !path.is_file() {
+    // Absent: no metrics. Present but not a regular file (a FIFO, a device): an error.
+    if std::fs::symlink_metadata(path).is_err() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path)
+    let text = crate::fsutil::read_regular_to_string(path, crate::fsutil::MAX_TEXT_BYTES)
         .map_err(|e| CandidateError::Bad { path: path.to_path_buf(), msg: e.to_string() })?;
     let v: Value = serde_json::from_str(&text)
         .map_err(|e| CandidateError::Bad { path: path.to_path_buf(), msg: format!("invalid JSON: {e}") })?;

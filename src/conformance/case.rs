@@ -166,7 +166,8 @@ impl Case {
     /// Reads `case.json` in `dir`.
     pub fn load(dir: &Path) -> Result<Case, CaseError> {
         let path = dir.join("case.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| CaseError::Io(format!("{}: {e}", path.display())))?;
+        let text = crate::fsutil::read_regular_to_string(&path, crate::fsutil::MAX_TEXT_BYTES)
+            .map_err(|e| CaseError::Io(format!("{}: {e}", path.display())))?;
         Self::parse(&text, dir)
     }
 
