@@ -178,6 +178,9 @@ pub(crate) fn refuse_duplicate_entries<R: Read + io::Seek>(
     zip::ZipArchive::new(r).map_err(|e| describe_zip_error(&e))
 }
 
+/// Brackets a `.npy` header may nest (see [`parse_npy`]).
+const MAX_NPY_HEADER_DEPTH: usize = 4;
+
 /// Parses one `.npy` stream (C or Fortran order, either endianness).
 pub fn parse_npy(bytes: &[u8], path: &Path, entry: Option<&str>) -> Result<AnyArray, ArrayError> {
     let bad = |msg: String| ArrayError::BadNpy { path: path.to_path_buf(), entry: entry.map(str::to_string), msg };
@@ -198,6 +201,24 @@ pub fn parse_npy(bytes: &[u8], path: &Path, entry: Option<&str>) -> Result<AnyAr
             )));
         }
         data_start = Some(start + hlen);
+        // npyz's header parser (py_literal, a PEG parser) backtracks exponentially in nested
+        // dicts: a 218-byte header opening 90 `{` did not return (a timeout found by fuzzing;
+        // 12 took over a minute). A header is one dict holding a dtype string, a bool and a
+        // shape tuple (brackets 2 deep); more than 4 is refused before it is parsed.
+        let mut depth = 0usize;
+        for &b in &bytes[start as usize..(start + hlen) as usize] {
+            match b {
+                b'{' | b'[' | b'(' => depth += 1,
+                b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            if depth > MAX_NPY_HEADER_DEPTH {
+                return Err(bad(format!(
+                    "the header nests brackets more than {MAX_NPY_HEADER_DEPTH} deep (a .npy header is one dict \
+                     with a shape tuple): not a .npy array this reader parses"
+                )));
+            }
+        }
     }
     let npy = NpyFile::new(bytes).map_err(|e| bad(e.to_string()))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();

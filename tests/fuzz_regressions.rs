@@ -57,3 +57,36 @@ fn results_headers_of_real_run_sizes_pass_the_check() {
         assert_eq!((h.num_images, h.num_classes, records.len(), torn), (images, classes, 0, None));
     }
 }
+
+/// A `.npy` header opening 90 nested `{` (218 bytes, cargo-fuzz `npy_reader`, a timeout) sent
+/// npyz's header parser into exponential backtracking (12 levels took over a minute): a header
+/// nesting brackets more than 4 deep is now refused before it is parsed, alone and as an `.npz`
+/// entry. Real headers (2 deep) still parse.
+#[test]
+fn npy_headers_nesting_deeply_are_refused_at_once() {
+    use std::io::Write;
+    for f in inputs("npy_reader") {
+        let bytes = std::fs::read(&f).unwrap();
+        let t = std::time::Instant::now();
+        let err = beit_seg::array::parse_npy(&bytes, &f, None).unwrap_err().to_string();
+        assert!(err.contains("nests brackets more than 4 deep"), "{}: {err}", f.display());
+        let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        z.start_file("a.npy", zip::write::SimpleFileOptions::default()).unwrap();
+        z.write_all(&bytes).unwrap();
+        let npz = z.finish().unwrap().into_inner();
+        let err = beit_seg::array::parse_npz(&npz, Path::new("nested.npz")).unwrap_err().to_string();
+        assert!(err.contains("nests brackets more than 4 deep"), "{}: {err}", f.display());
+        assert!(t.elapsed().as_secs_f64() < 5.0, "{}: {:?}", f.display(), t.elapsed());
+    }
+    let mut header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 1), }".to_vec();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(b' ');
+    }
+    header.push(b'\n');
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    npy.extend_from_slice(&header);
+    npy.extend_from_slice(&[0, 0, 128, 63, 0, 0, 0, 64]);
+    let a = beit_seg::array::parse_npy(&npy, Path::new("ok.npy"), None).unwrap();
+    assert!(matches!(&a, beit_seg::array::AnyArray::F32(x) if x.shape() == [2, 1] && x[[1, 0]] == 2.0), "{a:?}");
+}
