@@ -129,10 +129,11 @@ fn cuda_without_a_gpu_is_a_clear_error() {
     if tch::Cuda::is_available() {
         return;
     }
-    let err = TchBackend::from_names("cuda", "fp32").err().expect("no GPU here").to_string();
+    let fp32 = beit_seg::Precision::Fp32;
+    let err = TchBackend::from_names("cuda", fp32).err().expect("no GPU here").to_string();
     assert!(err.contains("no CUDA device"), "{err}");
-    assert!(TchBackend::from_names("tpu", "fp32").is_err());
-    assert!(TchBackend::from_names("cpu", "fp8").is_err());
+    assert!(TchBackend::from_names("tpu", fp32).is_err());
+    assert!(beit_seg::Precision::parse("fp8").is_err());
 }
 
 /// The tch Winograd F(2x2, 3x3) convolution equals `F.conv2d` (oneDNN's direct convolution)
