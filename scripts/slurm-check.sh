@@ -88,7 +88,8 @@ bad() {
     say "FAIL: $*"
 }
 finish() {
-    say "$pass passed, $fail failed ($((SECONDS - start_s)) s)"
+    say "took $((SECONDS - start_s)) s"
+    say "$pass passed, $fail failed"
     [ "$fail" = 0 ]
     exit
 }
