@@ -22,6 +22,7 @@ pub mod array;
 )]
 pub mod checkpoint;
 pub mod config;
+pub mod device;
 pub mod float;
 pub mod fsutil;
 pub mod limits;
@@ -71,4 +72,5 @@ pub mod metrics;
 )]
 pub mod cli;
 
+pub use device::Device;
 pub use float::{Dtype, Float, Precision};

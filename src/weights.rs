@@ -100,14 +100,14 @@ impl<T: Float> WeightStore<T> {
         v
     }
 
-    /// Every float tensor the model asked for, `(key, shape)` in construction order: the
-    /// parameter list of a model (see `EncoderDecoder::parameter_shapes`).
     /// Whether the store was built without any tensor (it can only collect requests, as
     /// `parameter_shapes` does, or fail in `finish`).
     pub fn is_empty(&self) -> bool {
         self.empty
     }
 
+    /// Every float tensor the model asked for, `(key, shape)` in construction order: the
+    /// parameter list of a model (see `EncoderDecoder::parameter_shapes`).
     pub fn requests(&self) -> &[(String, Vec<usize>)] {
         &self.requests
     }

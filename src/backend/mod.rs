@@ -52,7 +52,7 @@ pub enum BackendError {
     /// libtorch refused the weights, the input or the device.
     #[cfg(feature = "tch")]
     #[error(transparent)]
-    Tch(#[from] crate::fast::FastError),
+    Tch(#[from] crate::fast::ModelError),
     /// This build or machine cannot provide the backend (feature off, no such device).
     #[error("{0}")]
     Unavailable(String),
@@ -65,9 +65,10 @@ pub enum BackendError {
 }
 
 /// The implementations `--backend` chooses from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum BackendKind {
     /// The ndarray reference (ground truth).
+    #[default]
     #[value(name = "ref", alias = "reference")]
     Ref,
     /// libtorch (build with `--features tch`), CPU or CUDA.
@@ -75,18 +76,12 @@ pub enum BackendKind {
 }
 
 /// Everything that selects a backend: kind, device and precision (the last two only matter to
-/// `tch`: `cpu`, `cuda`, `cuda:N`; `fp32`, `fp16`, `bf16`).
-#[derive(Debug, Clone)]
+/// `tch`).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct BackendSpec {
     pub kind: BackendKind,
-    pub device: String,
+    pub device: crate::Device,
     pub precision: crate::float::Precision,
-}
-
-impl Default for BackendSpec {
-    fn default() -> Self {
-        BackendSpec { kind: BackendKind::Ref, device: "cpu".into(), precision: crate::float::Precision::Fp32 }
-    }
 }
 
 /// Seconds spent per stage of one `encode_decode` (whole mode, no recording).
@@ -156,7 +151,7 @@ pub fn open(spec: &BackendSpec) -> Result<Box<dyn Backend>, BackendError> {
             Ok(Box::new(reference::RefBackend))
         }
         #[cfg(feature = "tch")]
-        BackendKind::Tch => Ok(Box::new(tch::TchBackend::from_names(&spec.device, spec.precision)?)),
+        BackendKind::Tch => Ok(Box::new(tch::TchBackend::new(spec.device.into(), spec.precision)?)),
         #[cfg(not(feature = "tch"))]
         BackendKind::Tch => Err(BackendError::Unavailable(
             "backend `tch` is not available in this build (rebuild with `--features tch`; see docs/fast-path.md)"

@@ -103,7 +103,7 @@ impl<T: Float> Model for RefModel<T> {
         let decode_head = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let (_, _, h, w) = x.dim();
-        let _ = crate::reference::ops::interpolate_bilinear(logits.view(), (h, w), m.cfg.align_corners());
+        let _ = crate::reference::ops::resize(logits.view(), (h, w), m.cfg.align_corners());
         Ok(StageTimes { backbone, neck, decode_head, resize: t.elapsed().as_secs_f64() })
     }
 }

@@ -12,8 +12,7 @@ use super::{Backend, BackendError, Model, OutTensor, Outputs, StageTimes};
 use crate::array::AnyArray;
 use crate::config::SegmentorConfig;
 use crate::fast::{
-    check_device, device_name, from_any_array, parse_device, to_f64_array, to_i64_array, Ctx, FastError, FastSegmentor,
-    Precision, Recorder,
+    self, check_device, device_name, from_any_array, to_f64_array, to_i64_array, Ctx, Precision, Recorder,
 };
 use crate::float::Dtype;
 use crate::weights::StateDict;
@@ -26,14 +25,9 @@ pub struct TchBackend {
 
 impl TchBackend {
     /// Checks the device (see [`check_device`]); fp64 is only chosen per case.
-    pub fn new(device: Device, precision: Precision) -> Result<Self, FastError> {
+    pub fn new(device: Device, precision: Precision) -> Result<Self, fast::ModelError> {
         check_device(device)?;
         Ok(TchBackend { device, precision })
-    }
-
-    /// From the CLI's device string (`cpu`/`cuda`/`cuda:N`) and precision.
-    pub fn from_names(device: &str, precision: Precision) -> Result<Self, FastError> {
-        Self::new(parse_device(device)?, precision)
     }
 
     /// The precision a case of `dtype` runs in.
@@ -58,24 +52,24 @@ impl Backend for TchBackend {
     }
     fn load(&self, cfg: &SegmentorConfig, weights: StateDict, dtype: Dtype) -> Result<Box<dyn Model>, BackendError> {
         let ctx = Ctx::new(self.device, self.precision_for(dtype));
-        Ok(Box::new(TchModel::new(FastSegmentor::load(cfg, weights, ctx)?)))
+        Ok(Box::new(TchModel::new(fast::EncoderDecoder::load(cfg, weights, ctx)?)))
     }
 }
 
-/// A [`FastSegmentor`] behind a lock (tch tensors are `Send` but not `Sync`; one device runs one
+/// A [`fast::EncoderDecoder`] behind a lock (tch tensors are `Send` but not `Sync`; one device runs one
 /// batch at a time anyway).
 pub struct TchModel {
-    model: Mutex<FastSegmentor>,
+    model: Mutex<fast::EncoderDecoder>,
     ctx: Ctx,
 }
 
 impl TchModel {
-    pub fn new(model: FastSegmentor) -> Self {
+    pub fn new(model: fast::EncoderDecoder) -> Self {
         let ctx = model.ctx;
         TchModel { model: Mutex::new(model), ctx }
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, FastSegmentor>, BackendError> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, fast::EncoderDecoder>, BackendError> {
         self.model.lock().map_err(|_| BackendError::Unavailable("the model lock is poisoned".into()))
     }
 }
@@ -150,11 +144,11 @@ impl Model for TchModel {
             .decode_head
             .forward(&feats, "decode_head", &mut rec)?
             .f_to_kind(self.ctx.wide_kind())
-            .map_err(FastError::from)?;
+            .map_err(fast::ModelError::from)?;
         sync();
         let decode_head = t.elapsed().as_secs_f64();
         let t = std::time::Instant::now();
-        let _ = crate::fast::ops::resize_bilinear(&logits, crate::fast::ops::hw(&x), model.cfg.align_corners())?;
+        let _ = crate::fast::ops::resize(&logits, crate::fast::ops::hw(&x), model.cfg.align_corners())?;
         sync();
         Ok(StageTimes { backbone, neck, decode_head, resize: t.elapsed().as_secs_f64() })
     }

@@ -1,11 +1,12 @@
 //! What every backend of the model shares, independent of the tensor library: the
 //! [`Recorder`] of named module outputs, the geometry of BEiT's relative position bias and of
-//! slide inference ([`geometry`]), and the output names that several modules share ([`names`]).
+//! slide inference ([`geometry`]), the plan of a decode head ([`heads`]), and the output names that several modules share ([`names`]).
 //!
 //! The reference (`crate::reference`, ndarray) and the libtorch path (`crate::fast`) differ only
 //! in arithmetic; everything here is computed once, for both.
 
 pub mod geometry;
+pub mod heads;
 pub mod names;
 pub mod recorder;
 

@@ -15,7 +15,6 @@
 //! `backbone.ln1` (final norm), and the tuple outputs `backbone.{k}`.
 
 use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView3, Axis};
-use rayon::prelude::*;
 
 use super::ops;
 use super::{ModelError, Recorder};
@@ -80,11 +79,13 @@ impl<T: Float> Linear<T> {
     }
 }
 
-/// `BEiTAttention`: multi-head self-attention with a learned relative-position bias per layer.
-/// Query rows per block of the attention: a (128, N) block of scores (820 KB at BEiT-B's 640
-/// crop, N = 1601) stays in a core's L2 cache.
-const ATTN_ROWS: usize = 128;
-
+/// `BEiTAttention`: multi-head self-attention with a learned relative-position bias per layer:
+///
+/// ```text
+/// q, k, v = split(x Wqkvᵀ + [q_bias, 0, v_bias]) into heads       (B, nH, N, hd) each
+/// out     = softmax((q · head_dim^-0.5) · kᵀ + bias) · v             bias[h, i, j] = table[index[i, j], h]
+/// y       = merge_heads(out) Wprojᵀ + b_proj
+/// ```
 pub struct BeitAttention<T: Float> {
     /// `qkv.weight` (3C, C), rows [Q; K; V], heads contiguous inside each.
     pub qkv: Linear<T>,
@@ -92,10 +93,8 @@ pub struct BeitAttention<T: Float> {
     /// module (F.linear), so it has no recorded output.
     pub qv_bias: bool,
     pub proj: Linear<T>,
-    /// `relative_position_bias_table` transposed to (nH, T): one contiguous row per head.
-    pub table: Array2<T>,
-    /// Computed `relative_position_index` (N+1, N+1), flattened row-major (every entry < T).
-    pub index: Vec<u32>,
+    /// `relative_position_bias_table` gathered by the computed `relative_position_index`.
+    pub bias: ops::GatheredBias<T>,
     pub num_heads: usize,
     /// `head_dim ** -0.5`.
     pub scale: T,
@@ -128,8 +127,7 @@ impl<T: Float> BeitAttention<T> {
             qkv,
             qv_bias: cfg.qv_bias,
             proj: Linear::load(ws, &join(prefix, "proj"), c, c, true),
-            table: table.t().as_standard_layout().into_owned(),
-            index: index.iter().map(|&i| u32::try_from(i).expect("table rows fit in u32")).collect(),
+            bias: ops::GatheredBias::new(table.view(), index),
             num_heads: cfg.num_heads,
             scale: T::from_f64_lossy((head_dim as f64).powf(-0.5)),
         }
@@ -139,45 +137,19 @@ impl<T: Float> BeitAttention<T> {
     pub fn forward(&self, x: &Array3<T>, prefix: &str, rec: &mut Recorder<T>) -> Array3<T> {
         let (b, n, c) = x.dim();
         let nh = self.num_heads;
-        let hd = c / nh;
         let qkv = self.qkv.forward(x); // (B, N, 3C)
         if !self.qv_bias {
             rec.put(&join(prefix, "qkv"), &qkv);
         }
-        let table = &self.table;
-        let index = &self.index;
-        let scale = self.scale;
-        // One (N, hd) result per (batch, head), computed in parallel; each head in blocks of
-        // query rows so that the block's (rows, N) scores stay in the core's cache through the
-        // bias, the softmax and the product with v (every row's arithmetic is that of the whole
-        // (N, N) matrix: rows are independent).
-        let heads: Vec<Array2<T>> = (0..b * nh)
-            .into_par_iter()
-            .map(|bh| {
-                let (bi, h) = (bh / nh, bh % nh);
-                let xb = qkv.index_axis(Axis(0), bi);
-                let q = xb.slice(s![.., h * hd..(h + 1) * hd]).mapv(|v| v * scale); // q * scale
-                let k = xb.slice(s![.., c + h * hd..c + (h + 1) * hd]);
-                let v = xb.slice(s![.., 2 * c + h * hd..2 * c + (h + 1) * hd]);
-                let bias_table = table.row(h);
-                let bias_table = bias_table.as_slice().expect("standard layout");
-                let mut o = Array2::<T>::zeros((n, hd));
-                for r0 in (0..n).step_by(ATTN_ROWS) {
-                    let r1 = (r0 + ATTN_ROWS).min(n);
-                    let mut attn = ops::matmul(q.slice(s![r0..r1, ..]), k.t()); // (rows, N) = q · kᵀ
-                                                                                // softmax(attn + relative_position_bias[h]), bias[i, j] = table[index[i, j], h]
-                    ops::softmax_rows_biased_inplace(attn.view_mut(), bias_table, &index[r0 * n..r1 * n]);
-                    o.slice_mut(s![r0..r1, ..]).assign(&ops::matmul(attn.view(), v));
-                    // attn · v
-                }
-                o
-            })
-            .collect();
-        let mut out = Array3::<T>::zeros((b, n, c));
-        for (bh, o) in heads.into_iter().enumerate() {
-            let (bi, h) = (bh / nh, bh % nh);
-            out.slice_mut(s![bi, .., h * hd..(h + 1) * hd]).assign(&o);
-        }
+        // qkv.reshape(B, N, 3, nH, hd).permute(2, 0, 3, 1, 4): (3, B, nH, N, hd), as views.
+        let qkv = qkv.into_shape_with_order((b, n, 3, nh, c / nh)).expect("standard layout");
+        let qkv = qkv.view().permuted_axes([2, 0, 3, 1, 4]);
+        let q = &qkv.index_axis(Axis(0), 0) * self.scale; // q * scale, rounded first as in PyTorch
+        let (k, v) = (qkv.index_axis(Axis(0), 1), qkv.index_axis(Axis(0), 2));
+        let out = ops::attention(q.view(), k, v, &self.bias); // (B, nH, N, hd)
+                                                              // transpose(1, 2).reshape(B, N, C)
+        let out = out.permuted_axes([0, 2, 1, 3]).as_standard_layout().into_owned();
+        let out = out.into_shape_with_order((b, n, c)).expect("standard layout");
         let y = self.proj.forward(&out);
         rec.put(&join(prefix, "proj"), &y);
         rec.put(&join(prefix, "proj_drop"), &y);

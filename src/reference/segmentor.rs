@@ -21,6 +21,7 @@ use super::neck::Feature2Pyramid;
 use super::ops;
 use super::{ModelError, Recorder};
 use crate::config::{SegmentorConfig, TestMode};
+use crate::model::heads::check_neck_inputs;
 use crate::model::slide_windows;
 use crate::weights::WeightStore;
 use crate::Float;
@@ -80,13 +81,7 @@ impl<T: Float> EncoderDecoder<T> {
         let feats = self.backbone.forward(img, "backbone", rec)?;
         Ok(match &self.neck {
             Some(neck) => {
-                if feats.len() != 4 {
-                    return Err(ModelError::Input(format!(
-                        "Feature2Pyramid needs 4 backbone maps, out_indices {:?} gives {}",
-                        self.cfg.backbone.out_indices,
-                        feats.len()
-                    )));
-                }
+                check_neck_inputs(&self.cfg.backbone.out_indices, feats.len()).map_err(ModelError::Input)?;
                 neck.forward(&feats, "neck", rec)
             }
             None => feats,
@@ -98,7 +93,7 @@ impl<T: Float> EncoderDecoder<T> {
         let feats = self.extract_feat(img, rec)?;
         let logits = self.decode_head.forward(&feats, "decode_head", rec)?;
         let (_, _, h, w) = img.dim();
-        let out = ops::interpolate_bilinear(logits.view(), (h, w), self.cfg.align_corners());
+        let out = ops::resize(logits.view(), (h, w), self.cfg.align_corners());
         for (k, head) in self.auxiliary_heads.iter().enumerate() {
             let p = self.cfg.aux_prefix(k);
             if rec.wants_prefix(&p) {
