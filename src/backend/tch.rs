@@ -128,7 +128,7 @@ impl Model for TchModel {
         };
         sync();
         let mut clock = StageClock::start();
-        model.encode_decode_timed(&x, &mut Recorder::none(), &mut |stage| {
+        let _logits = model.encode_decode_timed(&x, &mut Recorder::none(), &mut |stage| {
             sync();
             clock.lap(stage)
         })?;
