@@ -94,6 +94,33 @@ pub struct StageTimes {
     pub resize: f64,
 }
 
+/// Times the stages of one `encode_decode_timed` run: each [`lap`](Self::lap) books the time
+/// since the previous one to the stage that just ended.
+pub(crate) struct StageClock {
+    pub times: StageTimes,
+    last: std::time::Instant,
+}
+
+impl StageClock {
+    pub fn start() -> Self {
+        StageClock { times: StageTimes::default(), last: std::time::Instant::now() }
+    }
+
+    pub fn lap(&mut self, stage: crate::model::Stage) {
+        use crate::model::Stage;
+        let now = std::time::Instant::now();
+        let dt = (now - self.last).as_secs_f64();
+        self.last = now;
+        let slot = match stage {
+            Stage::Backbone => &mut self.times.backbone,
+            Stage::Neck => &mut self.times.neck,
+            Stage::DecodeHead => &mut self.times.decode_head,
+            Stage::Resize => &mut self.times.resize,
+        };
+        *slot += dt;
+    }
+}
+
 /// An implementation of the model that can be loaded.
 pub trait Backend: Send + Sync {
     /// `ref` or `tch`.

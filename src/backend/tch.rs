@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use ndarray::Array4;
 use tch::{Device, Kind};
 
-use super::{Backend, BackendError, Model, OutTensor, Outputs, StageTimes};
+use super::{Backend, BackendError, Model, OutTensor, Outputs, StageClock, StageTimes};
 use crate::array::AnyArray;
 use crate::config::SegmentorConfig;
 use crate::fast::{
@@ -126,30 +126,12 @@ impl Model for TchModel {
                 tch::Cuda::synchronize(i as i64);
             }
         };
-        let mut rec = Recorder::none();
         sync();
-        let t = std::time::Instant::now();
-        let feats = model.backbone.forward(&x, "backbone", &mut rec)?;
-        sync();
-        let backbone = t.elapsed().as_secs_f64();
-        let t = std::time::Instant::now();
-        let feats = match &model.neck {
-            Some(neck) => neck.forward(&feats, "neck", &mut rec)?,
-            None => feats,
-        };
-        sync();
-        let neck = t.elapsed().as_secs_f64();
-        let t = std::time::Instant::now();
-        let logits = model
-            .decode_head
-            .forward(&feats, "decode_head", &mut rec)?
-            .f_to_kind(self.ctx.wide_kind())
-            .map_err(fast::ModelError::from)?;
-        sync();
-        let decode_head = t.elapsed().as_secs_f64();
-        let t = std::time::Instant::now();
-        let _ = crate::fast::ops::resize(&logits, crate::fast::ops::hw(&x), model.cfg.align_corners())?;
-        sync();
-        Ok(StageTimes { backbone, neck, decode_head, resize: t.elapsed().as_secs_f64() })
+        let mut clock = StageClock::start();
+        let _logits = model.encode_decode_timed(&x, &mut Recorder::none(), &mut |stage| {
+            sync();
+            clock.lap(stage)
+        })?;
+        Ok(clock.times)
     }
 }

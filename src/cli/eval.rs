@@ -19,7 +19,7 @@ use crate::backend::{self, BackendSpec, Model};
 use crate::config::SegmentorConfig;
 use crate::data::ade20k::{DatasetSpec, Shard};
 use crate::data::image;
-use crate::eval::{self, EvalSettings, MsFlip, RunOptions, TestPipeline};
+use crate::eval::{self, DatasetSection, EvalSettings, MsFlip, RunOptions, TestPipeline};
 use crate::float::Dtype;
 use crate::weights::load_state_dict;
 
@@ -206,30 +206,27 @@ pub fn build_model_with_id(
     Ok((model, id))
 }
 
-fn dataset_str(ds: Option<&Value>, key: &str) -> Result<Option<String>> {
-    match ds.and_then(|d| d.get(key)) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(v) => bail!("dataset.{key}: expected a string, got {v}"),
+/// The config's `dataset` section (an empty one when there is none).
+fn dataset_section(cfg: &LoadedConfig) -> Result<DatasetSection> {
+    match &cfg.dataset {
+        Some(ds) => DatasetSection::from_value(ds).map_err(|e| anyhow::anyhow!("{}: {e}", cfg.source)),
+        None => Ok(DatasetSection::default()),
     }
 }
 
 /// The evaluation settings of a config (+ `--aug`).
 pub fn settings_for(cfg: &LoadedConfig, aug: Option<&str>) -> Result<EvalSettings> {
-    let ds = cfg.dataset.as_ref();
-    let reduce = match ds.and_then(|d| d.get("reduce_zero_label")) {
-        None | Some(Value::Null) => ds.is_none(), // ADE20K default when no dataset section
-        Some(Value::Bool(b)) => *b,
-        Some(v) => bail!("dataset.reduce_zero_label: expected true/false, got {v}"),
-    };
-    let pipeline = match ds.and_then(|d| d.get("test_pipeline")) {
-        Some(tp) => TestPipeline::from_value(tp, reduce).map_err(|e| anyhow::anyhow!("{}: dataset.{e}", cfg.source))?,
+    let section = dataset_section(cfg)?;
+    // ADE20K's reduce_zero_label when there is no dataset section at all.
+    let reduce = if cfg.dataset.is_none() { true } else { section.reduce_zero_label };
+    let pipeline = match section.test_pipeline {
+        Some(tp) => tp,
         None => TestPipeline { reduce_zero_label: reduce, ..TestPipeline::ade20k() },
     };
     let aug = match aug {
         None | Some("none") => None,
-        Some("ms-flip") => Some(match ds.and_then(|d| d.get("aug")) {
-            Some(a) => MsFlip::from_value(a).map_err(|e| anyhow::anyhow!("{}: {e}", cfg.source))?,
+        Some("ms-flip") => Some(match section.aug {
+            Some(a) => a,
             None => {
                 // The 0.x recipe, scaled to this model: base scale of the Resize, min_size = crop.
                 let base = match pipeline.resize {
@@ -285,18 +282,14 @@ pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
     let cfg = load_config(args.model.config.as_deref(), args.model.preset.as_deref())?;
     check_class_names(&cfg)?;
     let settings = settings_for(&cfg, args.model.aug.as_deref())?;
-    let ds = cfg.dataset.as_ref();
+    let section = dataset_section(&cfg)?;
     let def = DatasetSpec::ade20k_val(&args.data_root);
     let spec = DatasetSpec {
         root: args.data_root.clone(),
-        img_dir: args.img_dir.clone().or(dataset_str(ds, "img_dir")?).unwrap_or(def.img_dir),
-        ann_dir: args.ann_dir.clone().or(dataset_str(ds, "ann_dir")?).unwrap_or(def.ann_dir),
-        img_suffix: args.img_suffix.clone().or(dataset_str(ds, "img_suffix")?).unwrap_or(def.img_suffix),
-        seg_map_suffix: args
-            .seg_map_suffix
-            .clone()
-            .or(dataset_str(ds, "seg_map_suffix")?)
-            .unwrap_or(def.seg_map_suffix),
+        img_dir: args.img_dir.clone().or(section.img_dir).unwrap_or(def.img_dir),
+        ann_dir: args.ann_dir.clone().or(section.ann_dir).unwrap_or(def.ann_dir),
+        img_suffix: args.img_suffix.clone().or(section.img_suffix).unwrap_or(def.img_suffix),
+        seg_map_suffix: args.seg_map_suffix.clone().or(section.seg_map_suffix).unwrap_or(def.seg_map_suffix),
     };
     if let Some(w) = image::jpeg_decoder_warning() {
         errln!("{w}");

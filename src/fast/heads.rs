@@ -5,7 +5,7 @@
 
 use tch::Tensor;
 
-use super::neck::BatchNorm;
+use super::batch_norm::BatchNorm;
 use super::params::Source;
 use super::winograd::Winograd;
 use super::{join, ops, Ctx, ModelError, Recorder, Result};

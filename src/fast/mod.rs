@@ -23,6 +23,7 @@
 //! No library path panics on bad input: every libtorch call uses tch's fallible `f_*` form and
 //! errors come back as [`ModelError`].
 
+pub mod batch_norm;
 pub mod beit;
 pub mod heads;
 pub mod malloc;

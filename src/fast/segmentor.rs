@@ -17,7 +17,7 @@ use super::{ops, Ctx, ModelError, Recorder, Result};
 use crate::array::AnyArray;
 use crate::config::{SegmentorConfig, TestMode};
 use crate::model::heads::check_neck_inputs;
-use crate::model::slide_windows;
+use crate::model::{slide_windows, Stage};
 
 /// The segmentor on one device, in one precision.
 pub struct EncoderDecoder {
@@ -70,22 +70,37 @@ impl EncoderDecoder {
 
     /// `extract_feat`: backbone (+ neck) maps.
     pub fn extract_feat(&self, img: &Tensor, rec: &mut Recorder) -> Result<Vec<Tensor>> {
+        self.extract_feat_timed(img, rec, &mut |_| {})
+    }
+
+    fn extract_feat_timed(&self, img: &Tensor, rec: &mut Recorder, lap: &mut dyn FnMut(Stage)) -> Result<Vec<Tensor>> {
         let feats = self.backbone.forward(img, "backbone", rec)?;
-        match &self.neck {
+        lap(Stage::Backbone);
+        let maps = match &self.neck {
             Some(neck) => {
                 check_neck_inputs(&self.cfg.backbone.out_indices, feats.len()).map_err(ModelError::Input)?;
-                neck.forward(&feats, "neck", rec)
+                neck.forward(&feats, "neck", rec)?
             }
-            None => Ok(feats),
-        }
+            None => feats,
+        };
+        lap(Stage::Neck);
+        Ok(maps)
     }
 
     /// `encode_decode`: decode-head logits (widened to the wide kind) resized to the image size.
     pub fn encode_decode(&self, img: &Tensor, rec: &mut Recorder) -> Result<Tensor> {
-        let feats = self.extract_feat(img, rec)?;
+        self.encode_decode_timed(img, rec, &mut |_| {})
+    }
+
+    /// [`Self::encode_decode`], calling `lap(stage)` as each [`Stage`] ends (the caller
+    /// synchronises the device in `lap` when it times a CUDA run).
+    pub fn encode_decode_timed(&self, img: &Tensor, rec: &mut Recorder, lap: &mut dyn FnMut(Stage)) -> Result<Tensor> {
+        let feats = self.extract_feat_timed(img, rec, lap)?;
         let logits = self.decode_head.forward(&feats, "decode_head", rec)?;
         let logits = logits.f_to_kind(self.ctx.wide_kind())?;
+        lap(Stage::DecodeHead);
         let out = ops::resize(&logits, ops::hw(img), self.cfg.align_corners())?;
+        lap(Stage::Resize);
         for (k, head) in self.auxiliary_heads.iter().enumerate() {
             let p = self.cfg.aux_prefix(k);
             if rec.wants_prefix(&p) {

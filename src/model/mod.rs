@@ -13,3 +13,14 @@ pub mod recorder;
 pub use geometry::{check_relative_position_index, relative_position_index, slide_windows, Window};
 pub use names::join;
 pub use recorder::Recorder;
+
+/// The stages of `encode_decode`, in the order both backends run them (what `profile` times:
+/// each backend's `encode_decode_timed` calls a lap function as each one ends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Backbone,
+    Neck,
+    DecodeHead,
+    /// The final resize of the logits to the input size.
+    Resize,
+}

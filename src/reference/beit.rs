@@ -24,16 +24,6 @@ use crate::model::{check_relative_position_index, relative_position_index};
 use crate::weights::WeightStore;
 use crate::Float;
 
-pub(crate) fn take1<T: Float>(ws: &mut WeightStore<T>, key: &str, n: usize) -> Array1<T> {
-    ws.get(key, &[n]).into_shape_with_order(n).expect("shape checked by WeightStore::get")
-}
-pub(crate) fn take2<T: Float>(ws: &mut WeightStore<T>, key: &str, a: usize, b: usize) -> Array2<T> {
-    ws.get(key, &[a, b]).into_shape_with_order((a, b)).expect("shape checked by WeightStore::get")
-}
-pub(crate) fn take4<T: Float>(ws: &mut WeightStore<T>, key: &str, sh: [usize; 4]) -> Array4<T> {
-    ws.get(key, &sh).into_shape_with_order((sh[0], sh[1], sh[2], sh[3])).expect("shape checked by WeightStore::get")
-}
-
 /// `nn.LayerNorm(C, eps)` with affine parameters.
 pub struct LayerNorm<T: Float> {
     pub weight: Array1<T>,
@@ -43,7 +33,7 @@ pub struct LayerNorm<T: Float> {
 
 impl<T: Float> LayerNorm<T> {
     pub fn load(ws: &mut WeightStore<T>, prefix: &str, c: usize, eps: f64) -> Self {
-        LayerNorm { weight: take1(ws, &join(prefix, "weight"), c), bias: take1(ws, &join(prefix, "bias"), c), eps }
+        LayerNorm { weight: ws.get1(&join(prefix, "weight"), c), bias: ws.get1(&join(prefix, "bias"), c), eps }
     }
     /// Normalises the last axis of (B, N, C) tokens.
     pub fn forward(&self, x: &Array3<T>) -> Array3<T> {
@@ -64,8 +54,8 @@ pub struct Linear<T: Float> {
 impl<T: Float> Linear<T> {
     pub fn load(ws: &mut WeightStore<T>, prefix: &str, inp: usize, out: usize, bias: bool) -> Self {
         Linear {
-            weight: take2(ws, &join(prefix, "weight"), out, inp),
-            bias: bias.then(|| take1(ws, &join(prefix, "bias"), out)),
+            weight: ws.get2(&join(prefix, "weight"), out, inp),
+            bias: bias.then(|| ws.get1(&join(prefix, "bias"), out)),
         }
     }
     /// Applies to the last axis of (B, N, in) tokens.
@@ -105,16 +95,16 @@ impl<T: Float> BeitAttention<T> {
         let c = cfg.embed_dims;
         let (wh, ww) = cfg.window();
         let rows = (2 * wh - 1) * (2 * ww - 1) + 3;
-        let mut qkv = Linear { weight: take2(ws, &join(prefix, "qkv.weight"), 3 * c, c), bias: None };
+        let mut qkv = Linear { weight: ws.get2(&join(prefix, "qkv.weight"), 3 * c, c), bias: None };
         if cfg.qv_bias {
-            let q = take1(ws, &join(prefix, "q_bias"), c);
-            let v = take1(ws, &join(prefix, "v_bias"), c);
+            let q = ws.get1(&join(prefix, "q_bias"), c);
+            let v = ws.get1(&join(prefix, "v_bias"), c);
             let mut b = Array1::zeros(3 * c);
             b.slice_mut(s![..c]).assign(&q);
             b.slice_mut(s![2 * c..]).assign(&v);
             qkv.bias = Some(b);
         }
-        let table = take2(ws, &join(prefix, "relative_position_bias_table"), rows, cfg.num_heads);
+        let table = ws.get2(&join(prefix, "relative_position_bias_table"), rows, cfg.num_heads);
         let index = relative_position_index((wh, ww));
         let key = join(prefix, "relative_position_index");
         if let Some(problem) =
@@ -209,8 +199,8 @@ impl<T: Float> BeitLayer<T> {
     pub fn load(ws: &mut WeightStore<T>, prefix: &str, cfg: &BeitConfig) -> Self {
         let c = cfg.embed_dims;
         BeitLayer {
-            gamma_1: take1(ws, &join(prefix, "gamma_1"), c),
-            gamma_2: take1(ws, &join(prefix, "gamma_2"), c),
+            gamma_1: ws.get1(&join(prefix, "gamma_1"), c),
+            gamma_2: ws.get1(&join(prefix, "gamma_2"), c),
             ln1: LayerNorm::load(ws, &join(prefix, "ln1"), c, cfg.norm.eps),
             attn: BeitAttention::load(ws, &join(prefix, "attn"), cfg),
             ln2: LayerNorm::load(ws, &join(prefix, "ln2"), c, cfg.norm.eps),
@@ -251,8 +241,8 @@ impl<T: Float> PatchEmbed<T> {
     pub fn load(ws: &mut WeightStore<T>, prefix: &str, cfg: &BeitConfig) -> Self {
         let (c, p) = (cfg.embed_dims, cfg.patch_size);
         PatchEmbed {
-            weight: take4(ws, &join(prefix, "projection.weight"), [c, cfg.in_channels, p, p]),
-            bias: take1(ws, &join(prefix, "projection.bias"), c),
+            weight: ws.get4(&join(prefix, "projection.weight"), [c, cfg.in_channels, p, p]),
+            bias: ws.get1(&join(prefix, "projection.bias"), c),
             norm: cfg.patch_norm.then(|| LayerNorm::load(ws, &join(prefix, "norm"), c, cfg.norm.eps)),
             patch: p,
         }

@@ -13,8 +13,7 @@
 
 use ndarray::{concatenate, Array4, ArrayView4, Axis};
 
-use super::beit::{take1, take4};
-use super::neck::BatchNorm;
+use super::batch_norm::BatchNorm;
 use super::ops;
 use super::{ModelError, Recorder};
 use crate::config::{HeadConfig, InputTransform};
@@ -36,8 +35,8 @@ impl<T: Float> ConvModule<T> {
         let prefix = join(head, &spec.name);
         let (cin, cout, k) = (spec.in_channels, spec.out_channels, spec.kernel);
         let bn = spec.bn_eps.map(|eps| BatchNorm::load(ws, &join(&prefix, "bn"), cout, eps));
-        let weight = take4(ws, &join(&prefix, "conv.weight"), [cout, cin, k, k]);
-        let bias = spec.conv_bias().then(|| take1(ws, &join(&prefix, "conv.bias"), cout));
+        let weight = ws.get4(&join(&prefix, "conv.weight"), [cout, cin, k, k]);
+        let bias = spec.conv_bias().then(|| ws.get1(&join(&prefix, "conv.bias"), cout));
         ConvModule { conv: ops::Conv2d::new(weight, bias, 1, spec.padding, spec.dilation), bn, relu: spec.relu }
     }
 
@@ -102,8 +101,8 @@ impl<T: Float> DecodeHead<T> {
             }
         };
         let (ch, out) = (plan.channels, plan.out_channels);
-        let weight = take4(ws, &join(prefix, "conv_seg.weight"), [out, ch, 1, 1]);
-        let bias = take1(ws, &join(prefix, "conv_seg.bias"), out);
+        let weight = ws.get4(&join(prefix, "conv_seg.weight"), [out, ch, 1, 1]);
+        let bias = ws.get1(&join(prefix, "conv_seg.bias"), out);
         DecodeHead { body, conv_seg: ops::Conv2d::new(weight, Some(bias), 1, 0, 1), cfg: cfg.clone() }
     }
 
