@@ -42,6 +42,8 @@ if [ "${BEIT_SEG_SKIP_PY:-0}" != "1" ]; then
   trap 'rm -rf "$sweep"' EXIT
   "$venv/bin/python" fixtures/sweep.py --out "$sweep/cases"
   "$bin" verify --quiet "$sweep/cases"
+  # The ground truth on its plain twins (textbook loops / one GEMM instead of the fast kernels).
+  BEIT_SEG_PLAIN_KERNELS=1 "$bin" verify --quiet fixtures/
   "$venv/bin/python" python/tests/test_capture.py
   bash scripts/check_capture_install.sh "$venv/bin/python"
   BEIT_SEG="$bin" VENV="$venv" scripts/peers/run.sh --check
