@@ -174,11 +174,7 @@ impl CaseReport {
         let head = match self.first_failure() {
             Some(t) => {
                 let how = if t.status == Status::Fail && t.ratio.is_finite() {
-                    format!(
-                        " (max abs error {:.2e}, {} of what the rule allows)",
-                        t.max_abs,
-                        super::report::ratio_text(t.ratio)
-                    )
+                    format!(" (max abs error {:.2e}, err/tol {})", t.max_abs, super::report::ratio_text(t.ratio))
                 } else {
                     String::new()
                 };
