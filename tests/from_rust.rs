@@ -5,7 +5,7 @@
 // BEGIN docs/validating.md "From Rust"
 // tests/mmseg_conformance.rs of your crate; its Cargo.toml has
 //   [dev-dependencies] beit-seg = { git = "<beit-seg's repository>" }   # or { path = "..." }
-use beit_seg::conformance::{case_dir, verify_case, AnyArray, Case, Scope, Target, VerifyOptions};
+use beit_seg::conformance::{case_dir, verify_case, AnyArray, Candidate, Case, Scope, VerifyOptions};
 
 /// Your port on one case: config, weights and input in; tensors named like the fixture out.
 fn run_my_port(case: &Case) -> Result<Vec<(String, AnyArray)>, Box<dyn std::error::Error>> {
@@ -23,8 +23,9 @@ fn backbone_matches_mmsegmentation() {
     let ignore = ["backbone.layers.*".to_string(), "backbone.patch_embed.*".to_string()];
     let scope = Scope::new(&["backbone".to_string()], &ignore).unwrap();
     let opts = VerifyOptions { scope, ..Default::default() };
+    let port = Candidate::from_fn(run_my_port);
     for name in ["tiny-whole", "real-640", "ppm-nondiv", "var-out-indices"] {
-        let report = verify_case(case_dir(name).unwrap(), &Target::from_fn(run_my_port), &opts);
+        let report = verify_case(case_dir(name).unwrap(), &port, &opts);
         report.assert_pass(); // on failure: verify's table, first failing tensor first
     }
 }

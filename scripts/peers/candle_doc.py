@@ -72,7 +72,7 @@ def render(ev):
     w(f"candle-transformers {v} `candle_transformers::models::beit` is the one BEiT on crates.io. `peers/candle` "
       "(its own crate, beit-seg a dev-dependency) builds it from a case's config, loads the case's weights renamed to "
       "candle's keys (`to_candle_names`), runs it on the case's input and checks its feature maps with "
-      "`verify_case(dir, &Target::from_fn(..), &opts)` in `cargo test` (docs/validating.md, \"From Rust\"). "
+      "`verify_case(dir, &Candidate::from_fn(..), &opts)` in `cargo test` (docs/validating.md, \"From Rust\"). "
       "Regenerate with `scripts/peers/candle.sh`; `--check` reruns the tests and compares.")
     w("")
     w(f"Case `{ev['case']}` (peers/candle/fixtures; `fixtures/generate.py --only {ev['case']} --out peers/candle/fixtures`): "

@@ -14,7 +14,9 @@
 use std::path::{Path, PathBuf};
 
 use beit_seg::config::SegmentorConfig;
-use beit_seg::conformance::{bundled_cases, verify_case, AnyArray, Case, CaseReport, Scope, Target, VerifyOptions};
+use beit_seg::conformance::{
+    bundled_cases, verify_case, AnyArray, Candidate, Case, CaseReport, Scope, Target, VerifyOptions,
+};
 use beit_seg::Dtype;
 use beit_seg_candle_peer::{
     feature_maps, to_candle_names, Gelu, Geometry, IMG_SIZE, IN_CHANNELS, LN_EPS, MLP_RATIO, PATCH_SIZE,
@@ -122,7 +124,7 @@ fn run_candle(case: &Case, gelu: Gelu) -> Result<Vec<(String, AnyArray)>, String
 }
 
 fn check(gelu: Gelu) -> CaseReport {
-    verify_case(candle_case(), &Target::from_fn(|case: &Case| run_candle(case, gelu)), &opts())
+    verify_case(candle_case(), &Candidate::from_fn(|case: &Case| run_candle(case, gelu)), &opts())
 }
 
 #[test]
@@ -146,7 +148,7 @@ fn the_case_itself_is_sound() {
     // cannot produce included.
     let r = verify_case(
         candle_case(),
-        &Target::Backend(&beit_seg::backend::reference::RefBackend),
+        Target::Backend(&beit_seg::backend::reference::RefBackend),
         &VerifyOptions::default(),
     );
     r.assert_pass();
@@ -177,7 +179,7 @@ fn no_bundled_case_fits_candles_geometry() {
     }
     // And verify says so, naming the reason, instead of passing anything.
     let dir = beit_seg::conformance::case_dir("tiny-whole").unwrap();
-    let r = verify_case(&dir, &Target::from_fn(|case: &Case| run_candle(case, Gelu::Erf)), &opts());
+    let r = verify_case(&dir, &Candidate::from_fn(|case: &Case| run_candle(case, Gelu::Erf)), &opts());
     assert!(!r.passed());
     assert!(r.message.as_deref().unwrap_or("").contains("img_size 96x128 (candle: 384x384 only)"), "{}", r.text());
 }
