@@ -70,7 +70,8 @@ fi
 #  beit-seg, release) takes 17 min (11 min CPU), so the candle tests run only when its target dir
 #  is cached in ~/.cache/beit-seg/candle-target (BEIT_SEG_CANDLE_TARGET) or BEIT_SEG_CANDLE=1
 #  asks for the build (which fills the cache). With the cache, a rerun after a change to beit-seg
-#  takes 3 min, an unchanged one seconds, the tests ~3 s. BEIT_SEG_SKIP_CANDLE=1 skips them.
+#  takes 3 min (+1.5 min for its clippy), an unchanged one seconds, the tests ~3 s.
+#  BEIT_SEG_SKIP_CANDLE=1 skips them.
 step "Rust API: cargo doc -D warnings; peers/candle's own cargo test"
 RUSTDOCFLAGS="-D warnings" CARGO_TARGET_DIR="${BEIT_SEG_DOC_TARGET:-target}" cargo doc --no-deps --quiet
 if [ "${BEIT_SEG_SKIP_PY:-0}" != "1" ]; then
@@ -80,7 +81,8 @@ candle_target="${BEIT_SEG_CANDLE_TARGET:-$HOME/.cache/beit-seg/candle-target}"
 if [ "${BEIT_SEG_SKIP_CANDLE:-0}" = "1" ]; then
   echo "peers/candle: skipped (BEIT_SEG_SKIP_CANDLE=1)" >&2
 elif [ -d "$candle_target/release" ] || [ "${BEIT_SEG_CANDLE:-0}" = "1" ]; then
-  (cd peers/candle && cargo fmt --check)
+  (cd peers/candle && cargo fmt --check \
+    && CARGO_TARGET_DIR="$candle_target" cargo clippy --release --all-targets --locked --quiet -- -D warnings)
   CARGO_TARGET_DIR="$candle_target" scripts/peers/candle.sh --check
 else
   echo "peers/candle: skipped, no build cache at $candle_target (BEIT_SEG_CANDLE=1 builds it once, ~17 min)" >&2
