@@ -7,9 +7,9 @@
 //! ([`data`], [`metrics`], [`eval`]) and comparison ([`conformance`]) → reports.
 //!
 //! A port written in Rust checks itself against the fixtures in its own `cargo test` with
-//! [`conformance`]: [`conformance::verify_case`] on a [`conformance::Target::from_fn`] closure
-//! that receives each [`conformance::Case`] (config, weights, input) and returns named tensors
-//! (docs/validating.md, "From Rust").
+//! [`conformance`]: [`conformance::verify_case`] on a [`conformance::Candidate::from_fn`]
+//! closure that receives each [`conformance::Case`] (config, weights, input) and returns named
+//! tensors (docs/validating.md, "From Rust").
 pub mod array;
 // Rustdoc link warnings (`-D warnings` in scripts/test.sh) are allowed in the modules below until
 // their doc comments are fixed (private or ambiguous intra-doc links, `<stem>` read as HTML); the

@@ -25,14 +25,14 @@ fn perturb_first(tensors: &mut [(String, AnyArray)], name: &str, delta: f32) {
 fn the_fixtures_own_tensors_pass_and_a_perturbed_one_fails_by_name() {
     let case = Case::bundled("tiny-whole").unwrap();
     let expected = case.expected().unwrap();
-    let r = verify_case(&case.dir, &Target::from_tensors(expected.clone()), &VerifyOptions::default());
+    let r = verify_case(&case.dir, &Candidate::from_tensors(expected.clone()), &VerifyOptions::default());
     r.assert_pass();
     assert_eq!(r.coverage.covered, r.coverage.expected);
     assert!(!r.partial);
 
     let mut bad = expected;
     perturb_first(&mut bad, "backbone.layers.2.ffn", 1e-2);
-    let r = verify_case(&case.dir, &Target::from_tensors(bad), &VerifyOptions::default());
+    let r = verify_case(&case.dir, &Candidate::from_tensors(bad), &VerifyOptions::default());
     assert_eq!(r.status, CaseStatus::Fail);
     assert_eq!(r.first_failure().unwrap().name, "backbone.layers.2.ffn");
     assert_eq!(r.failed_tensors(), 1, "only the perturbed tensor fails:\n{}", r.text());
@@ -49,7 +49,7 @@ fn the_fixtures_own_tensors_pass_and_a_perturbed_one_fails_by_name() {
 fn a_closure_receives_the_case_and_its_errors_are_reported() {
     let dir = case_dir("tiny-whole-f64").unwrap();
     // A closure that computes from the case: config, weights and input are all there.
-    let target = Target::from_fn(|case: &Case| {
+    let target = Candidate::from_fn(|case: &Case| {
         let cfg = case.model_config()?;
         let weights = case.weights()?;
         let x = case.input()?;
@@ -60,7 +60,7 @@ fn a_closure_receives_the_case_and_its_errors_are_reported() {
     });
     verify_case(&dir, &target, &VerifyOptions::default()).assert_pass();
 
-    let failing = Target::from_fn(|_: &Case| Err::<Vec<(String, AnyArray)>, _>("out of memory on the device"));
+    let failing = Candidate::from_fn(|_: &Case| Err::<Vec<(String, AnyArray)>, _>("out of memory on the device"));
     let r = verify_case(&dir, &failing, &VerifyOptions::default());
     assert_eq!(r.status, CaseStatus::Error);
     assert_eq!(
@@ -86,7 +86,7 @@ fn in_memory_and_directory_candidates_get_the_same_verdict() {
         let source = CandidateSource { root: tmp.path().to_path_buf(), names: None };
         let opts = VerifyOptions { as_f32: false, ..Default::default() };
         let from_dir = run_case(&case, &Target::Candidate { source: &source, single: true }, &opts);
-        let in_mem = run_case(&case, &Target::from_tensors(tensors), &opts);
+        let in_mem = run_case(&case, &Target::InMemory(&Candidate::from_tensors(tensors)), &opts);
         assert_eq!(from_dir.status, CaseStatus::Fail, "{name}");
         assert_eq!(in_mem.status, from_dir.status, "{name}");
         assert_eq!(in_mem.coverage, from_dir.coverage, "{name}");
@@ -104,11 +104,11 @@ fn no_evidence_scope_and_uncovered_apply_unchanged() {
     let expected = case.expected().unwrap();
 
     // Nothing produced: NO EVIDENCE, never a pass.
-    let r = verify_case(&case.dir, &Target::from_tensors(Vec::<(String, AnyArray)>::new()), &Default::default());
+    let r = verify_case(&case.dir, &Candidate::from_tensors(Vec::<(String, AnyArray)>::new()), &Default::default());
     assert_eq!(r.status, CaseStatus::NoEvidence);
     // Tensors under other names only: NO EVIDENCE, and the message says a map may be missing.
     let renamed: Vec<(String, AnyArray)> = expected.iter().map(|(n, a)| (format!("vit.{n}"), a.clone())).collect();
-    let r = verify_case(&case.dir, &Target::from_tensors(renamed.clone()), &Default::default());
+    let r = verify_case(&case.dir, &Candidate::from_tensors(renamed.clone()), &Default::default());
     assert_eq!(r.status, CaseStatus::NoEvidence);
     assert!(r.message.as_deref().unwrap().contains("a name map (--names) may be missing"), "{}", r.text());
     // ... which a name map fixes.
@@ -117,22 +117,22 @@ fn no_evidence_scope_and_uncovered_apply_unchanged() {
         "test map",
     )
     .unwrap();
-    let target: Target = Candidate::from_tensors(renamed).with_names(map).into();
+    let target = Candidate::from_tensors(renamed).with_names(map);
     verify_case(&case.dir, &target, &Default::default()).assert_pass();
 
     // A backbone-only port: in scope it must be complete; the rest is out of scope, not passed.
     let backbone: Vec<(String, AnyArray)> =
         expected.iter().filter(|(n, _)| n.starts_with("backbone")).cloned().collect();
-    let whole = verify_case(&case.dir, &Target::from_tensors(backbone.clone()), &Default::default());
+    let whole = verify_case(&case.dir, &Candidate::from_tensors(backbone.clone()), &Default::default());
     assert_eq!(whole.status, CaseStatus::Fail, "uncovered tensors fail without a scope");
     let opts = VerifyOptions { scope: Scope::new(&["backbone".into()], &[]).unwrap(), ..Default::default() };
-    let r = verify_case(&case.dir, &Target::from_tensors(backbone.clone()), &opts);
+    let r = verify_case(&case.dir, &Candidate::from_tensors(backbone.clone()), &opts);
     r.assert_pass();
     assert!(r.tensors.iter().any(|t| t.status == Status::OutOfScope));
     assert_eq!(r.coverage.covered, r.coverage.in_scope);
     // Bring-up: half the backbone is a partial pass only with allow_uncovered.
     let half: Vec<(String, AnyArray)> = backbone[..backbone.len() / 2].to_vec();
-    let strict = verify_case(&case.dir, &Target::from_tensors(half.clone()), &opts);
+    let strict = verify_case(&case.dir, &Candidate::from_tensors(half.clone()), &opts);
     assert_eq!(strict.status, CaseStatus::Fail);
     let msg = catch_unwind(AssertUnwindSafe(|| strict.assert_pass())).unwrap_err();
     assert!(msg
@@ -140,7 +140,7 @@ fn no_evidence_scope_and_uncovered_apply_unchanged() {
         .unwrap()
         .contains("expected tensor(s) within the scope not produced by the candidate"));
     let lax = VerifyOptions { allow_uncovered: true, ..opts };
-    let r = verify_case(&case.dir, &Target::from_tensors(half), &lax);
+    let r = verify_case(&case.dir, &Candidate::from_tensors(half), &lax);
     r.assert_pass();
     assert!(r.partial);
 }
@@ -159,10 +159,10 @@ fn precision_and_as_f32_options() {
         .map(|(n, f)| (n.clone(), beit_seg::array::read_npy(&twin.dir.join(f)).unwrap()))
         .collect();
     let fp16 = VerifyOptions { precision: Some(Precision::Fp16), ..Default::default() };
-    let r = verify_case(&twin.dir, &Target::from_tensors(autocast.clone()), &fp16);
+    let r = verify_case(&twin.dir, &Candidate::from_tensors(autocast.clone()), &fp16);
     r.assert_pass();
     assert!(r.tensors.iter().all(|t| t.budgeted));
-    let r = verify_case(case_dir("tiny-whole").unwrap(), &Target::from_tensors(autocast), &fp16);
+    let r = verify_case(case_dir("tiny-whole").unwrap(), &Candidate::from_tensors(autocast), &fp16);
     assert_eq!(r.status, CaseStatus::Skipped);
     assert!(catch_unwind(AssertUnwindSafe(|| r.assert_pass())).is_err());
 
@@ -170,10 +170,11 @@ fn precision_and_as_f32_options() {
     let case = Case::bundled("tiny-whole-f64").unwrap();
     let f32s: Vec<(String, ArrayD<f32>)> =
         case.expected().unwrap().into_iter().map(|(n, a)| (n, a.to_float::<f32>().unwrap())).collect();
-    let r = verify_case(&case.dir, &Target::from_tensors(f32s.clone()), &Default::default());
+    let r = verify_case(&case.dir, &Candidate::from_tensors(f32s.clone()), &Default::default());
     assert_eq!(r.status, CaseStatus::Fail);
     assert!(r.first_failure().unwrap().note.as_deref().unwrap().contains("pass --as-f32"));
-    let r = verify_case(&case.dir, &Target::from_tensors(f32s), &VerifyOptions { as_f32: true, ..Default::default() });
+    let r =
+        verify_case(&case.dir, &Candidate::from_tensors(f32s), &VerifyOptions { as_f32: true, ..Default::default() });
     r.assert_pass();
     assert_eq!(r.run_dtype, "float32");
 }
@@ -182,10 +183,10 @@ fn precision_and_as_f32_options() {
 fn model_free_kinds_take_in_memory_tensors_and_metrics() {
     // A resize case (tensors) and a metric case (metrics only).
     let resize = Case::bundled("resize-up").unwrap();
-    verify_case(&resize.dir, &Target::from_tensors(resize.expected().unwrap()), &Default::default()).assert_pass();
+    verify_case(&resize.dir, &Candidate::from_tensors(resize.expected().unwrap()), &Default::default()).assert_pass();
     let metric = Case::bundled("metric-basic").unwrap();
     let metrics = metric.manifest["metrics"].clone();
-    let target: Target = Candidate::from_tensors(Vec::<(String, AnyArray)>::new()).with_metrics(metrics).into();
+    let target = Candidate::from_tensors(Vec::<(String, AnyArray)>::new()).with_metrics(metrics);
     verify_case(&metric.dir, &target, &Default::default()).assert_pass();
 }
 
@@ -209,16 +210,21 @@ fn case_access_without_the_cli() {
     assert!(unilm.weights().unwrap().iter().any(|(k, _)| k == "backbone.layers.0.ln1.weight"));
     // The environment variable wins (read at run time), and a wrong one is named.
     let probe = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "fixtures_env_probe", "--nocapture", "--include-ignored"])
+        .args(["--exact", "fixtures_env_probe"])
         .env(FIXTURES_ENV, "/nonexistent/fixtures")
         .output()
         .unwrap();
-    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
+    let stdout = String::from_utf8_lossy(&probe.stdout);
+    assert!(probe.status.success() && stdout.contains("1 passed"), "{stdout}");
 }
 
+/// Run by `case_access_without_the_cli` in a child process with `BEIT_SEG_FIXTURES` set; a no-op
+/// otherwise.
 #[test]
-#[ignore = "run by case_access_without_the_cli with BEIT_SEG_FIXTURES set"]
 fn fixtures_env_probe() {
+    if std::env::var_os(FIXTURES_ENV).is_none() {
+        return;
+    }
     let err = fixtures_dir().unwrap_err().to_string();
     assert_eq!(err, "BEIT_SEG_FIXTURES=/nonexistent/fixtures: not a directory");
 }

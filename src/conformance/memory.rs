@@ -4,12 +4,12 @@
 //! verdict of [`super::run_case`] (coverage, scope, NO EVIDENCE, half-precision budgets).
 //!
 //! ```
-//! use beit_seg::conformance::{verify_case, Case, Target, VerifyOptions};
+//! use beit_seg::conformance::{verify_case, Candidate, Case, VerifyOptions};
 //!
 //! let dir = beit_seg::conformance::case_dir("tiny-whole").unwrap();
 //! // A "port" that returns MMSegmentation's own tensors passes.
-//! let target = Target::from_fn(|case: &Case| case.expected());
-//! verify_case(&dir, &target, &VerifyOptions::default()).assert_pass();
+//! let port = Candidate::from_fn(|case: &Case| case.expected());
+//! verify_case(&dir, &port, &VerifyOptions::default()).assert_pass();
 //! ```
 
 use std::collections::BTreeMap;
@@ -39,8 +39,8 @@ enum Source<'a> {
 ///
 /// Names are the fixture's output names (`backbone.layers.0`, `backbone.3`, `seg_logits`,
 /// docs/fixture-format.md), or the port's own names plus a [`NameMap`]
-/// ([`Candidate::with_names`]). Turn it into a [`super::Target`] with `.into()` or
-/// [`super::Target::InMemory`].
+/// ([`Candidate::with_names`]). [`super::verify_case`] takes `&candidate`; for
+/// [`super::run_case`], `Target::InMemory(&candidate)`.
 pub struct Candidate<'a> {
     source: Source<'a>,
     names: Option<NameMap>,
@@ -63,15 +63,20 @@ impl std::fmt::Debug for Candidate<'_> {
 
 impl Candidate<'static> {
     /// A fixed list of tensors, the same for every case it is run on: `(name, array)` pairs
-    /// where the array is an [`AnyArray`] or an `ndarray::ArrayD` of `f32`, `f64`, `i64`,
-    /// `i32`, `u8` or `bool`.
+    /// where the array is an [`AnyArray`] or any owned `ndarray` array (`Array4<f32>`,
+    /// `ArrayD<f64>`, ...) of `f32`, `f64`, `i64`, `i32`, `u8` or `bool`.
     ///
     /// ```
-    /// use beit_seg::conformance::Candidate;
-    /// use ndarray::{Array, Dimension};
+    /// use beit_seg::conformance::{verify_case, case_dir, Candidate, VerifyOptions};
+    /// use ndarray::{Array4, ArrayD};
     ///
-    /// let c = Candidate::from_tensors([("backbone.0", ArrayD::<f32>::zeros(vec![2, 32, 6, 8]))]);
-    /// # let _ = c;
+    /// let c = Candidate::from_tensors([
+    ///     ("backbone.0", ArrayD::<f32>::zeros(vec![2, 32, 6, 8])),
+    ///     ("backbone.1", Array4::<f32>::zeros((2, 32, 6, 8)).into_dyn()),
+    /// ]);
+    /// let report = verify_case(case_dir("tiny-whole").unwrap(), &c, &VerifyOptions::default());
+    /// assert!(!report.passed()); // zeros are not MMSegmentation's feature maps
+    /// assert_eq!(report.first_failure().unwrap().name, "backbone.0");
     /// ```
     pub fn from_tensors<I, N, A>(tensors: I) -> Self
     where
@@ -108,6 +113,32 @@ impl<'a> Candidate<'a> {
 
     /// Renames the tensors through a name map (`NameMap::parse(json, "my map")`, or
     /// `NameMap::load("hf" | "timm" | path)`), as `verify --names` does.
+    ///
+    /// ```
+    /// use beit_seg::conformance::{verify_case, Candidate, Case, NameMap, Scope, VerifyOptions};
+    ///
+    /// // A port that names its backbone `vit` and returns NHWC feature maps.
+    /// let map = NameMap::parse(
+    ///     r#"{"format": "beit-seg-names/1", "description": "my port", "rules": [
+    ///         {"candidate": "vit.feat{k}", "fixture": "backbone.{k}", "transform": [{"op": "nhwc_to_nchw"}]}]}"#,
+    ///     "my map",
+    /// )
+    /// .unwrap();
+    /// let port = |case: &Case| -> Result<Vec<(String, ndarray::ArrayD<f32>)>, String> {
+    ///     // Stand-in: MMSegmentation's own maps, laid out NHWC as the port would return them.
+    ///     let expected = case.expected().map_err(|e| e.to_string())?;
+    ///     Ok(expected
+    ///         .into_iter()
+    ///         .filter_map(|(n, a)| Some((n.strip_prefix("backbone.")?.parse::<usize>().ok()?, a)))
+    ///         .map(|(k, a)| (format!("vit.feat{k}"), a.to_float::<f32>().unwrap().permuted_axes(vec![0, 2, 3, 1])))
+    ///         .collect())
+    /// };
+    /// let scope = Scope::new(&["backbone".into()], &["backbone.layers.*".into(), "backbone.patch_embed.*".into()]);
+    /// let opts = VerifyOptions { scope: scope.unwrap(), ..Default::default() };
+    /// let port = Candidate::from_fn(port).with_names(map);
+    /// let dir = beit_seg::conformance::case_dir("tiny-whole").unwrap();
+    /// verify_case(&dir, &port, &opts).assert_pass();
+    /// ```
     pub fn with_names(mut self, names: NameMap) -> Self {
         self.names = Some(names);
         self
@@ -136,6 +167,7 @@ impl<'a> Candidate<'a> {
 
 /// A candidate as the fixture kinds read it: a directory (`verify --candidate DIR`) or in
 /// memory. Both end in [`CandidateOutputs`] under fixture names.
+#[derive(Clone, Copy)]
 pub(crate) enum CandidateRef<'t> {
     Dir { source: &'t CandidateSource, single: bool },
     Memory(&'t Candidate<'t>),

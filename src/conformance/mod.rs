@@ -40,7 +40,10 @@ pub use port::{bundled_cases, case_dir, fixtures_dir, verify_case, FIXTURES_ENV}
 pub use report::CaseReport;
 pub use scope::Scope;
 
-/// What produces a case's outputs.
+/// What produces a case's outputs. Only references, so a `Target` is `Copy` and never owns
+/// what it points at (a temporary `&Target::Candidate { source: &source, .. }` at the end of a
+/// block borrows nothing that is dropped first).
+#[derive(Clone, Copy)]
 pub enum Target<'a> {
     /// One of our backends runs the model (the library itself for the model-free kinds).
     Backend(&'a dyn Backend),
@@ -52,34 +55,12 @@ pub enum Target<'a> {
         single: bool,
     },
     /// Another implementation in this process returns them ([`Candidate`]: a list of tensors or
-    /// a closure run per case); judged exactly as a candidate directory.
-    InMemory(Candidate<'a>),
+    /// a closure run per case); judged exactly as a candidate directory. `&candidate` converts
+    /// into this ([`verify_case`] takes either).
+    InMemory(&'a Candidate<'a>),
 }
 
 impl<'a> Target<'a> {
-    /// A port run in this process: `produce` receives each [`Case`] and returns its tensors by
-    /// name (see [`Candidate::from_fn`]).
-    pub fn from_fn<F, R, N, A, E>(produce: F) -> Target<'a>
-    where
-        F: Fn(&Case) -> Result<R, E> + 'a,
-        R: IntoIterator<Item = (N, A)>,
-        N: Into<String>,
-        A: Into<AnyArray>,
-        E: std::fmt::Display,
-    {
-        Target::InMemory(Candidate::from_fn(produce))
-    }
-
-    /// Tensors already computed, by name (see [`Candidate::from_tensors`]).
-    pub fn from_tensors<I, N, A>(tensors: I) -> Target<'static>
-    where
-        I: IntoIterator<Item = (N, A)>,
-        N: Into<String>,
-        A: Into<AnyArray>,
-    {
-        Target::InMemory(Candidate::from_tensors(tensors))
-    }
-
     /// `ref`, `tch` or `candidate`.
     pub fn name(&self) -> String {
         match self {
@@ -90,16 +71,16 @@ impl<'a> Target<'a> {
 
     /// What the fixture kinds run: a backend, or a candidate (a directory or in memory: one
     /// path from here on).
-    pub(crate) fn producer(&self) -> Producer<'_> {
-        match self {
-            Target::Backend(b) => Producer::Backend(*b),
-            Target::Candidate { source, single } => Producer::Candidate(CandidateRef::Dir { source, single: *single }),
+    pub(crate) fn producer(&self) -> Producer<'a> {
+        match *self {
+            Target::Backend(b) => Producer::Backend(b),
+            Target::Candidate { source, single } => Producer::Candidate(CandidateRef::Dir { source, single }),
             Target::InMemory(c) => Producer::Candidate(CandidateRef::Memory(c)),
         }
     }
 
     /// The candidate (directory or in memory), or `None` for a backend.
-    pub(crate) fn candidate(&self) -> Option<CandidateRef<'_>> {
+    pub(crate) fn candidate(&self) -> Option<CandidateRef<'a>> {
         match self.producer() {
             Producer::Backend(_) => None,
             Producer::Candidate(c) => Some(c),
@@ -115,9 +96,15 @@ pub(crate) enum Producer<'t> {
     Candidate(CandidateRef<'t>),
 }
 
-impl<'a> From<Candidate<'a>> for Target<'a> {
-    fn from(c: Candidate<'a>) -> Self {
+impl<'a, 'c: 'a> From<&'a Candidate<'c>> for Target<'a> {
+    fn from(c: &'a Candidate<'c>) -> Self {
         Target::InMemory(c)
+    }
+}
+
+impl<'a> From<&Target<'a>> for Target<'a> {
+    fn from(t: &Target<'a>) -> Self {
+        *t
     }
 }
 

@@ -10,7 +10,7 @@
 //! "From Rust", has a complete test.
 //!
 //! ```
-//! use beit_seg::conformance::{verify_case, Case, Target, VerifyOptions};
+//! use beit_seg::conformance::{verify_case, Candidate, Case, VerifyOptions};
 //!
 //! let case = Case::bundled("tiny-whole").unwrap();
 //! let cfg = case.model_config().unwrap();              // typed MMSegmentation config
@@ -21,8 +21,8 @@
 //! assert_eq!(case.input().unwrap().shape(), &[2, 3, 96, 128]);
 //!
 //! // A port run on the case: here one that returns MMSegmentation's own tensors.
-//! let target = Target::from_fn(|case: &Case| case.expected());
-//! let report = verify_case(&case.dir, &target, &VerifyOptions::default());
+//! let port = Candidate::from_fn(|case: &Case| case.expected());
+//! let report = verify_case(&case.dir, &port, &VerifyOptions::default());
 //! report.assert_pass();
 //! ```
 
@@ -89,9 +89,10 @@ pub fn bundled_cases() -> Result<Vec<PathBuf>, CaseError> {
 
 /// Loads case `dir` and checks `target` on it: [`super::run_case`] with the load error turned
 /// into an ERROR report. The same verdict as `beit-seg verify` (tolerances or half-precision
-/// budgets, coverage, `opts.scope`, NO EVIDENCE when nothing was compared).
-pub fn verify_case(dir: impl AsRef<Path>, target: &Target<'_>, opts: &VerifyOptions) -> CaseReport {
-    run_case_dir(dir.as_ref(), target, opts)
+/// budgets, coverage, `opts.scope`, NO EVIDENCE when nothing was compared). `target` is a
+/// `&Candidate` (a port in this process), a [`Target`] or a `&Target`.
+pub fn verify_case<'t>(dir: impl AsRef<Path>, target: impl Into<Target<'t>>, opts: &VerifyOptions) -> CaseReport {
+    run_case_dir(dir.as_ref(), &target.into(), opts)
 }
 
 impl Case {
@@ -174,11 +175,7 @@ impl CaseReport {
         let head = match self.first_failure() {
             Some(t) => {
                 let how = if t.status == Status::Fail && t.ratio.is_finite() {
-                    format!(
-                        " (max abs error {:.2e}, {} of what the rule allows)",
-                        t.max_abs,
-                        super::report::ratio_text(t.ratio)
-                    )
+                    format!(" (max abs error {:.2e}, err/tol {})", t.max_abs, super::report::ratio_text(t.ratio))
                 } else {
                     String::new()
                 };
