@@ -26,13 +26,14 @@ use std::time::Instant;
 
 use crate::backend::{Backend, BackendError};
 use candidate::{CandidateError, CandidateSource};
-use case::{CaseError, CaseKind, Dtype};
+use case::{CaseError, CaseKind};
 use compare::Status;
 use memory::CandidateRef;
 use report::{CaseStatus, Coverage};
 
 pub use crate::array::AnyArray;
-pub use crate::float::Precision;
+pub use crate::config::SegmentorConfig;
+pub use crate::float::{Dtype, Precision};
 pub use case::Case;
 pub use memory::Candidate;
 pub use names::NameMap;
