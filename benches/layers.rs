@@ -13,6 +13,7 @@ use ndarray::{Array3, Array4, ArrayD, IxDyn};
 
 use beit_seg::array::AnyArray;
 use beit_seg::config::{BeitConfig, HeadConfig, LnConfig};
+use beit_seg::model::heads::HeadPlan;
 use beit_seg::reference::beit::BeitLayer;
 use beit_seg::reference::heads::ConvModule;
 use beit_seg::reference::Recorder;
@@ -92,7 +93,8 @@ fn bench_fpn_conv(c: &mut Criterion) {
     }
     arrays.push((format!("{p}.bn.running_var"), AnyArray::F32(rand(&[768], 20, 0.5).mapv(|v| v + 1.0))));
     let mut ws = WeightStore::<f32>::from_arrays(arrays);
-    let conv = ConvModule::load(&mut ws, p, &head, 768, 768, 3, 1, 1);
+    let spec = HeadPlan::new(&head).convs().into_iter().find(|c| c.name == "fpn_convs.0").expect("a UPerHead").clone();
+    let conv = ConvModule::load(&mut ws, "decode_head", &spec);
     ws.finish().expect("complete module");
     let x: Array4<f32> = rand(&[1, 768, 160, 160], 7, 1.0).into_dimensionality().expect("4-D");
     let mut g = c.benchmark_group("reference");

@@ -7,7 +7,6 @@
 use std::time::Instant;
 
 use beit_seg::array::AnyArray;
-use beit_seg::cli::eval::preset;
 use beit_seg::config::SegmentorConfig;
 use beit_seg::reference::ops;
 use beit_seg::reference::segmentor::EncoderDecoder;
@@ -17,7 +16,7 @@ use ndarray::{Array4, ArrayD, IxDyn};
 
 fn main() -> anyhow::Result<()> {
     let name = std::env::args().nth(1).unwrap_or_else(|| "beit-base-640".into());
-    let mut v = preset(&name).ok_or_else(|| anyhow::anyhow!("unknown preset {name}"))?;
+    let mut v = beit_seg::config::presets::model_dict(&name).ok_or_else(|| anyhow::anyhow!("unknown preset {name}"))?;
     v.as_object_mut().expect("object").remove("data_preprocessor");
     let cfg = SegmentorConfig::from_value(&v)?;
     let mut seed = 1u64;
@@ -49,7 +48,7 @@ fn main() -> anyhow::Result<()> {
     let t_neck = t.elapsed().as_secs_f64();
     let logits = model.decode_head.forward(&feats, "decode_head", rec)?;
     let t_head = t.elapsed().as_secs_f64();
-    let out = ops::interpolate_bilinear(logits.view(), (640, 640), model.cfg.align_corners());
+    let out = ops::resize(logits.view(), (640, 640), model.cfg.align_corners());
     let total = t.elapsed().as_secs_f64();
     println!(
         "{name}: {params} parameters, one 640x640 crop -> {:?} logits in {total:.2} s on {} rayon threads \

@@ -42,6 +42,8 @@ if [ "${BEIT_SEG_SKIP_PY:-0}" != "1" ]; then
   trap 'rm -rf "$sweep"' EXIT
   "$venv/bin/python" fixtures/sweep.py --out "$sweep/cases"
   "$bin" verify --quiet "$sweep/cases"
+  # The ground truth on its plain twins (textbook loops / one GEMM instead of the fast kernels).
+  BEIT_SEG_PLAIN_KERNELS=1 "$bin" verify --quiet fixtures/
   "$venv/bin/python" python/tests/test_capture.py
   bash scripts/check_capture_install.sh "$venv/bin/python"
   BEIT_SEG="$bin" VENV="$venv" scripts/peers/run.sh --check
@@ -57,6 +59,35 @@ if [ "${BEIT_SEG_SKIP_TCH:-0}" != "1" ] && [ "${BEIT_SEG_SKIP_PY:-0}" != "1" ]; 
     cargo run --release --quiet --features tch -- verify --quiet --backend tch --precision "$p" fixtures/
   done
   cargo clippy --release --features tch --all-targets --quiet -- -D warnings
+fi
+
+# --- Rust API (appended; owned by src/conformance/{memory,port}.rs and peers/candle) ------------
+#  The library from outside, as a Rust port uses it: `cargo doc` with -D warnings (the conformance
+#  API denies missing docs; its doc-tests and tests/in_memory.rs, tests/from_rust.rs run in step 2),
+#  and peers/candle (candle-transformers' BEiT; its own crate and Cargo.lock, beit-seg a
+#  dev-dependency) through its own `cargo test`, with docs/peers.md's candle section checked against
+#  the run (scripts/peers/candle.sh --check) and its generated case against MMSegmentation
+#  (generate.py --check, with the venv of step 4). Cost, measured on the 2-core machine under a
+#  load of 6-9: the first build of peers/candle (candle-core/nn/transformers 0.11.1 CPU-only and
+#  beit-seg, release) takes 17 min (11 min CPU), so the candle tests run only when its target dir
+#  is cached in ~/.cache/beit-seg/candle-target (BEIT_SEG_CANDLE_TARGET) or BEIT_SEG_CANDLE=1
+#  asks for the build (which fills the cache). With the cache, a rerun after a change to beit-seg
+#  takes 3 min (+1.5 min for its clippy), an unchanged one seconds, the tests ~3 s.
+#  BEIT_SEG_SKIP_CANDLE=1 skips them.
+step "Rust API: cargo doc -D warnings; peers/candle's own cargo test"
+RUSTDOCFLAGS="-D warnings" CARGO_TARGET_DIR="${BEIT_SEG_DOC_TARGET:-target}" cargo doc --no-deps --quiet
+if [ "${BEIT_SEG_SKIP_PY:-0}" != "1" ]; then
+  "$venv/bin/python" fixtures/generate.py --check --only candle-384 --out peers/candle/fixtures
+fi
+candle_target="${BEIT_SEG_CANDLE_TARGET:-$HOME/.cache/beit-seg/candle-target}"
+if [ "${BEIT_SEG_SKIP_CANDLE:-0}" = "1" ]; then
+  echo "peers/candle: skipped (BEIT_SEG_SKIP_CANDLE=1)" >&2
+elif [ -d "$candle_target/release" ] || [ "${BEIT_SEG_CANDLE:-0}" = "1" ]; then
+  (cd peers/candle && cargo fmt --check \
+    && CARGO_TARGET_DIR="$candle_target" cargo clippy --release --all-targets --locked --quiet -- -D warnings)
+  CARGO_TARGET_DIR="$candle_target" scripts/peers/candle.sh --check
+else
+  echo "peers/candle: skipped, no build cache at $candle_target (BEIT_SEG_CANDLE=1 builds it once, ~17 min)" >&2
 fi
 
 if [ "${BEIT_SEG_SKIP_BLAS:-0}" != "1" ]; then

@@ -144,12 +144,13 @@ impl std::fmt::Display for Dtype {
 
 /// The arithmetic a model runs in, or a half-precision twin was made in: one type for the
 /// CLI, the backends, the bench and the fixture format (`"precision"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// float64 everywhere (the float64 twin fixtures).
     Fp64,
     /// float32 everywhere (TF32 off).
+    #[default]
     Fp32,
     /// float16, as `torch.autocast(dtype=torch.float16)` runs a model.
     Fp16,

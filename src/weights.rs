@@ -58,6 +58,21 @@ impl<T: Float> WeightStore<T> {
         }
     }
 
+    /// [`Self::get`] of a vector `(n,)`.
+    pub fn get1(&mut self, key: &str, n: usize) -> ndarray::Array1<T> {
+        self.get(key, &[n]).into_shape_with_order(n).expect("shape checked by get")
+    }
+
+    /// [`Self::get`] of a matrix `(a, b)`.
+    pub fn get2(&mut self, key: &str, a: usize, b: usize) -> ndarray::Array2<T> {
+        self.get(key, &[a, b]).into_shape_with_order((a, b)).expect("shape checked by get")
+    }
+
+    /// [`Self::get`] of a 4-D kernel.
+    pub fn get4(&mut self, key: &str, sh: [usize; 4]) -> ndarray::Array4<T> {
+        self.get(key, &sh).into_shape_with_order((sh[0], sh[1], sh[2], sh[3])).expect("shape checked by get")
+    }
+
     /// Takes the float tensor `key` with exactly `shape`. On a missing key or a wrong shape the
     /// problem is recorded and a zero tensor of `shape` is returned, so that construction goes
     /// on and every problem is reported at once by [`finish`](Self::finish). The tensor is
@@ -100,14 +115,14 @@ impl<T: Float> WeightStore<T> {
         v
     }
 
-    /// Every float tensor the model asked for, `(key, shape)` in construction order: the
-    /// parameter list of a model (see `EncoderDecoder::parameter_shapes`).
     /// Whether the store was built without any tensor (it can only collect requests, as
     /// `parameter_shapes` does, or fail in `finish`).
     pub fn is_empty(&self) -> bool {
         self.empty
     }
 
+    /// Every float tensor the model asked for, `(key, shape)` in construction order: the
+    /// parameter list of a model (see `EncoderDecoder::parameter_shapes`).
     pub fn requests(&self) -> &[(String, Vec<usize>)] {
         &self.requests
     }

@@ -29,7 +29,8 @@ fn run(
     single: bool,
 ) -> beit_seg::conformance::report::CaseReport {
     let source = CandidateSource { root: root.to_path_buf(), names };
-    run_case(case, &Target::Candidate { source: &source, single }, opts)
+    let target = Target::Candidate { source: &source, single };
+    run_case(case, &target, opts)
 }
 
 fn perturb(a: &AnyArray, delta: f64) -> AnyArray {

@@ -28,7 +28,7 @@ use beit_seg::conformance::case::{discover, Case, CaseKind, Dtype, Tolerance};
 use beit_seg::conformance::compare::{compare_floats, compare_labels, Status};
 use beit_seg::conformance::report::CaseStatus;
 use beit_seg::conformance::{run_case, Target, VerifyOptions};
-use beit_seg::fast::{self, Ctx, FastSegmentor, Precision};
+use beit_seg::fast::{self, Ctx, Precision};
 use beit_seg::reference::segmentor::EncoderDecoder;
 use beit_seg::reference::Recorder;
 use beit_seg::weights::WeightStore;
@@ -97,7 +97,7 @@ fn weight_problems_are_reported_like_the_reference() {
         .err()
         .expect("reference rejects")
         .to_string();
-    let got = FastSegmentor::load(&cfg, weights, Ctx::new(Device::Cpu, Precision::Fp32))
+    let got = fast::EncoderDecoder::load(&cfg, weights, Ctx::new(Device::Cpu, Precision::Fp32))
         .err()
         .expect("tch rejects")
         .to_string();
@@ -129,11 +129,11 @@ fn cuda_without_a_gpu_is_a_clear_error() {
     if tch::Cuda::is_available() {
         return;
     }
-    let fp32 = beit_seg::Precision::Fp32;
-    let err = TchBackend::from_names("cuda", fp32).err().expect("no GPU here").to_string();
+    let cuda = "cuda".parse::<beit_seg::Device>().expect("a device name");
+    let err = TchBackend::new(cuda.into(), Precision::Fp32).err().expect("no GPU here").to_string();
     assert!(err.contains("no CUDA device"), "{err}");
-    assert!(TchBackend::from_names("tpu", fp32).is_err());
-    assert!(beit_seg::Precision::parse("fp8").is_err());
+    assert!("tpu".parse::<beit_seg::Device>().is_err());
+    assert!(Precision::parse("fp8").is_err());
 }
 
 /// The tch Winograd F(2x2, 3x3) convolution equals `F.conv2d` (oneDNN's direct convolution)
@@ -179,7 +179,7 @@ fn half_precisions_run_and_stay_close_to_fp32() {
     let inputs = beit_seg::array::read_npy(&c.input_file("inputs").unwrap()).unwrap();
     let img = fast::from_any_array(&inputs, tch::Kind::Float, Device::Cpu).unwrap();
     let run = |p: Precision| {
-        let m = FastSegmentor::load(&cfg, weights.clone(), Ctx::new(Device::Cpu, p)).unwrap();
+        let m = fast::EncoderDecoder::load(&cfg, weights.clone(), Ctx::new(Device::Cpu, p)).unwrap();
         let out = m.forward(&img, &mut fast::Recorder::none()).unwrap();
         (fast::to_f64_array(&out.seg_logits).unwrap(), fast::to_i64_array(&out.pred).unwrap())
     };
@@ -203,8 +203,9 @@ fn eval_model_matches_the_reference_model() {
     let inputs = beit_seg::array::read_npy(&c.input_file("inputs").unwrap()).unwrap();
     let x: ndarray::Array4<f32> = inputs.to_float::<f32>().unwrap().into_dimensionality().unwrap();
     let x = x.slice(ndarray::s![0..1, .., .., ..]).to_owned();
-    let tch_model =
-        TchModel::new(FastSegmentor::load(&cfg, weights.clone(), Ctx::new(Device::Cpu, Precision::Fp32)).unwrap());
+    let tch_model = TchModel::new(
+        fast::EncoderDecoder::load(&cfg, weights.clone(), Ctx::new(Device::Cpu, Precision::Fp32)).unwrap(),
+    );
     let _ = RefBackend;
     let ref_model = RefModel(EncoderDecoder::<f32>::load(&cfg, WeightStore::from_arrays(weights)).unwrap());
     assert!(tch_model.describe().starts_with("tch"));
@@ -366,7 +367,7 @@ fn differential(m: &Model, precision: Precision, tol: Tolerance) -> Result<(), T
     };
     // tch.
     let ctx = Ctx::new(Device::Cpu, precision);
-    let model = FastSegmentor::load(&cfg, weights, ctx).unwrap();
+    let model = fast::EncoderDecoder::load(&cfg, weights, ctx).unwrap();
     let mut rec = fast::Recorder::all();
     let x = fast::from_any_array(&inputs, precision.kind(), Device::Cpu).unwrap();
     model.forward(&x, &mut rec).unwrap();

@@ -28,7 +28,8 @@ fn judge(case: &Case, tensors: &[(String, AnyArray)], claim: Precision) -> beit_
     save_outputs(tmp.path(), tensors, None).unwrap();
     let source = CandidateSource { root: tmp.path().to_path_buf(), names: None };
     let opts = VerifyOptions { precision: Some(claim), ..Default::default() };
-    run_case(case, &Target::Candidate { source: &source, single: true }, &opts)
+    let target = Target::Candidate { source: &source, single: true };
+    run_case(case, &target, &opts)
 }
 
 #[test]

@@ -369,11 +369,11 @@ proptest! {
         align_corners in any::<bool>(), seed in any::<u64>(),
     ) {
         let x = Rng::new(seed).t4((b, c, h, w), -10.0, 10.0);
-        let y = ops::interpolate_bilinear(x.view(), (h, w), align_corners);
+        let y = ops::resize(x.view(), (h, w), align_corners);
         assert_all_equal("resize to the same size", &y, &x)?;
         // Also through a non-standard (transposed-back) layout.
         let xt = x.clone().reversed_axes();
-        let y2 = ops::interpolate_bilinear(xt.t(), (h, w), align_corners);
+        let y2 = ops::resize(xt.t(), (h, w), align_corners);
         assert_all_equal("resize of a strided view", &y2, &x)?;
     }
 
@@ -383,14 +383,14 @@ proptest! {
         value in -100.0f64..100.0, align_corners in any::<bool>(), seed in any::<u64>(),
     ) {
         let x = Array4::from_elem((1, 2, h, w), value);
-        let y = ops::interpolate_bilinear(x.view(), (oh, ow), align_corners);
+        let y = ops::resize(x.view(), (oh, ow), align_corners);
         prop_assert_eq!(y.dim(), (1, 2, oh, ow));
         for &v in y.iter() {
             prop_assert!((v - value).abs() <= 4.0 * f64::EPSILON * value.abs(), "constant {} resized to {}", value, v);
         }
         // Each output is a convex combination of inputs: inside [min, max] of its plane.
         let x = Rng::new(seed).t4((1, 2, h, w), -10.0, 10.0);
-        let y = ops::interpolate_bilinear(x.view(), (oh, ow), align_corners);
+        let y = ops::resize(x.view(), (oh, ow), align_corners);
         for ch in 0..2 {
             let plane = x.slice(s![0, ch, .., ..]);
             let lo = plane.fold(f64::INFINITY, |m, &v| m.min(v));
@@ -406,7 +406,7 @@ proptest! {
         h in 1usize..=8, w in 1usize..=8, oh in 2usize..=64, ow in 2usize..=64, seed in any::<u64>(),
     ) {
         let x = Rng::new(seed).t4((2, 2, h, w), -10.0, 10.0);
-        let y = ops::interpolate_bilinear(x.view(), (oh, ow), true);
+        let y = ops::resize(x.view(), (oh, ow), true);
         // (n-1)/(m-1)·(m-1) need not round back to n-1 exactly (e.g. 1/49·49 < 1), in PyTorch
         // too, so the far corners are kept up to a few ulps.
         let tol = 1e-14 * max_abs(&x);
@@ -568,7 +568,7 @@ proptest! {
         let mut ws = attention_store(&cfg, seed, true);
         let attn = BeitAttention::load(&mut ws, "attn", &cfg);
         ws.finish().expect("the store holds exactly the attention's parameters");
-        prop_assert!(attn.table.iter().all(|&v| v == 0.0));
+        prop_assert!(attn.bias.table().iter().all(|&v| v == 0.0));
         let n = window.0 * window.1 + 1;
         let x = Rng::new(seed ^ 0x5555).t3((batch, n, embed), -2.0, 2.0);
         let y = attn.forward(&x, "attn", &mut Recorder::none());

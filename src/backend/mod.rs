@@ -52,7 +52,7 @@ pub enum BackendError {
     /// libtorch refused the weights, the input or the device.
     #[cfg(feature = "tch")]
     #[error(transparent)]
-    Tch(#[from] crate::fast::FastError),
+    Tch(#[from] crate::fast::ModelError),
     /// This build or machine cannot provide the backend (feature off, no such device).
     #[error("{0}")]
     Unavailable(String),
@@ -65,9 +65,10 @@ pub enum BackendError {
 }
 
 /// The implementations `--backend` chooses from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum BackendKind {
     /// The ndarray reference (ground truth).
+    #[default]
     #[value(name = "ref", alias = "reference")]
     Ref,
     /// libtorch (build with `--features tch`), CPU or CUDA.
@@ -75,18 +76,12 @@ pub enum BackendKind {
 }
 
 /// Everything that selects a backend: kind, device and precision (the last two only matter to
-/// `tch`: `cpu`, `cuda`, `cuda:N`; `fp32`, `fp16`, `bf16`).
-#[derive(Debug, Clone)]
+/// `tch`).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct BackendSpec {
     pub kind: BackendKind,
-    pub device: String,
+    pub device: crate::Device,
     pub precision: crate::float::Precision,
-}
-
-impl Default for BackendSpec {
-    fn default() -> Self {
-        BackendSpec { kind: BackendKind::Ref, device: "cpu".into(), precision: crate::float::Precision::Fp32 }
-    }
 }
 
 /// Seconds spent per stage of one `encode_decode` (whole mode, no recording).
@@ -97,6 +92,33 @@ pub struct StageTimes {
     pub decode_head: f64,
     /// The final resize of the logits to the input size.
     pub resize: f64,
+}
+
+/// Times the stages of one `encode_decode_timed` run: each [`lap`](Self::lap) books the time
+/// since the previous one to the stage that just ended.
+pub(crate) struct StageClock {
+    pub times: StageTimes,
+    last: std::time::Instant,
+}
+
+impl StageClock {
+    pub fn start() -> Self {
+        StageClock { times: StageTimes::default(), last: std::time::Instant::now() }
+    }
+
+    pub fn lap(&mut self, stage: crate::model::Stage) {
+        use crate::model::Stage;
+        let now = std::time::Instant::now();
+        let dt = (now - self.last).as_secs_f64();
+        self.last = now;
+        let slot = match stage {
+            Stage::Backbone => &mut self.times.backbone,
+            Stage::Neck => &mut self.times.neck,
+            Stage::DecodeHead => &mut self.times.decode_head,
+            Stage::Resize => &mut self.times.resize,
+        };
+        *slot += dt;
+    }
 }
 
 /// An implementation of the model that can be loaded.
@@ -156,7 +178,7 @@ pub fn open(spec: &BackendSpec) -> Result<Box<dyn Backend>, BackendError> {
             Ok(Box::new(reference::RefBackend))
         }
         #[cfg(feature = "tch")]
-        BackendKind::Tch => Ok(Box::new(tch::TchBackend::from_names(&spec.device, spec.precision)?)),
+        BackendKind::Tch => Ok(Box::new(tch::TchBackend::new(spec.device.into(), spec.precision)?)),
         #[cfg(not(feature = "tch"))]
         BackendKind::Tch => Err(BackendError::Unavailable(
             "backend `tch` is not available in this build (rebuild with `--features tch`; see docs/fast-path.md)"

@@ -5,7 +5,7 @@ use std::any::Any;
 
 use ndarray::{Array4, ArrayD, Ix4, IxDyn};
 
-use super::{Backend, BackendError, Model, OutTensor, Outputs, StageTimes};
+use super::{Backend, BackendError, Model, OutTensor, Outputs, StageClock, StageTimes};
 use crate::array::AnyArray;
 use crate::config::SegmentorConfig;
 use crate::float::Dtype;
@@ -85,26 +85,10 @@ impl<T: Float> Model for RefModel<T> {
     }
 
     fn profile(&self, inputs: &AnyArray) -> Result<StageTimes, BackendError> {
-        use std::time::Instant;
         let x = Self::input(inputs)?;
-        let m = &self.0;
-        let mut rec = Recorder::none();
-        let t = Instant::now();
-        let feats = m.backbone.forward(&x, "backbone", &mut rec)?;
-        let backbone = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let feats = match &m.neck {
-            Some(neck) => neck.forward(&feats, "neck", &mut rec),
-            None => feats,
-        };
-        let neck = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let logits = m.decode_head.forward(&feats, "decode_head", &mut rec)?;
-        let decode_head = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let (_, _, h, w) = x.dim();
-        let _ = crate::reference::ops::interpolate_bilinear(logits.view(), (h, w), m.cfg.align_corners());
-        Ok(StageTimes { backbone, neck, decode_head, resize: t.elapsed().as_secs_f64() })
+        let mut clock = StageClock::start();
+        self.0.encode_decode_timed(&x, &mut Recorder::none(), &mut |stage| clock.lap(stage))?;
+        Ok(clock.times)
     }
 }
 

@@ -8,12 +8,11 @@ use std::sync::Mutex;
 use ndarray::Array4;
 use tch::{Device, Kind};
 
-use super::{Backend, BackendError, Model, OutTensor, Outputs, StageTimes};
+use super::{Backend, BackendError, Model, OutTensor, Outputs, StageClock, StageTimes};
 use crate::array::AnyArray;
 use crate::config::SegmentorConfig;
 use crate::fast::{
-    check_device, device_name, from_any_array, parse_device, to_f64_array, to_i64_array, Ctx, FastError, FastSegmentor,
-    Precision, Recorder,
+    self, check_device, device_name, from_any_array, to_f64_array, to_i64_array, Ctx, Precision, Recorder,
 };
 use crate::float::Dtype;
 use crate::weights::StateDict;
@@ -26,14 +25,9 @@ pub struct TchBackend {
 
 impl TchBackend {
     /// Checks the device (see [`check_device`]); fp64 is only chosen per case.
-    pub fn new(device: Device, precision: Precision) -> Result<Self, FastError> {
+    pub fn new(device: Device, precision: Precision) -> Result<Self, fast::ModelError> {
         check_device(device)?;
         Ok(TchBackend { device, precision })
-    }
-
-    /// From the CLI's device string (`cpu`/`cuda`/`cuda:N`) and precision.
-    pub fn from_names(device: &str, precision: Precision) -> Result<Self, FastError> {
-        Self::new(parse_device(device)?, precision)
     }
 
     /// The precision a case of `dtype` runs in.
@@ -58,24 +52,24 @@ impl Backend for TchBackend {
     }
     fn load(&self, cfg: &SegmentorConfig, weights: StateDict, dtype: Dtype) -> Result<Box<dyn Model>, BackendError> {
         let ctx = Ctx::new(self.device, self.precision_for(dtype));
-        Ok(Box::new(TchModel::new(FastSegmentor::load(cfg, weights, ctx)?)))
+        Ok(Box::new(TchModel::new(fast::EncoderDecoder::load(cfg, weights, ctx)?)))
     }
 }
 
-/// A [`FastSegmentor`] behind a lock (tch tensors are `Send` but not `Sync`; one device runs one
+/// A [`fast::EncoderDecoder`] behind a lock (tch tensors are `Send` but not `Sync`; one device runs one
 /// batch at a time anyway).
 pub struct TchModel {
-    model: Mutex<FastSegmentor>,
+    model: Mutex<fast::EncoderDecoder>,
     ctx: Ctx,
 }
 
 impl TchModel {
-    pub fn new(model: FastSegmentor) -> Self {
+    pub fn new(model: fast::EncoderDecoder) -> Self {
         let ctx = model.ctx;
         TchModel { model: Mutex::new(model), ctx }
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, FastSegmentor>, BackendError> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, fast::EncoderDecoder>, BackendError> {
         self.model.lock().map_err(|_| BackendError::Unavailable("the model lock is poisoned".into()))
     }
 }
@@ -132,30 +126,12 @@ impl Model for TchModel {
                 tch::Cuda::synchronize(i as i64);
             }
         };
-        let mut rec = Recorder::none();
         sync();
-        let t = std::time::Instant::now();
-        let feats = model.backbone.forward(&x, "backbone", &mut rec)?;
-        sync();
-        let backbone = t.elapsed().as_secs_f64();
-        let t = std::time::Instant::now();
-        let feats = match &model.neck {
-            Some(neck) => neck.forward(&feats, "neck", &mut rec)?,
-            None => feats,
-        };
-        sync();
-        let neck = t.elapsed().as_secs_f64();
-        let t = std::time::Instant::now();
-        let logits = model
-            .decode_head
-            .forward(&feats, "decode_head", &mut rec)?
-            .f_to_kind(self.ctx.wide_kind())
-            .map_err(FastError::from)?;
-        sync();
-        let decode_head = t.elapsed().as_secs_f64();
-        let t = std::time::Instant::now();
-        let _ = crate::fast::ops::resize_bilinear(&logits, crate::fast::ops::hw(&x), model.cfg.align_corners())?;
-        sync();
-        Ok(StageTimes { backbone, neck, decode_head, resize: t.elapsed().as_secs_f64() })
+        let mut clock = StageClock::start();
+        let _logits = model.encode_decode_timed(&x, &mut Recorder::none(), &mut |stage| {
+            sync();
+            clock.lap(stage)
+        })?;
+        Ok(clock.times)
     }
 }

@@ -43,7 +43,7 @@ pub enum BenchError {
 pub struct BenchOptions {
     pub backend: BackendKind,
     /// `cpu`, `cuda`, `cuda:N` (tch only).
-    pub device: String,
+    pub device: crate::Device,
     /// `fp32`, `fp64` (ref, tch), `fp16`, `bf16` (tch).
     pub precisions: Vec<crate::float::Precision>,
     /// A name for reports (`base`, `large`).
@@ -175,14 +175,14 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>, BenchError> {
             model: &model_json,
             size: opts.size,
             threads,
-            device: &opts.device,
+            device: opts.device,
             python: opts.python.as_deref(),
         })
     });
     let rounds = if matches!(torch, Some(Ok(_))) { opts.rounds.max(1) } else { 1 };
     let mut rows = Vec::new();
     for precision in &opts.precisions {
-        let spec = BackendSpec { kind: opts.backend, device: opts.device.clone(), precision: *precision };
+        let spec = BackendSpec { kind: opts.backend, device: opts.device, precision: *precision };
         let be = backend::open(&spec)?;
         let dtype = if *precision == crate::float::Precision::Fp64 { Dtype::F64 } else { Dtype::F32 };
         note!(

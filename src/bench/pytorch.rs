@@ -113,7 +113,7 @@ pub struct PyTorchJob<'a> {
     pub model: &'a Value,
     pub size: usize,
     pub threads: usize,
-    pub device: &'a str,
+    pub device: crate::Device,
     pub python: Option<&'a Path>,
 }
 
@@ -150,7 +150,8 @@ impl PyTorchChild {
             find_python(job.python).ok_or("no Python with MMSegmentation found (set --python or BEIT_SEG_PYTHON)")?;
         let mut model = job.model.clone();
         sync_bn_to_bn(&mut model);
-        let args = json!({ "model": model, "threads": job.threads, "device": job.device, "size": job.size });
+        let args =
+            json!({ "model": model, "threads": job.threads, "device": job.device.to_string(), "size": job.size });
         let stderr = tempfile::tempfile().map_err(|e| format!("cannot create a file for the child's stderr: {e}"))?;
         let mut child = Command::new(&python)
             .arg("-c")

@@ -406,9 +406,176 @@ fn concat0(parts: &[&AnyArray], what: &str) -> Result<AnyArray, CheckpointError>
     })
 }
 
-/// Hugging Face transformers' BEiT names → mmseg.
+/// Hugging Face transformers' BEiT layer keys (after `beit.encoder.layer.{i}.`) → MMSegmentation's
+/// (after `layers.{i}.`). An entry ending in `.` renames that module's `weight` and `bias`.
+const HF_LAYER_RENAMES: &[(&str, &str)] = &[
+    ("layernorm_before.", "ln1."),
+    ("layernorm_after.", "ln2."),
+    ("attention.attention.query.bias", "attn.q_bias"),
+    ("attention.attention.value.bias", "attn.v_bias"),
+    ("attention.attention.relative_position_bias.relative_position_bias_table", "attn.relative_position_bias_table"),
+    ("attention.output.dense.", "attn.proj."),
+    ("intermediate.dense.", "ffn.layers.0.0."),
+    ("output.dense.", "ffn.layers.1."),
+    ("lambda_1", "gamma_1"),
+    ("lambda_2", "gamma_2"),
+];
+
+/// HF backbone keys outside the layers → MMSegmentation's (under `backbone.` for a segmentor);
+/// an entry ending in `.` renames `weight` and `bias`.
+const HF_BACKBONE_RENAMES: &[(&str, &str)] = &[
+    ("beit.embeddings.cls_token", "cls_token"),
+    ("beit.embeddings.patch_embeddings.projection.", "patch_embed.projection."),
+];
+
+/// HF segmentor prefixes → MMSegmentation's (any suffix), first match wins.
+const HF_HEAD_PREFIXES: &[(&str, &str)] = &[
+    ("fpn1.", "neck.upsample_4x."),
+    ("fpn2.", "neck.upsample_2x."),
+    ("decode_head.classifier.", "decode_head.conv_seg."),
+    ("auxiliary_head.classifier.", "auxiliary_head.conv_seg."),
+    ("decode_head.", "decode_head."),
+    ("auxiliary_head.", "auxiliary_head."),
+];
+
+/// HF keys MMSegmentation's model has no parameter for, by exact name or (ending in `.`) prefix.
+const HF_DROPS: &[(&str, DropReason)] = &[
+    ("beit.embeddings.mask_token", DropReason::MaskToken),
+    ("beit.embeddings.position_embeddings", DropReason::AbsolutePosition),
+    ("beit.encoder.relative_position_bias.relative_position_index", DropReason::DerivedIndex),
+    ("beit.pooler.", DropReason::Pooler),
+    ("classifier.", DropReason::Classifier),
+    ("lm_head.", DropReason::LmHead),
+];
+
+/// Why a source key is left out of the converted state dict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DropReason {
+    ZeroKeyBias,
+    DerivedIndex,
+    MaskToken,
+    AbsolutePosition,
+    SharedTableWithoutLayers,
+    UnusedFinalNorm,
+    Pooler,
+    Classifier,
+    LmHead,
+}
+
+impl DropReason {
+    fn text(self) -> &'static str {
+        match self {
+            DropReason::ZeroKeyBias => "zero key bias: MMSegmentation's BEiT has no key bias (it is identically zero)",
+            DropReason::DerivedIndex => "derived buffer: MMSegmentation's BEiT builds its own relative_position_index",
+            DropReason::MaskToken => "mask token (pretraining only)",
+            DropReason::AbsolutePosition => {
+                "absolute position embedding: MMSegmentation's BEiT has none (relative position bias only)"
+            }
+            DropReason::SharedTableWithoutLayers => {
+                "shared relative position bias table, but no layers to copy it into"
+            }
+            DropReason::UnusedFinalNorm => "final norm: unused with final_norm=False (MMSegmentation's BEiT default)",
+            DropReason::Pooler => "classifier's mean-pooling norm: not part of MMSegmentation's BEiT",
+            DropReason::Classifier => "classification head: not part of MMSegmentation's BEiT",
+            DropReason::LmHead => "masked-image-modelling head (pretraining only)",
+        }
+    }
+}
+
+/// `key` renamed by a table of (from, to) entries (an entry ending in `.` takes `weight`/`bias`).
+fn rename_by(table: &[(&str, &str)], key: &str) -> Option<String> {
+    table.iter().find_map(|&(from, to)| match from.strip_suffix('.') {
+        Some(_) => key.strip_prefix(from).filter(|p| *p == "weight" || *p == "bias").map(|p| format!("{to}{p}")),
+        None => (key == from).then(|| to.to_string()),
+    })
+}
+
+/// What becomes of one HF key.
+enum HfFate {
+    Rename(String),
+    Drop(DropReason),
+    /// One of a layer's query/key/value weights: the layer's `qkv.weight` is their concat.
+    Qkv(usize),
+    /// The key bias of a layer: dropped if zero, an error otherwise.
+    KeyBias,
+    /// The shared relative position bias table: copied into every layer.
+    SharedTable,
+    Unknown,
+}
+
+/// The fate of `key` (`bb`: `backbone.` for a segmentor, empty for a backbone).
+fn hf_fate(key: &str, bb: &str, final_norm: bool) -> HfFate {
+    if let Some((i, rest)) = layer_split(key, HF_LAYER) {
+        return match rest {
+            "attention.attention.query.weight"
+            | "attention.attention.key.weight"
+            | "attention.attention.value.weight" => HfFate::Qkv(i),
+            "attention.attention.key.bias" => HfFate::KeyBias,
+            "attention.attention.relative_position_bias.relative_position_index" => {
+                HfFate::Drop(DropReason::DerivedIndex)
+            }
+            _ => rename_by(HF_LAYER_RENAMES, rest)
+                .map_or(HfFate::Unknown, |to| HfFate::Rename(format!("{bb}layers.{i}.{to}"))),
+        };
+    }
+    if key == "beit.encoder.relative_position_bias.relative_position_bias_table" {
+        return HfFate::SharedTable;
+    }
+    if let Some(leaf) = ["beit.layernorm.", "layernorm."].iter().find_map(|p| key.strip_prefix(p)) {
+        if leaf == "weight" || leaf == "bias" {
+            return if final_norm {
+                HfFate::Rename(format!("{bb}ln1.{leaf}"))
+            } else {
+                HfFate::Drop(DropReason::UnusedFinalNorm)
+            };
+        }
+    }
+    if let Some(to) = rename_by(HF_BACKBONE_RENAMES, key) {
+        return HfFate::Rename(format!("{bb}{to}"));
+    }
+    let matches = |from: &str| if from.ends_with('.') { key.starts_with(from) } else { key == from };
+    if let Some(&(_, why)) = HF_DROPS.iter().find(|(from, _)| matches(from)) {
+        return HfFate::Drop(why);
+    }
+    match HF_HEAD_PREFIXES.iter().find_map(|(from, to)| key.strip_prefix(from).map(|rest| format!("{to}{rest}"))) {
+        Some(to) => HfFate::Rename(to),
+        None => HfFate::Unknown,
+    }
+}
+
+const HF_LAYER: &str = "beit.encoder.layer.";
+
+/// Layer `i`'s `qkv.weight` = concat(query, key, value weights) along rows, taken out of `state`
+/// by name (`index`: key → position); returns it with the three source names.
+fn hf_qkv(
+    i: usize,
+    state: &mut [Option<(String, AnyArray)>],
+    index: &HashMap<String, usize>,
+) -> Result<(Vec<String>, AnyArray), CheckpointError> {
+    let names: Vec<String> =
+        ["query", "key", "value"].iter().map(|p| format!("{HF_LAYER}{i}.attention.attention.{p}.weight")).collect();
+    let missing = |n: &str| cerr(format!("layer {i}: `{n}` is missing (needed for qkv.weight)"));
+    let positions =
+        names.iter().map(|n| index.get(n).copied().ok_or_else(|| missing(n))).collect::<Result<Vec<_>, _>>()?;
+    let parts: Vec<&AnyArray> = positions
+        .iter()
+        .map(|&j| state[j].as_ref().map(|(_, a)| a).ok_or_else(|| missing(&names[0])))
+        .collect::<Result<_, _>>()?;
+    let shapes: Vec<&[usize]> = parts.iter().map(|p| p.shape()).collect();
+    if shapes.iter().any(|s| s.len() != 2 || *s != shapes[0]) {
+        return Err(cerr(format!(
+            "layer {i}: query/key/value weights have shapes {shapes:?}, expected three equal (C, C)"
+        )));
+    }
+    let qkv = concat0(&parts, &format!("layer {i} qkv.weight"))?;
+    for j in positions {
+        state[j] = None;
+    }
+    Ok((names, qkv))
+}
+
+/// Hugging Face transformers' BEiT names → mmseg, by the tables above.
 fn convert_hf(state: Vec<(String, AnyArray)>, opts: &ConvertOptions, out: &mut Out) -> Result<(), CheckpointError> {
-    const L: &str = "beit.encoder.layer.";
     let full =
         state.iter().any(|(k, _)| k.starts_with("fpn1.") || k.starts_with("fpn2.") || k.starts_with("decode_head."));
     let bb = if full { "backbone." } else { "" };
@@ -418,187 +585,50 @@ fn convert_hf(state: Vec<(String, AnyArray)>, opts: &ConvertOptions, out: &mut O
                 .to_string(),
         );
     }
-    let layers: BTreeSet<usize> = state.iter().filter_map(|(k, _)| layer_index(k, L)).collect();
+    let layers: BTreeSet<usize> = state.iter().filter_map(|(k, _)| layer_index(k, HF_LAYER)).collect();
     let index: HashMap<String, usize> = state.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
-    let mut taken = vec![false; state.len()];
-    let mut unknown = Vec::new();
-    // qkv first needs all three weights; look them up by name.
-    let qkv_of = |i: usize| -> Result<(Vec<String>, AnyArray), CheckpointError> {
-        let names: Vec<String> =
-            ["query", "key", "value"].iter().map(|p| format!("{L}{i}.attention.attention.{p}.weight")).collect();
-        let mut parts = Vec::with_capacity(3);
-        for n in &names {
-            let j =
-                *index.get(n).ok_or_else(|| cerr(format!("layer {i}: `{n}` is missing (needed for qkv.weight)")))?;
-            parts.push(&state[j].1);
-        }
-        let shapes: Vec<&[usize]> = parts.iter().map(|p| p.shape()).collect();
-        if shapes.iter().any(|s| s.len() != 2 || *s != shapes[0]) {
-            return Err(cerr(format!(
-                "layer {i}: query/key/value weights have shapes {shapes:?}, expected three equal (C, C)"
-            )));
-        }
-        Ok((names, concat0(&parts, &format!("layer {i} qkv.weight"))?))
-    };
-    let mut pending: Vec<(String, String, AnyArray)> = Vec::new(); // (from, to, tensor), in order
-    let mut dropped: Vec<(String, String)> = Vec::new();
-    let mut renamed_extra: Vec<(String, String)> = Vec::new();
-    for (pos, (k, a)) in state.iter().enumerate() {
-        if taken[pos] {
-            continue;
-        }
-        taken[pos] = true;
-        if let Some((i, rest)) = layer_split(k, L) {
-            let lp = format!("{bb}layers.{i}.");
-            let to = match rest {
-                "layernorm_before.weight" | "layernorm_before.bias" => {
-                    format!("{lp}ln1.{}", &rest["layernorm_before.".len()..])
-                }
-                "layernorm_after.weight" | "layernorm_after.bias" => {
-                    format!("{lp}ln2.{}", &rest["layernorm_after.".len()..])
-                }
-                "attention.attention.query.weight"
-                | "attention.attention.key.weight"
-                | "attention.attention.value.weight" => {
-                    let (names, qkv) = qkv_of(i)?;
-                    let to = format!("{lp}attn.qkv.weight");
-                    for n in &names {
-                        if let Some(&j) = index.get(n) {
-                            taken[j] = true;
-                        }
-                        renamed_extra.push((n.clone(), to.clone()));
-                    }
-                    pending.push((String::new(), to, qkv));
-                    continue;
-                }
-                "attention.attention.query.bias" => format!("{lp}attn.q_bias"),
-                "attention.attention.value.bias" => format!("{lp}attn.v_bias"),
-                "attention.attention.key.bias" => {
-                    let max = a.to_f64().iter().fold(0.0f64, |m, v| m.max(v.abs()));
-                    if max != 0.0 || max.is_nan() {
-                        return Err(cerr(format!(
-                            "`{k}` is non-zero (max |b| = {max}): MMSegmentation's BEiT has no key bias"
-                        )));
-                    }
-                    dropped.push((
-                        k.clone(),
-                        "zero key bias: MMSegmentation's BEiT has no key bias (it is identically zero)".into(),
-                    ));
-                    continue;
-                }
-                "attention.attention.relative_position_bias.relative_position_bias_table" => {
-                    format!("{lp}attn.relative_position_bias_table")
-                }
-                "attention.attention.relative_position_bias.relative_position_index" => {
-                    dropped.push((
-                        k.clone(),
-                        "derived buffer: MMSegmentation's BEiT builds its own relative_position_index".into(),
-                    ));
-                    continue;
-                }
-                "attention.output.dense.weight" | "attention.output.dense.bias" => {
-                    format!("{lp}attn.proj.{}", &rest["attention.output.dense.".len()..])
-                }
-                "intermediate.dense.weight" | "intermediate.dense.bias" => {
-                    format!("{lp}ffn.layers.0.0.{}", &rest["intermediate.dense.".len()..])
-                }
-                "output.dense.weight" | "output.dense.bias" => {
-                    format!("{lp}ffn.layers.1.{}", &rest["output.dense.".len()..])
-                }
-                "lambda_1" => format!("{lp}gamma_1"),
-                "lambda_2" => format!("{lp}gamma_2"),
-                _ => {
-                    unknown.push(k.clone());
-                    k.clone()
-                }
-            };
-            pending.push((k.clone(), to, a.clone()));
-            continue;
-        }
-        let to = match k.as_str() {
-            "beit.embeddings.cls_token" => format!("{bb}cls_token"),
-            "beit.embeddings.patch_embeddings.projection.weight"
-            | "beit.embeddings.patch_embeddings.projection.bias" => {
-                format!("{bb}patch_embed.projection.{}", &k["beit.embeddings.patch_embeddings.projection.".len()..])
-            }
-            "beit.embeddings.mask_token" => {
-                dropped.push((k.clone(), "mask token (pretraining only)".into()));
-                continue;
-            }
-            "beit.embeddings.position_embeddings" => {
-                dropped.push((
-                    k.clone(),
-                    "absolute position embedding: MMSegmentation's BEiT has none (relative position bias only)".into(),
-                ));
-                continue;
-            }
-            "beit.encoder.relative_position_bias.relative_position_bias_table" => {
-                if layers.is_empty() {
-                    dropped
-                        .push((k.clone(), "shared relative position bias table, but no layers to copy it into".into()));
-                    continue;
-                }
-                for &i in &layers {
-                    pending.push((k.clone(), format!("{bb}layers.{i}.attn.relative_position_bias_table"), a.clone()));
-                }
-                out.report.notes.push(format!("copied the shared `{k}` into each of the {} layers", layers.len()));
-                continue;
-            }
-            "beit.encoder.relative_position_bias.relative_position_index" => {
-                dropped.push((
-                    k.clone(),
-                    "derived buffer: MMSegmentation's BEiT builds its own relative_position_index".into(),
-                ));
-                continue;
-            }
-            "beit.layernorm.weight" | "beit.layernorm.bias" | "layernorm.weight" | "layernorm.bias" => {
-                if opts.final_norm {
-                    format!("{bb}ln1.{}", k.rsplit('.').next().unwrap_or("weight"))
-                } else {
-                    dropped.push((
-                        k.clone(),
-                        "final norm: unused with final_norm=False (MMSegmentation's BEiT default)".into(),
-                    ));
-                    continue;
-                }
-            }
-            _ if k.starts_with("beit.pooler.") => {
-                dropped.push((k.clone(), "classifier's mean-pooling norm: not part of MMSegmentation's BEiT".into()));
-                continue;
-            }
-            _ if k.starts_with("classifier.") => {
-                dropped.push((k.clone(), "classification head: not part of MMSegmentation's BEiT".into()));
-                continue;
-            }
-            _ if k.starts_with("lm_head.") => {
-                dropped.push((k.clone(), "masked-image-modelling head (pretraining only)".into()));
-                continue;
-            }
-            _ if k.starts_with("fpn1.") => format!("neck.upsample_4x.{}", &k["fpn1.".len()..]),
-            _ if k.starts_with("fpn2.") => format!("neck.upsample_2x.{}", &k["fpn2.".len()..]),
-            _ if k.starts_with("decode_head.classifier.") => {
-                format!("decode_head.conv_seg.{}", &k["decode_head.classifier.".len()..])
-            }
-            _ if k.starts_with("auxiliary_head.classifier.") => {
-                format!("auxiliary_head.conv_seg.{}", &k["auxiliary_head.classifier.".len()..])
-            }
-            _ if k.starts_with("decode_head.") || k.starts_with("auxiliary_head.") => k.clone(),
-            _ => {
-                unknown.push(k.clone());
-                k.clone()
-            }
+    let mut state: Vec<Option<(String, AnyArray)>> = state.into_iter().map(Some).collect();
+    let (mut unknown, mut qkv_renames) = (Vec::new(), Vec::new());
+    for pos in 0..state.len() {
+        let fate = match &state[pos] {
+            Some((k, _)) => hf_fate(k, bb, opts.final_norm),
+            None => continue, // a query/key/value weight already in its layer's qkv
         };
-        pending.push((k.clone(), to, a.clone()));
-    }
-    for (from, to, a) in pending {
-        if from.is_empty() {
-            out.tensors.push((to, a));
-        } else {
-            out.keep(&from, to, a);
+        if let HfFate::Qkv(i) = fate {
+            let (names, qkv) = hf_qkv(i, &mut state, &index)?;
+            let to = format!("{bb}layers.{i}.attn.qkv.weight");
+            qkv_renames.extend(names.into_iter().map(|n| (n, to.clone())));
+            out.tensors.push((to, qkv));
+            continue;
+        }
+        let (k, a) = state[pos].take().expect("present");
+        match fate {
+            HfFate::Rename(to) => out.keep(&k, to, a),
+            HfFate::Drop(why) => out.drop(&k, why.text()),
+            HfFate::KeyBias => {
+                let max = a.to_f64().iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                if max != 0.0 || max.is_nan() {
+                    return Err(cerr(format!(
+                        "`{k}` is non-zero (max |b| = {max}): MMSegmentation's BEiT has no key bias"
+                    )));
+                }
+                out.drop(&k, DropReason::ZeroKeyBias.text());
+            }
+            HfFate::SharedTable if layers.is_empty() => out.drop(&k, DropReason::SharedTableWithoutLayers.text()),
+            HfFate::SharedTable => {
+                out.report.notes.push(format!("copied the shared `{k}` into each of the {} layers", layers.len()));
+                for &i in &layers {
+                    out.keep(&k, format!("{bb}layers.{i}.attn.relative_position_bias_table"), a.clone());
+                }
+            }
+            HfFate::Qkv(_) => unreachable!("handled above"),
+            HfFate::Unknown => {
+                unknown.push(k.clone());
+                out.keep(&k, k.clone(), a);
+            }
         }
     }
-    out.report.renamed.extend(renamed_extra);
-    out.report.dropped.extend(dropped);
+    out.report.renamed.extend(qkv_renames);
     if !layers.is_empty() {
         out.report
             .notes

@@ -12,6 +12,57 @@ use super::globals::Global;
 pub(super) use super::nodes::{node_kind, Id, Node, StorageRef, TensorSpec};
 use super::{CheckpointError, ReadOptions};
 
+/// The pickle opcodes the machine runs (`pickletools`' names), protocols 0-5 as `torch.save`
+/// writes them.
+mod op {
+    pub const PROTO: u8 = 0x80;
+    pub const FRAME: u8 = 0x95;
+    pub const STOP: u8 = b'.';
+    pub const EMPTY_DICT: u8 = b'}';
+    pub const EMPTY_LIST: u8 = b']';
+    pub const EMPTY_TUPLE: u8 = b')';
+    pub const MARK: u8 = b'(';
+    pub const POP: u8 = b'0';
+    pub const POP_MARK: u8 = b'1';
+    pub const DUP: u8 = b'2';
+    pub const BINUNICODE: u8 = b'X';
+    pub const SHORT_BINUNICODE: u8 = 0x8c;
+    pub const BINUNICODE8: u8 = 0x8d;
+    pub const SHORT_BINSTRING: u8 = b'U';
+    pub const BINSTRING: u8 = b'T';
+    pub const BINBYTES: u8 = b'B';
+    pub const SHORT_BINBYTES: u8 = b'C';
+    pub const BINBYTES8: u8 = 0x8e;
+    pub const BININT: u8 = b'J';
+    pub const BININT1: u8 = b'K';
+    pub const BININT2: u8 = b'M';
+    pub const LONG1: u8 = 0x8a;
+    pub const LONG4: u8 = 0x8b;
+    pub const BINFLOAT: u8 = b'G';
+    pub const NEWTRUE: u8 = 0x88;
+    pub const NEWFALSE: u8 = 0x89;
+    pub const NONE: u8 = b'N';
+    pub const GLOBAL: u8 = b'c';
+    pub const STACK_GLOBAL: u8 = 0x93;
+    pub const BINPERSID: u8 = b'Q';
+    pub const REDUCE: u8 = b'R';
+    pub const NEWOBJ: u8 = 0x81;
+    pub const BUILD: u8 = b'b';
+    pub const TUPLE: u8 = b't';
+    pub const TUPLE1: u8 = 0x85;
+    pub const TUPLE2: u8 = 0x86;
+    pub const TUPLE3: u8 = 0x87;
+    pub const SETITEM: u8 = b's';
+    pub const SETITEMS: u8 = b'u';
+    pub const APPEND: u8 = b'a';
+    pub const APPENDS: u8 = b'e';
+    pub const BINPUT: u8 = b'q';
+    pub const LONG_BINPUT: u8 = b'r';
+    pub const MEMOIZE: u8 = 0x94;
+    pub const BINGET: u8 = b'h';
+    pub const LONG_BINGET: u8 = b'j';
+}
+
 /// The pickle virtual machine: stack, marks, memo and the nodes created so far.
 pub(super) struct Machine<'a> {
     data: &'a [u8],
@@ -169,257 +220,266 @@ impl<'a> Machine<'a> {
     pub(super) fn run(&mut self) -> Result<Id, CheckpointError> {
         loop {
             self.op_pos = self.pos;
-            let op = self.u8()?;
-            match op {
-                0x80 => {
-                    // PROTO
-                    let v = self.u8()?;
-                    if v > 5 {
-                        return Err(self.err(format!("unsupported pickle protocol {v}")));
-                    }
+            let code = self.u8()?;
+            match code {
+                op::STOP => return self.pop(),
+                op::PROTO | op::FRAME => self.protocol(code)?,
+                op::BINUNICODE | op::SHORT_BINUNICODE | op::BINUNICODE8 | op::SHORT_BINSTRING | op::BINSTRING => {
+                    self.string(code)?
                 }
-                0x95 => {
-                    // FRAME: advisory length of the next frame
-                    self.u64()?;
+                op::BINBYTES | op::SHORT_BINBYTES | op::BINBYTES8 => self.bytes(code)?,
+                op::BININT
+                | op::BININT1
+                | op::BININT2
+                | op::LONG1
+                | op::LONG4
+                | op::BINFLOAT
+                | op::NEWTRUE
+                | op::NEWFALSE
+                | op::NONE => self.scalar(code)?,
+                op::MARK | op::POP | op::POP_MARK | op::DUP => self.stack_op(code)?,
+                op::EMPTY_DICT
+                | op::EMPTY_LIST
+                | op::EMPTY_TUPLE
+                | op::TUPLE
+                | op::TUPLE1
+                | op::TUPLE2
+                | op::TUPLE3
+                | op::SETITEM
+                | op::SETITEMS
+                | op::APPEND
+                | op::APPENDS => self.container(code)?,
+                op::GLOBAL | op::STACK_GLOBAL | op::BINPERSID | op::REDUCE | op::NEWOBJ | op::BUILD => {
+                    self.object(code)?
                 }
-                b'.' => {
-                    // STOP
-                    let v = self.pop()?;
-                    return Ok(v);
-                }
-                b'}' => self.push(Node::Dict(Vec::new()))?,
-                b']' => self.push(Node::List(Vec::new()))?,
-                b')' => self.push(Node::Tuple(Vec::new()))?,
-                b'(' => {
-                    self.spend()?;
-                    self.marks.push(self.stack.len());
-                }
-                b'0' => {
-                    // POP
-                    self.pop()?;
-                }
-                b'1' => {
-                    // POP_MARK
-                    self.pop_mark()?;
-                }
-                b'2' => {
-                    // DUP
-                    self.spend()?;
-                    let t = self.top()?;
-                    self.stack.push(t);
-                }
-                b'X' => {
-                    let n = self.u32()? as u64;
-                    let n = self.len_from(n)?;
-                    let b = self.take(n)?;
-                    self.str_node(b)?;
-                }
-                0x8c => {
-                    let n = self.u8()? as usize;
-                    let b = self.take(n)?;
-                    self.str_node(b)?;
-                }
-                0x8d => {
-                    let n = self.u64()?;
-                    let n = self.len_from(n)?;
-                    let b = self.take(n)?;
-                    self.str_node(b)?;
-                }
-                b'U' => {
-                    // SHORT_BINSTRING (Python 2 str; read as text, as torch.load's default encoding)
-                    let n = self.u8()? as usize;
-                    let b = self.take(n)?;
-                    self.str_node(b)?;
-                }
-                b'T' => {
-                    // BINSTRING
-                    let n = self.u32()? as i32;
-                    if n < 0 {
-                        return Err(self.err("negative BINSTRING length"));
-                    }
-                    let n = self.len_from(n as u64)?;
-                    let b = self.take(n)?;
-                    self.str_node(b)?;
-                }
-                b'B' => {
-                    let n = self.u32()? as u64;
-                    let n = self.len_from(n)?;
-                    let b = self.take(n)?.to_vec();
-                    self.push(Node::Bytes(b))?;
-                }
-                b'C' => {
-                    let n = self.u8()? as usize;
-                    let b = self.take(n)?.to_vec();
-                    self.push(Node::Bytes(b))?;
-                }
-                0x8e => {
-                    let n = self.u64()?;
-                    let n = self.len_from(n)?;
-                    let b = self.take(n)?.to_vec();
-                    self.push(Node::Bytes(b))?;
-                }
-                b'J' => {
-                    let v = self.u32()? as i32;
-                    self.push(Node::Int(v as i64))?;
-                }
-                b'K' => {
-                    let v = self.u8()?;
-                    self.push(Node::Int(v as i64))?;
-                }
-                b'M' => {
-                    let v = self.u16()?;
-                    self.push(Node::Int(v as i64))?;
-                }
-                0x8a | 0x8b => {
-                    // LONG1 / LONG4: little-endian two's complement
-                    let n = if op == 0x8a {
-                        self.u8()? as u64
-                    } else {
-                        let n = self.u32()? as i32;
-                        if n < 0 {
-                            return Err(self.err("negative LONG4 length"));
-                        }
-                        n as u64
-                    };
-                    let n = self.len_from(n)?;
-                    let b = self.take(n)?;
-                    let node = if b.is_empty() {
-                        Node::Int(0)
-                    } else if b.len() <= 8 {
-                        let neg = b[b.len() - 1] & 0x80 != 0;
-                        let mut a = if neg { [0xffu8; 8] } else { [0u8; 8] };
-                        a[..b.len()].copy_from_slice(b);
-                        Node::Int(i64::from_le_bytes(a))
-                    } else {
-                        Node::BigInt(b.to_vec())
-                    };
-                    self.push(node)?;
-                }
-                b'G' => {
-                    let b = self.take(8)?;
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(b);
-                    self.push(Node::Float(f64::from_be_bytes(a)))?;
-                }
-                0x88 => self.push(Node::Bool(true))?,
-                0x89 => self.push(Node::Bool(false))?,
-                b'N' => self.push(Node::None)?,
-                b'c' => {
-                    let module = self.line()?;
-                    let name = self.line()?;
-                    let g = self.resolve_global(module, name)?;
-                    self.push(g)?;
-                }
-                0x93 => {
-                    // STACK_GLOBAL
-                    let name = self.pop()?;
-                    let module = self.pop()?;
-                    let (m, n) = match (&self.nodes[module], &self.nodes[name]) {
-                        (Node::Str(m), Node::Str(n)) => (m.clone(), n.clone()),
-                        _ => return Err(self.err("STACK_GLOBAL: module and name must be strings")),
-                    };
-                    let g = self.resolve_global(&m, &n)?;
-                    self.push(g)?;
-                }
-                b'Q' => {
-                    // BINPERSID
-                    let pid = self.pop()?;
-                    let s = self.persistent_load(pid)?;
-                    self.push(s)?;
-                }
-                b'R' => {
-                    let args = self.pop()?;
-                    let callable = self.pop()?;
-                    let v = self.reduce(callable, args)?;
-                    self.push(v)?;
-                }
-                0x81 => {
-                    // NEWOBJ: cls.__new__(cls, *args)
-                    let _args = self.pop()?;
-                    let cls = self.pop()?;
-                    let v = match &self.nodes[cls] {
-                        Node::Global(Global::OrderedDict) => Node::Dict(Vec::new()),
-                        Node::Global(Global::Opaque(n)) => Node::Forbidden(n.clone()),
-                        other => return Err(self.err(format!("NEWOBJ: cannot instantiate a {}", node_kind(other)))),
-                    };
-                    self.push(v)?;
-                }
-                b'b' => {
-                    // BUILD: obj.__setstate__(state). Attributes of an OrderedDict (a state
-                    // dict's `_metadata`) and of opaque objects are ignored.
-                    let _state = self.pop()?;
-                    let obj = self.top()?;
-                    match &self.nodes[obj] {
-                        Node::Dict(_) | Node::Opaque(_) | Node::Forbidden(_) | Node::Tensor(_) => {}
-                        other => return Err(self.err(format!("BUILD: cannot set the state of a {}", node_kind(other)))),
-                    }
-                }
-                b't' => {
-                    let items = self.pop_mark()?;
-                    self.push(Node::Tuple(items))?;
-                }
-                0x85 => {
-                    let a = self.pop()?;
-                    self.push(Node::Tuple(vec![a]))?;
-                }
-                0x86 => {
-                    let b = self.pop()?;
-                    let a = self.pop()?;
-                    self.push(Node::Tuple(vec![a, b]))?;
-                }
-                0x87 => {
-                    let c = self.pop()?;
-                    let b = self.pop()?;
-                    let a = self.pop()?;
-                    self.push(Node::Tuple(vec![a, b, c]))?;
-                }
-                b's' => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    let d = self.top()?;
-                    self.dict_set(d, vec![(k, v)])?;
-                }
-                b'u' => {
-                    let items = self.pop_mark()?;
-                    if items.len() % 2 != 0 {
-                        return Err(self.err("SETITEMS: odd number of items"));
-                    }
-                    let d = self.top()?;
-                    let pairs = items.chunks_exact(2).map(|c| (c[0], c[1])).collect();
-                    self.dict_set(d, pairs)?;
-                }
-                b'a' => {
-                    let v = self.pop()?;
-                    let l = self.top()?;
-                    self.list_extend(l, vec![v])?;
-                }
-                b'e' => {
-                    let items = self.pop_mark()?;
-                    let l = self.top()?;
-                    self.list_extend(l, items)?;
-                }
-                b'q' => {
-                    let i = self.u8()? as u32;
-                    self.memo_put(i)?;
-                }
-                b'r' => {
-                    let i = self.u32()?;
-                    self.memo_put(i)?;
-                }
-                0x94 => {
-                    // MEMOIZE
-                    let i = u32::try_from(self.memo.len()).map_err(|_| self.err("memo overflow"))?;
-                    self.memo_put(i)?;
-                }
-                b'h' => {
-                    let i = self.u8()? as u32;
-                    self.memo_get(i)?;
-                }
-                b'j' => {
-                    let i = self.u32()?;
-                    self.memo_get(i)?;
-                }
+                op::BINPUT | op::LONG_BINPUT | op::MEMOIZE | op::BINGET | op::LONG_BINGET => self.memo_op(code)?,
                 other => return Err(self.err(format!("unsupported pickle opcode 0x{other:02x}"))),
+            }
+        }
+    }
+
+    /// `PROTO` (protocols up to 5) and `FRAME` (an advisory length, skipped).
+    fn protocol(&mut self, code: u8) -> Result<(), CheckpointError> {
+        if code == op::FRAME {
+            self.u64()?;
+            return Ok(());
+        }
+        let v = self.u8()?;
+        if v > 5 {
+            return Err(self.err(format!("unsupported pickle protocol {v}")));
+        }
+        Ok(())
+    }
+
+    /// A length-prefixed string (Python 2 `str` read as text, as torch.load's default encoding).
+    fn string(&mut self, code: u8) -> Result<(), CheckpointError> {
+        let n = match code {
+            op::SHORT_BINUNICODE | op::SHORT_BINSTRING => self.u8()? as u64,
+            op::BINUNICODE => self.u32()? as u64,
+            op::BINUNICODE8 => self.u64()?,
+            _ => {
+                let n = self.u32()? as i32; // BINSTRING
+                u64::try_from(n).map_err(|_| self.err("negative BINSTRING length"))?
+            }
+        };
+        let n = self.len_from(n)?;
+        let b = self.take(n)?;
+        self.str_node(b)
+    }
+
+    /// A length-prefixed `bytes`.
+    fn bytes(&mut self, code: u8) -> Result<(), CheckpointError> {
+        let n = match code {
+            op::SHORT_BINBYTES => self.u8()? as u64,
+            op::BINBYTES => self.u32()? as u64,
+            _ => self.u64()?, // BINBYTES8
+        };
+        let n = self.len_from(n)?;
+        let b = self.take(n)?.to_vec();
+        self.push(Node::Bytes(b))
+    }
+
+    /// Integers, floats, booleans and `None`.
+    fn scalar(&mut self, code: u8) -> Result<(), CheckpointError> {
+        let node = match code {
+            op::BININT => Node::Int(self.u32()? as i32 as i64),
+            op::BININT1 => Node::Int(self.u8()? as i64),
+            op::BININT2 => Node::Int(self.u16()? as i64),
+            op::LONG1 | op::LONG4 => self.long(code)?,
+            op::BINFLOAT => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(self.take(8)?);
+                Node::Float(f64::from_be_bytes(a))
+            }
+            op::NEWTRUE => Node::Bool(true),
+            op::NEWFALSE => Node::Bool(false),
+            _ => Node::None,
+        };
+        self.push(node)
+    }
+
+    /// `LONG1` / `LONG4`: a little-endian two's complement integer of a given byte length.
+    fn long(&mut self, code: u8) -> Result<Node, CheckpointError> {
+        let n = if code == op::LONG1 {
+            self.u8()? as u64
+        } else {
+            let n = self.u32()? as i32;
+            u64::try_from(n).map_err(|_| self.err("negative LONG4 length"))?
+        };
+        let n = self.len_from(n)?;
+        let b = self.take(n)?;
+        Ok(if b.is_empty() {
+            Node::Int(0)
+        } else if b.len() <= 8 {
+            let neg = b[b.len() - 1] & 0x80 != 0;
+            let mut a = if neg { [0xffu8; 8] } else { [0u8; 8] };
+            a[..b.len()].copy_from_slice(b);
+            Node::Int(i64::from_le_bytes(a))
+        } else {
+            Node::BigInt(b.to_vec())
+        })
+    }
+
+    /// `MARK`, `POP`, `POP_MARK`, `DUP`.
+    fn stack_op(&mut self, code: u8) -> Result<(), CheckpointError> {
+        match code {
+            op::MARK => {
+                self.spend()?;
+                self.marks.push(self.stack.len());
+            }
+            op::POP => {
+                self.pop()?;
+            }
+            op::POP_MARK => {
+                self.pop_mark()?;
+            }
+            _ => {
+                self.spend()?; // DUP
+                let t = self.top()?;
+                self.stack.push(t);
+            }
+        }
+        Ok(())
+    }
+
+    /// Empty containers, tuples from the stack, dict items and list appends.
+    fn container(&mut self, code: u8) -> Result<(), CheckpointError> {
+        match code {
+            op::EMPTY_DICT => self.push(Node::Dict(Vec::new())),
+            op::EMPTY_LIST => self.push(Node::List(Vec::new())),
+            op::EMPTY_TUPLE => self.push(Node::Tuple(Vec::new())),
+            op::TUPLE => {
+                let items = self.pop_mark()?;
+                self.push(Node::Tuple(items))
+            }
+            op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
+                let n = (code - op::TUPLE1 + 1) as usize;
+                let mut items = (0..n).map(|_| self.pop()).collect::<Result<Vec<_>, _>>()?;
+                items.reverse();
+                self.push(Node::Tuple(items))
+            }
+            op::SETITEM => {
+                let v = self.pop()?;
+                let k = self.pop()?;
+                let d = self.top()?;
+                self.dict_set(d, vec![(k, v)])
+            }
+            op::SETITEMS => {
+                let items = self.pop_mark()?;
+                if items.len() % 2 != 0 {
+                    return Err(self.err("SETITEMS: odd number of items"));
+                }
+                let d = self.top()?;
+                self.dict_set(d, items.chunks_exact(2).map(|c| (c[0], c[1])).collect())
+            }
+            op::APPEND => {
+                let v = self.pop()?;
+                let l = self.top()?;
+                self.list_extend(l, vec![v])
+            }
+            _ => {
+                let items = self.pop_mark()?; // APPENDS
+                let l = self.top()?;
+                self.list_extend(l, items)
+            }
+        }
+    }
+
+    /// Globals (checked against the allow-list), persistent ids (tensor storages), `REDUCE`,
+    /// `NEWOBJ` and `BUILD`.
+    fn object(&mut self, code: u8) -> Result<(), CheckpointError> {
+        let node = match code {
+            op::GLOBAL => {
+                let module = self.line()?;
+                let name = self.line()?;
+                self.resolve_global(module, name)?
+            }
+            op::STACK_GLOBAL => {
+                let name = self.pop()?;
+                let module = self.pop()?;
+                let (m, n) = match (&self.nodes[module], &self.nodes[name]) {
+                    (Node::Str(m), Node::Str(n)) => (m.clone(), n.clone()),
+                    _ => return Err(self.err("STACK_GLOBAL: module and name must be strings")),
+                };
+                self.resolve_global(&m, &n)?
+            }
+            op::BINPERSID => {
+                let pid = self.pop()?;
+                self.persistent_load(pid)?
+            }
+            op::REDUCE => {
+                let args = self.pop()?;
+                let callable = self.pop()?;
+                self.reduce(callable, args)?
+            }
+            op::NEWOBJ => {
+                // cls.__new__(cls, *args)
+                let _args = self.pop()?;
+                let cls = self.pop()?;
+                match &self.nodes[cls] {
+                    Node::Global(Global::OrderedDict) => Node::Dict(Vec::new()),
+                    Node::Global(Global::Opaque(n)) => Node::Forbidden(n.clone()),
+                    other => return Err(self.err(format!("NEWOBJ: cannot instantiate a {}", node_kind(other)))),
+                }
+            }
+            _ => return self.build(),
+        };
+        self.push(node)
+    }
+
+    /// `BUILD`: obj.__setstate__(state). Attributes of an OrderedDict (a state dict's
+    /// `_metadata`) and of opaque objects are ignored.
+    fn build(&mut self) -> Result<(), CheckpointError> {
+        let _state = self.pop()?;
+        let obj = self.top()?;
+        match &self.nodes[obj] {
+            Node::Dict(_) | Node::Opaque(_) | Node::Forbidden(_) | Node::Tensor(_) => Ok(()),
+            other => Err(self.err(format!("BUILD: cannot set the state of a {}", node_kind(other)))),
+        }
+    }
+
+    /// The memo: `BINPUT`, `LONG_BINPUT`, `MEMOIZE` store the top; `BINGET`, `LONG_BINGET` push.
+    fn memo_op(&mut self, code: u8) -> Result<(), CheckpointError> {
+        match code {
+            op::BINPUT => {
+                let i = self.u8()? as u32;
+                self.memo_put(i)
+            }
+            op::LONG_BINPUT => {
+                let i = self.u32()?;
+                self.memo_put(i)
+            }
+            op::MEMOIZE => {
+                let i = u32::try_from(self.memo.len()).map_err(|_| self.err("memo overflow"))?;
+                self.memo_put(i)
+            }
+            op::BINGET => {
+                let i = self.u8()? as u32;
+                self.memo_get(i)
+            }
+            _ => {
+                let i = self.u32()?; // LONG_BINGET
+                self.memo_get(i)
             }
         }
     }

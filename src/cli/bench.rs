@@ -29,7 +29,7 @@ pub struct BenchArgs {
     pub precision: Vec<crate::float::Precision>,
     /// Device for tch: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: crate::Device,
     /// Threads for our backend and for PyTorch (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -71,7 +71,9 @@ pub fn run_bench_cli(a: BenchArgs) -> Result<ExitCode> {
         "large" => "beit-large-640",
         o => bail!("--config: unknown config {o} (base or large)"),
     };
-    let Some(model) = super::eval::preset(preset_name) else { bail!("no built-in preset {preset_name}") };
+    let Some(model) = crate::config::presets::model_dict(preset_name) else {
+        bail!("no built-in preset {preset_name}")
+    };
     if a.threads == Some(0) {
         bail!("--threads 0: give at least 1 thread (or leave it out for all cores)");
     }

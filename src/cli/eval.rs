@@ -19,7 +19,7 @@ use crate::backend::{self, BackendSpec, Model};
 use crate::config::SegmentorConfig;
 use crate::data::ade20k::{DatasetSpec, Shard};
 use crate::data::image;
-use crate::eval::{self, EvalSettings, MsFlip, RunOptions, TestPipeline};
+use crate::eval::{self, DatasetSection, EvalSettings, MsFlip, RunOptions, TestPipeline};
 use crate::float::Dtype;
 use crate::weights::load_state_dict;
 
@@ -55,7 +55,7 @@ pub struct ModelArgs {
     pub config: Option<PathBuf>,
     /// A built-in config matching MMSegmentation's: beit-base-640 or beit-large-640 (UPerNet,
     /// ADE20K, 150 classes, slide 640/426).
-    #[arg(long, value_parser = ["beit-base-640", "beit-large-640"])]
+    #[arg(long, value_parser = crate::config::presets::NAMES)]
     pub preset: Option<String>,
     #[command(flatten)]
     pub backend: super::BackendArgs,
@@ -161,40 +161,6 @@ pub struct LoadedConfig {
     pub source: String,
 }
 
-/// The built-in model configs (docs/mmseg-beit-upernet.md §1): MMSegmentation 1.2.2
-/// `configs/beit/beit-{base,large}_upernet_*_ade20k-640x640.py`.
-pub fn preset(name: &str) -> Option<Value> {
-    let (c, layers, heads, out_indices, init_values, dpr) = match name {
-        "beit-base-640" => (768, 12, 12, json!([3, 5, 7, 11]), 0.1, 0.1),
-        "beit-large-640" => (1024, 24, 16, json!([7, 11, 15, 23]), 1e-6, 0.2),
-        _ => return None,
-    };
-    let bn = json!({"type": "SyncBN", "requires_grad": true});
-    Some(json!({
-        "type": "EncoderDecoder",
-        "data_preprocessor": {
-            "type": "SegDataPreProcessor", "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375],
-            "bgr_to_rgb": true, "pad_val": 0, "seg_pad_val": 255, "size": [640, 640]
-        },
-        "backbone": {
-            "type": "BEiT", "img_size": [640, 640], "patch_size": 16, "in_channels": 3, "embed_dims": c,
-            "num_layers": layers, "num_heads": heads, "mlp_ratio": 4, "out_indices": out_indices, "qv_bias": true,
-            "attn_drop_rate": 0.0, "drop_path_rate": dpr, "norm_cfg": {"type": "LN", "eps": 1e-6},
-            "act_cfg": {"type": "GELU"}, "norm_eval": false, "init_values": init_values
-        },
-        "neck": {"type": "Feature2Pyramid", "embed_dim": c, "rescales": [4, 2, 1, 0.5]},
-        "decode_head": {
-            "type": "UPerHead", "in_channels": [c, c, c, c], "in_index": [0, 1, 2, 3], "pool_scales": [1, 2, 3, 6],
-            "channels": c, "dropout_ratio": 0.1, "num_classes": 150, "norm_cfg": bn, "align_corners": false
-        },
-        "auxiliary_head": {
-            "type": "FCNHead", "in_channels": c, "in_index": 2, "channels": 256, "num_convs": 1, "concat_input": false,
-            "dropout_ratio": 0.1, "num_classes": 150, "norm_cfg": bn, "align_corners": false
-        },
-        "test_cfg": {"mode": "slide", "crop_size": [640, 640], "stride": [426, 426]}
-    }))
-}
-
 /// Reads `--config` or builds `--preset`.
 pub fn load_config(config: Option<&Path>, preset_name: Option<&str>) -> Result<LoadedConfig> {
     let (v, source) = match (config, preset_name) {
@@ -204,7 +170,10 @@ pub fn load_config(config: Option<&Path>, preset_name: Option<&str>) -> Result<L
             let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))?;
             (v, p.display().to_string())
         }
-        (None, Some(n)) => (preset(n).with_context(|| format!("unknown preset `{n}`"))?, format!("preset {n}")),
+        (None, Some(n)) => (
+            crate::config::presets::model_dict(n).with_context(|| format!("unknown preset `{n}`"))?,
+            format!("preset {n}"),
+        ),
         (None, None) => bail!("give --config FILE.json or --preset NAME"),
     };
     let (model_json, dataset) = match v.get("model") {
@@ -237,30 +206,27 @@ pub fn build_model_with_id(
     Ok((model, id))
 }
 
-fn dataset_str(ds: Option<&Value>, key: &str) -> Result<Option<String>> {
-    match ds.and_then(|d| d.get(key)) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(v) => bail!("dataset.{key}: expected a string, got {v}"),
+/// The config's `dataset` section (an empty one when there is none).
+fn dataset_section(cfg: &LoadedConfig) -> Result<DatasetSection> {
+    match &cfg.dataset {
+        Some(ds) => DatasetSection::from_value(ds).map_err(|e| anyhow::anyhow!("{}: {e}", cfg.source)),
+        None => Ok(DatasetSection::default()),
     }
 }
 
 /// The evaluation settings of a config (+ `--aug`).
 pub fn settings_for(cfg: &LoadedConfig, aug: Option<&str>) -> Result<EvalSettings> {
-    let ds = cfg.dataset.as_ref();
-    let reduce = match ds.and_then(|d| d.get("reduce_zero_label")) {
-        None | Some(Value::Null) => ds.is_none(), // ADE20K default when no dataset section
-        Some(Value::Bool(b)) => *b,
-        Some(v) => bail!("dataset.reduce_zero_label: expected true/false, got {v}"),
-    };
-    let pipeline = match ds.and_then(|d| d.get("test_pipeline")) {
-        Some(tp) => TestPipeline::from_value(tp, reduce).map_err(|e| anyhow::anyhow!("{}: dataset.{e}", cfg.source))?,
+    let section = dataset_section(cfg)?;
+    // ADE20K's reduce_zero_label when there is no dataset section at all.
+    let reduce = if cfg.dataset.is_none() { true } else { section.reduce_zero_label };
+    let pipeline = match section.test_pipeline {
+        Some(tp) => tp,
         None => TestPipeline { reduce_zero_label: reduce, ..TestPipeline::ade20k() },
     };
     let aug = match aug {
         None | Some("none") => None,
-        Some("ms-flip") => Some(match ds.and_then(|d| d.get("aug")) {
-            Some(a) => MsFlip::from_value(a).map_err(|e| anyhow::anyhow!("{}: {e}", cfg.source))?,
+        Some("ms-flip") => Some(match section.aug {
+            Some(a) => a,
             None => {
                 // The 0.x recipe, scaled to this model: base scale of the Resize, min_size = crop.
                 let base = match pipeline.resize {
@@ -316,18 +282,14 @@ pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
     let cfg = load_config(args.model.config.as_deref(), args.model.preset.as_deref())?;
     check_class_names(&cfg)?;
     let settings = settings_for(&cfg, args.model.aug.as_deref())?;
-    let ds = cfg.dataset.as_ref();
+    let section = dataset_section(&cfg)?;
     let def = DatasetSpec::ade20k_val(&args.data_root);
     let spec = DatasetSpec {
         root: args.data_root.clone(),
-        img_dir: args.img_dir.clone().or(dataset_str(ds, "img_dir")?).unwrap_or(def.img_dir),
-        ann_dir: args.ann_dir.clone().or(dataset_str(ds, "ann_dir")?).unwrap_or(def.ann_dir),
-        img_suffix: args.img_suffix.clone().or(dataset_str(ds, "img_suffix")?).unwrap_or(def.img_suffix),
-        seg_map_suffix: args
-            .seg_map_suffix
-            .clone()
-            .or(dataset_str(ds, "seg_map_suffix")?)
-            .unwrap_or(def.seg_map_suffix),
+        img_dir: args.img_dir.clone().or(section.img_dir).unwrap_or(def.img_dir),
+        ann_dir: args.ann_dir.clone().or(section.ann_dir).unwrap_or(def.ann_dir),
+        img_suffix: args.img_suffix.clone().or(section.img_suffix).unwrap_or(def.img_suffix),
+        seg_map_suffix: args.seg_map_suffix.clone().or(section.seg_map_suffix).unwrap_or(def.seg_map_suffix),
     };
     if let Some(w) = image::jpeg_decoder_warning() {
         errln!("{w}");
@@ -437,13 +399,7 @@ pub fn run_predict(args: PredictArgs) -> Result<ExitCode> {
     let model = build_model(&args.model.backend.spec(), &cfg.model, &args.model.checkpoint)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let palette = image::palette(settings.num_classes);
-    let names = class_names(&cfg).unwrap_or_else(|| {
-        if settings.num_classes == 150 {
-            crate::metrics::ADE20K_CLASSES.iter().map(|s| s.to_string()).collect()
-        } else {
-            (0..settings.num_classes).map(|i| i.to_string()).collect()
-        }
-    });
+    let names = crate::metrics::class_names_or_default(class_names(&cfg).as_deref(), settings.num_classes);
     let bar = Progress::new("images", args.images.len() as u64, args.quiet);
     let mut skipped = Vec::new();
     for (i, path) in args.images.iter().enumerate() {

@@ -65,7 +65,6 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-/// Runs the command line; `main` of the binary.
 /// The `blas` build: OpenBLAS picks its kernels when it is loaded, from `OPENBLAS_CORETYPE` or
 /// its own CPU detection, which on some CPUs falls back to SSE3 kernels. When it did, and the
 /// user did not choose, run this program again with the right `OPENBLAS_CORETYPE` (said once on
@@ -139,6 +138,7 @@ fn install_signal_cleanup() {
     }
 }
 
+/// Runs the command line; `main` of the binary.
 pub fn main() -> ExitCode {
     // A closed stdout (`beit-seg inspect F | head -2`) ends the program quietly, as CLIs do.
     #[cfg(unix)]
@@ -209,7 +209,7 @@ pub struct BackendArgs {
     pub backend: crate::backend::BackendKind,
     /// Device of the `tch` backend: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: crate::Device,
     /// Precision of the `tch` backend for float32 work: fp32 (TF32 off), fp16 or bf16 (judged
     /// on the half-precision twins against MMSegmentation's own half-precision error; other
     /// cases are skipped). float64 cases run in float64 with fp32.
@@ -220,7 +220,7 @@ pub struct BackendArgs {
 impl BackendArgs {
     /// The backend these arguments select.
     pub fn spec(&self) -> crate::backend::BackendSpec {
-        crate::backend::BackendSpec { kind: self.backend, device: self.device.clone(), precision: self.precision }
+        crate::backend::BackendSpec { kind: self.backend, device: self.device, precision: self.precision }
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod backbone;
 pub mod heads;
+pub mod presets;
 #[cfg(test)]
 mod tests;
 

@@ -42,12 +42,33 @@ pub const FACTOR: f64 = 4.0;
 #[serde(untagged)]
 pub enum Budget {
     /// A float tensor: relative RMS error, max absolute error, max |truth|, non-finite values.
-    Float { rel_rms: f64, max_abs: f64, scale: f64, non_finite: u64 },
+    Float {
+        /// `‖x − t‖₂ / ‖t‖₂` (0 when `‖t‖ = 0`).
+        rel_rms: f64,
+        /// `max |x − t|`.
+        max_abs: f64,
+        /// `max |t|`.
+        scale: f64,
+        /// Non-finite values in MMSegmentation's autocast output.
+        non_finite: u64,
+    },
     /// A label map: the fraction of pixels where autocast's argmax differs from the truth's,
     /// and the number of near-ties.
-    Labels { disagree: f64, near_ties: u64 },
+    Labels {
+        /// Fraction of pixels where the autocast argmax differs from the truth's.
+        disagree: f64,
+        /// Pixels whose truth top-2 logit margin is within twice the logits' `max_abs`.
+        near_ties: u64,
+    },
     /// Pipeline metrics: |Δ| of aAcc, mIoU, mAcc in percent points.
-    Metrics { a_acc: f64, m_iou: f64, m_acc: f64 },
+    Metrics {
+        /// |Δ aAcc| (percent points).
+        a_acc: f64,
+        /// |Δ mIoU| (percent points).
+        m_iou: f64,
+        /// |Δ mAcc| (percent points).
+        m_acc: f64,
+    },
 }
 
 impl Budget {

@@ -20,21 +20,46 @@ use crate::array::{read_npy, read_npz, AnyArray, ArrayError};
 /// Problems with a candidate directory; each names the file or tensor.
 #[derive(Debug, thiserror::Error)]
 pub enum CandidateError {
+    /// Nothing for the case where a candidate should be.
     #[error("no candidate outputs for case `{case}`: looked for {looked}")]
-    NotFound { case: String, looked: String },
+    NotFound {
+        /// The case's name.
+        case: String,
+        /// The paths that were tried.
+        looked: String,
+    },
+    /// A candidate file or directory that does not fit the layout.
     #[error("{path}: {msg}")]
-    Bad { path: PathBuf, msg: String },
+    Bad {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// An unreadable `.npy` / `.npz`.
     #[error(transparent)]
     Array(#[from] ArrayError),
+    /// An unreadable `.safetensors` archive.
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    /// A name map that does not apply (a failed transform, two tensors for one name).
     #[error(transparent)]
     Names(#[from] NamesError),
+    /// An in-memory candidate ([`super::memory::Candidate::from_fn`]) returned an error.
+    #[error("the candidate failed on case `{case}`: {msg}")]
+    Produce {
+        /// The case's name.
+        case: String,
+        /// The candidate's error, as it displays.
+        msg: String,
+    },
 }
 
 /// Where candidate outputs come from, and how their names map to fixture names.
 pub struct CandidateSource {
+    /// `DIR` of `--candidate DIR` (a directory, an `.npz` / `.safetensors`, or its stem).
     pub root: PathBuf,
+    /// `--names`: the candidate's names to fixture names.
     pub names: Option<NameMap>,
 }
 
@@ -205,27 +230,40 @@ impl CandidateSource {
     ) -> Result<CandidateOutputs, CandidateError> {
         let location = self.locate(case, single)?;
         let (raw, metrics) = read_raw(&location)?;
-        let mut out = CandidateOutputs { location, metrics, ..Default::default() };
-        for (name, a) in raw {
-            let (fixture, transform) = match &self.names {
-                None => (name.clone(), Vec::new()),
-                Some(m) => match m.map(&name) {
-                    Mapped::Dropped => continue,
-                    Mapped::To { fixture, transform } => (fixture, transform),
-                },
-            };
-            let Some(shape) = expected.get(&fixture) else {
-                out.unused.push(if fixture == name { name } else { format!("{name} (→ {fixture})") });
-                continue;
-            };
-            let a = apply(a, &transform, Some(shape), &name, &fixture)?;
-            if let Some((_, first)) = out.tensors.get(&fixture) {
-                return Err(NamesError::Collision { a: first.clone(), b: name, fixture }.into());
-            }
-            out.tensors.insert(fixture, (a, name));
-        }
-        Ok(out)
+        to_fixture_names(raw, self.names.as_ref(), expected, location, metrics)
     }
+}
+
+/// Maps a candidate's tensors (its own names) to fixture names through `names`, applying each
+/// rule's transforms; a name that matches no expected tensor is listed as unused. The one path
+/// for directory and in-memory candidates.
+pub(crate) fn to_fixture_names(
+    raw: Vec<(String, AnyArray)>,
+    names: Option<&NameMap>,
+    expected: &BTreeMap<String, Vec<usize>>,
+    location: PathBuf,
+    metrics: Option<Value>,
+) -> Result<CandidateOutputs, CandidateError> {
+    let mut out = CandidateOutputs { location, metrics, ..Default::default() };
+    for (name, a) in raw {
+        let (fixture, transform) = match names {
+            None => (name.clone(), Vec::new()),
+            Some(m) => match m.map(&name) {
+                Mapped::Dropped => continue,
+                Mapped::To { fixture, transform } => (fixture, transform),
+            },
+        };
+        let Some(shape) = expected.get(&fixture) else {
+            out.unused.push(if fixture == name { name } else { format!("{name} (→ {fixture})") });
+            continue;
+        };
+        let a = apply(a, &transform, Some(shape), &name, &fixture)?;
+        if let Some((_, first)) = out.tensors.get(&fixture) {
+            return Err(NamesError::Collision { a: first.clone(), b: name, fixture }.into());
+        }
+        out.tensors.insert(fixture, (a, name));
+    }
+    Ok(out)
 }
 
 /// Tensors by name and the optional `metrics.json` of a candidate location.

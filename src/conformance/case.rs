@@ -15,10 +15,18 @@ pub const FORMAT: &str = "beit-fixture/1";
 /// A problem with a case directory, naming the file and key.
 #[derive(Debug, thiserror::Error)]
 pub enum CaseError {
+    /// A bad `case.json` (or a file it names).
     #[error("{path}: {msg}")]
-    Manifest { path: PathBuf, msg: String },
+    Manifest {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        msg: String,
+    },
+    /// An unreadable array file of the case.
     #[error(transparent)]
     Array(#[from] ArrayError),
+    /// A missing or unreadable file or directory (the message names it).
     #[error("{0}")]
     Io(String),
 }
@@ -26,7 +34,9 @@ pub enum CaseError {
 /// Element-wise rule `|actual - expected| <= atol + rtol * |expected|`.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Tolerance {
+    /// Relative tolerance.
     pub rtol: f64,
+    /// Absolute tolerance.
     pub atol: f64,
 }
 
@@ -58,17 +68,24 @@ impl Tolerance {
 /// The kind of a case (docs/fixture-format.md), parsed when the case is loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CaseKind {
+    /// A model config, weights and an input batch; every named module output.
     Segmentor,
+    /// A small dataset through the whole evaluation (test pipeline, model, metric).
     Pipeline,
+    /// `IoUMetric` on given predictions and labels.
     Metric,
+    /// OpenCV's bilinear resize of uint8 images.
     Resize,
+    /// A checkpoint in another key dialect converted to MMSegmentation names.
     Converter,
+    /// A relative-position table resized to another window.
     RelposResize,
     /// A kind this reader does not know: reported as skipped (a failure with `--strict`).
     Unknown(String),
 }
 
 impl CaseKind {
+    /// The kind named `s` in `case.json` (an unknown name is [`CaseKind::Unknown`]).
     pub fn parse(s: &str) -> CaseKind {
         match s {
             "segmentor" => CaseKind::Segmentor,
@@ -140,16 +157,25 @@ pub const COMMON_KEYS: [&str; 8] =
 /// One fixture case directory.
 #[derive(Debug, Clone)]
 pub struct Case {
+    /// The case directory (files named by the manifest are relative to it).
     pub dir: PathBuf,
+    /// `case.json` as parsed JSON.
     pub manifest: Value,
+    /// `name` (the directory name when absent).
     pub name: String,
+    /// `kind`.
     pub kind: CaseKind,
+    /// `description`.
     pub description: String,
     /// Manifest keys this reader does not know (a typo such as `tolerence` would otherwise be
     /// silently ignored): warned about, an error with `--strict`.
     pub unknown_keys: Vec<String>,
+    /// `dtype`: what MMSegmentation ran in, and the dtype of the weights, inputs and float
+    /// outputs (float32 when absent).
     pub dtype: Dtype,
+    /// `tolerance` (the fp32 default when absent).
     pub tolerance: Tolerance,
+    /// `tolerances`: per-output overrides.
     pub tolerances: BTreeMap<String, Tolerance>,
     /// Expected outputs: name → file (relative to `dir`), in manifest order. For a
     /// half-precision twin, the float64 truth (`truth`), which outputs are judged against.
@@ -406,6 +432,7 @@ fn walk_from(
 pub struct NameFilter(Option<globset::GlobSet>);
 
 impl NameFilter {
+    /// The filter of `--filter GLOB...` (none: every name passes).
     pub fn new(globs: &[String]) -> Result<Self, CaseError> {
         if globs.is_empty() {
             return Ok(NameFilter(None));
@@ -417,6 +444,7 @@ impl NameFilter {
         Ok(NameFilter(Some(b.build().map_err(|e| CaseError::Io(format!("--filter: {e}")))?)))
     }
 
+    /// Whether case `name` passes the filter.
     pub fn matches(&self, name: &str) -> bool {
         self.0.as_ref().is_none_or(|s| s.is_match(name))
     }

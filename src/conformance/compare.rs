@@ -16,7 +16,9 @@ use crate::backend::{OutTensor, Outputs};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// Compared, within the rule everywhere.
     Pass,
+    /// Compared, and outside the rule somewhere (or of the wrong shape or dtype).
     Fail,
     /// The implementation does not produce this tensor: never counted as passed.
     NotCovered,
@@ -35,14 +37,24 @@ impl Status {
 /// The comparison of one expected tensor.
 #[derive(Debug, Clone, Serialize)]
 pub struct TensorResult {
+    /// The fixture name of the tensor (`backbone.layers.0.attn`, `seg_logits`, ...).
     pub name: String,
+    /// The verdict on this tensor.
     pub status: Status,
+    /// The fixture tensor's shape.
     pub expected_shape: Vec<usize>,
+    /// The produced tensor's shape (`None` when not produced).
     pub actual_shape: Option<Vec<usize>>,
+    /// Largest `|got − expected|` (NaN when not compared).
     pub max_abs: f64,
+    /// Largest `|got − expected| / |expected|` over non-zero expected values (NaN when not
+    /// compared).
     pub max_rel: f64,
+    /// Elements outside the rule.
     pub violations: usize,
+    /// Elements of the expected tensor.
     pub numel: usize,
+    /// The rule applied (`rtol`/`atol`, or the budget bounds when `budgeted`).
     pub tolerance: Tolerance,
     /// The largest error as a fraction of what the rule allows at that element
     /// (`|a - e| / (atol + rtol·|e|)`, or error over budget for half-precision twins; at most 1
@@ -65,6 +77,7 @@ pub struct TensorResult {
 }
 
 impl TensorResult {
+    /// A row for an expected tensor that was not produced.
     pub fn not_covered(name: &str, expected_shape: &[usize], tol: Tolerance) -> Self {
         TensorResult {
             name: name.to_string(),

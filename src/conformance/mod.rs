@@ -7,13 +7,17 @@
 //! [`report`] (tables, JSON, JUnit). Backends never see expected values; errors and the words
 //! "expected"/"got" are always relative to the fixture (MMSegmentation).
 
+#![deny(missing_docs)]
+
 pub mod budget;
 pub mod candidate;
 pub mod case;
 pub mod compare;
 pub mod kinds;
+pub mod memory;
 pub mod metrics_cmp;
 pub mod names;
+pub mod port;
 pub mod report;
 pub mod scope;
 
@@ -22,26 +26,86 @@ use std::time::Instant;
 
 use crate::backend::{Backend, BackendError};
 use candidate::{CandidateError, CandidateSource};
-use case::{Case, CaseError, CaseKind, Dtype};
+use case::{CaseError, CaseKind};
 use compare::Status;
-use report::{CaseReport, CaseStatus, Coverage};
+use memory::CandidateRef;
+use report::{CaseStatus, Coverage};
+
+pub use crate::array::AnyArray;
+pub use crate::config::SegmentorConfig;
+pub use crate::float::{Dtype, Precision};
+pub use case::Case;
+pub use memory::Candidate;
+pub use names::NameMap;
+pub use port::{bundled_cases, case_dir, fixtures_dir, verify_case, FIXTURES_ENV};
+pub use report::CaseReport;
 pub use scope::Scope;
 
-/// What produces a case's outputs.
+/// What produces a case's outputs. Only references, so a `Target` is `Copy` and never owns
+/// what it points at (a temporary `&Target::Candidate { source: &source, .. }` at the end of a
+/// block borrows nothing that is dropped first).
+#[derive(Clone, Copy)]
 pub enum Target<'a> {
     /// One of our backends runs the model (the library itself for the model-free kinds).
     Backend(&'a dyn Backend),
     /// Another implementation wrote them (`verify --candidate DIR`); `single` when one case runs.
-    Candidate { source: &'a CandidateSource, single: bool },
+    Candidate {
+        /// The directory (or archive) and the optional name map.
+        source: &'a CandidateSource,
+        /// Only one case runs (then the directory itself may hold its tensors).
+        single: bool,
+    },
+    /// Another implementation in this process returns them ([`Candidate`]: a list of tensors or
+    /// a closure run per case); judged exactly as a candidate directory. `&candidate` converts
+    /// into this ([`verify_case`] takes either).
+    InMemory(&'a Candidate<'a>),
 }
 
-impl Target<'_> {
+impl<'a> Target<'a> {
     /// `ref`, `tch` or `candidate`.
     pub fn name(&self) -> String {
         match self {
             Target::Backend(b) => b.name().to_string(),
-            Target::Candidate { .. } => "candidate".to_string(),
+            Target::Candidate { .. } | Target::InMemory(_) => "candidate".to_string(),
         }
+    }
+
+    /// What the fixture kinds run: a backend, or a candidate (a directory or in memory: one
+    /// path from here on).
+    pub(crate) fn producer(&self) -> Producer<'a> {
+        match *self {
+            Target::Backend(b) => Producer::Backend(b),
+            Target::Candidate { source, single } => Producer::Candidate(CandidateRef::Dir { source, single }),
+            Target::InMemory(c) => Producer::Candidate(CandidateRef::Memory(c)),
+        }
+    }
+
+    /// The candidate (directory or in memory), or `None` for a backend.
+    pub(crate) fn candidate(&self) -> Option<CandidateRef<'a>> {
+        match self.producer() {
+            Producer::Backend(_) => None,
+            Producer::Candidate(c) => Some(c),
+        }
+    }
+}
+
+/// [`Target`] as the fixture kinds see it.
+pub(crate) enum Producer<'t> {
+    /// Our backend runs the model.
+    Backend(&'t dyn Backend),
+    /// Another implementation's tensors are read.
+    Candidate(CandidateRef<'t>),
+}
+
+impl<'a, 'c: 'a> From<&'a Candidate<'c>> for Target<'a> {
+    fn from(c: &'a Candidate<'c>) -> Self {
+        Target::InMemory(c)
+    }
+}
+
+impl<'a> From<&Target<'a>> for Target<'a> {
+    fn from(t: &Target<'a>) -> Self {
+        *t
     }
 }
 
@@ -71,28 +135,44 @@ pub struct VerifyOptions {
 /// Why a case could not be checked.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The case directory or its manifest.
     #[error(transparent)]
     Case(#[from] CaseError),
+    /// An array file of the case.
     #[error(transparent)]
     Array(#[from] crate::array::ArrayError),
+    /// A checkpoint file of the case.
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    /// Weights that cannot become the model's state dict.
     #[error(transparent)]
     Load(#[from] crate::weights::LoadError),
+    /// Our backend refused the model or the input.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The evaluation of a pipeline case.
     #[error(transparent)]
     Eval(#[from] crate::eval::EvalError),
+    /// The dataset of a pipeline case.
     #[error(transparent)]
     Dataset(#[from] crate::data::ade20k::DatasetError),
+    /// An image of a pipeline case.
     #[error(transparent)]
     Image(#[from] crate::data::image::ImageError),
+    /// The metric of a metric case.
     #[error(transparent)]
     Metric(#[from] crate::metrics::MetricError),
+    /// The candidate (a directory or in memory).
     #[error(transparent)]
     Candidate(#[from] CandidateError),
+    /// A bad manifest entry.
     #[error("{path}: {msg}")]
-    Manifest { path: PathBuf, msg: String },
+    Manifest {
+        /// The case's `case.json`.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        msg: String,
+    },
     /// A bad input file (the message names it).
     #[error("{0}")]
     Input(String),
@@ -144,7 +224,7 @@ pub fn run_case(case: &Case, target: &Target<'_>, opts: &VerifyOptions) -> CaseR
     rep.run_dtype = run_dtype.name().into();
     let claimed = match target {
         Target::Backend(b) => b.precision(),
-        Target::Candidate { .. } => opts.precision.unwrap_or(crate::float::Precision::Fp32),
+        Target::Candidate { .. } | Target::InMemory(_) => opts.precision.unwrap_or(crate::float::Precision::Fp32),
     };
     if let Some(twin) = &case.half {
         rep.dtype = twin.precision.name().into();
@@ -228,7 +308,7 @@ pub fn run_case(case: &Case, target: &Target<'_>, opts: &VerifyOptions) -> CaseR
 fn judge(rep: &mut CaseReport, target: &Target<'_>, opts: &VerifyOptions, unused: usize, notes: Vec<String>) {
     let producer = match target {
         Target::Backend(b) => format!("not produced by backend `{}`", b.name()),
-        Target::Candidate { .. } => "not produced by the candidate".to_string(),
+        Target::Candidate { .. } | Target::InMemory(_) => "not produced by the candidate".to_string(),
     };
     for t in &mut rep.tensors {
         if t.status == Status::NotCovered {

@@ -18,12 +18,36 @@ pub const NAMES_FORMAT: &str = "beit-seg-names/1";
 /// Errors of reading or applying a name map.
 #[derive(Debug, thiserror::Error)]
 pub enum NamesError {
+    /// A map that cannot be read or parsed.
     #[error("name map {src}: {msg}")]
-    Map { src: String, msg: String },
+    Map {
+        /// Where the map came from (a path, or `built-in hf`).
+        src: String,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// A transform that does not fit the tensor.
     #[error("candidate tensor `{name}` (→ `{fixture}`): transform {op}: {msg}")]
-    Transform { name: String, fixture: String, op: String, msg: String },
+    Transform {
+        /// The candidate's name of the tensor.
+        name: String,
+        /// The fixture name it maps to.
+        fixture: String,
+        /// The transform (`permute`, `tokens_to_nchw`, ...).
+        op: String,
+        /// Why it does not apply.
+        msg: String,
+    },
+    /// Two candidate tensors for one fixture name.
     #[error("candidate tensors `{a}` and `{b}` both map to `{fixture}`")]
-    Collision { a: String, b: String, fixture: String },
+    Collision {
+        /// The first candidate name.
+        a: String,
+        /// The second candidate name.
+        b: String,
+        /// The fixture name both map to.
+        fixture: String,
+    },
 }
 
 /// One layout transform.
@@ -32,6 +56,7 @@ pub enum NamesError {
 pub enum Transform {
     /// `x.permute(axes)`.
     Permute {
+        /// The new order of the axes.
         axes: Vec<usize>,
     },
     /// `x.permute(0, 3, 1, 2)`.
@@ -42,16 +67,22 @@ pub enum Transform {
     TokensToNchw,
     /// `x.reshape(shape)` (one -1 allowed).
     Reshape {
+        /// The new shape.
         shape: Vec<i64>,
     },
+    /// `x.squeeze(axis)` (the axis must have size 1).
     Squeeze {
+        /// The axis removed.
         axis: usize,
     },
+    /// `x.unsqueeze(axis)`.
     Unsqueeze {
+        /// Where the new axis of size 1 goes.
         axis: usize,
     },
     /// `x * factor`.
     Scale {
+        /// The factor.
         factor: f64,
     },
 }
@@ -239,7 +270,9 @@ struct Rule {
 /// A parsed name map.
 #[derive(Debug, Clone)]
 pub struct NameMap {
+    /// Where the map came from (a path, or `built-in hf`), for messages.
     pub source: String,
+    /// The map's `description`.
     pub description: String,
     rules: Vec<Rule>,
 }
@@ -248,7 +281,12 @@ pub struct NameMap {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mapped {
     /// Compared as this fixture name after these transforms.
-    To { fixture: String, transform: Vec<Transform> },
+    To {
+        /// The fixture name.
+        fixture: String,
+        /// Applied in order before the comparison.
+        transform: Vec<Transform>,
+    },
     /// Dropped on purpose by the map.
     Dropped,
 }

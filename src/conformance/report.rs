@@ -12,6 +12,8 @@ use super::compare::{Status, TensorResult};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CaseStatus {
+    /// Every compared tensor passed and everything in scope was produced (or, with
+    /// `allow_uncovered`, a partial pass).
     Pass,
     /// A compared tensor failed, or an expected tensor was not covered.
     Fail,
@@ -54,22 +56,30 @@ pub struct Coverage {
 /// The result of one case.
 #[derive(Debug, Clone, Serialize)]
 pub struct CaseReport {
+    /// The case's name.
     pub name: String,
+    /// The case directory.
     pub dir: PathBuf,
+    /// The case's kind (`segmentor`, ...).
     pub kind: String,
+    /// What produced the outputs: `ref`, `tch`, `lib` (model-free kinds) or `candidate`.
     pub backend: String,
     /// The case's dtype, and the dtype it was run in (they differ only with `--as-f32`).
     pub dtype: String,
+    /// The dtype (or half precision) the case was run or judged in.
     pub run_dtype: String,
+    /// The verdict.
     pub status: CaseStatus,
     /// Passed with in-scope tensors not produced (`--allow-uncovered`): `PASS (partial: k/n)`.
     pub partial: bool,
     /// The scope the case was held to (`all`, `backbone`, ...).
     pub scope: String,
+    /// What the verdict rests on.
     pub coverage: Coverage,
     /// Why the case failed to load or run, or was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// One row per expected tensor (and metric), in forward order.
     pub tensors: Vec<TensorResult>,
     /// Candidate tensors that matched no expected name.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -77,6 +87,7 @@ pub struct CaseReport {
     /// Warnings (unknown manifest keys, ...), printed on stderr.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Wall time of the case.
     pub seconds: f64,
 }
 
@@ -113,6 +124,7 @@ impl CaseReport {
             .filter(|t| t.status.compared() && !t.ratio.is_nan())
             .max_by(|a, b| a.ratio.total_cmp(&b.ratio))
     }
+    /// How many compared tensors failed.
     pub fn failed_tensors(&self) -> usize {
         self.tensors.iter().filter(|t| t.status == Status::Fail).count()
     }
@@ -125,10 +137,13 @@ impl CaseReport {
 /// Totals over a run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
+    /// Cases that passed.
     pub passed: usize,
+    /// Cases that failed.
     pub failed: usize,
     /// Cases that could not be checked (also counted in `failed` of the closing line).
     pub errors: usize,
+    /// Cases skipped (an unknown kind, another precision).
     pub skipped: usize,
     /// Cases in which nothing was compared (also counted in `failed` of the closing line).
     pub no_evidence: usize,
@@ -136,10 +151,12 @@ pub struct Summary {
     pub partial: usize,
     /// In-scope expected tensors of the checked cases, and those produced.
     pub tensors: usize,
+    /// In-scope expected tensors that were produced.
     pub covered: usize,
 }
 
 impl Summary {
+    /// The totals of `reports`.
     pub fn of(reports: &[CaseReport]) -> Summary {
         let mut s = Summary::default();
         for r in reports {
@@ -158,6 +175,7 @@ impl Summary {
         }
         s
     }
+    /// Produced in-scope tensors over in-scope tensors, in percent (100 when there are none).
     pub fn coverage_percent(&self) -> f64 {
         if self.tensors == 0 {
             100.0
@@ -371,9 +389,13 @@ pub fn case_table(r: &CaseReport, failures_only: bool) -> String {
 /// The machine-readable report of `--json`.
 #[derive(Serialize)]
 pub struct JsonReport<'a> {
+    /// `beit-seg-verify/1`.
     pub format: &'static str,
+    /// The totals.
     pub summary: &'a Summary,
+    /// [`Summary::coverage_percent`].
     pub coverage_percent: f64,
+    /// Every case.
     pub cases: &'a [CaseReport],
 }
 

@@ -8,8 +8,9 @@ use serde_json::Value;
 use super::results::{
     comparable_run, identity_mismatch, read_results, skipped_and_evaluated, sum_records, ResultsHeader,
 };
-use super::run::{as_written, class_names, format_report, result_json, Outcome};
+use super::run::{as_written, format_report, result_json, Outcome};
 use super::{io_err, EvalError};
+use crate::metrics::class_names_or_default;
 use crate::metrics::compute_metrics;
 
 /// Combines the results files of the shards of one run into the totals and metrics one
@@ -122,7 +123,7 @@ pub fn merge_with(
         .get("classes")
         .and_then(Value::as_array)
         .and_then(|a| a.iter().map(|v| v.as_str().map(str::to_string)).collect());
-    let names = class_names(class_names_opt.as_ref().or(recorded.as_ref()), header.num_classes);
+    let names = class_names_or_default(class_names_opt.as_deref().or(recorded.as_deref()), header.num_classes);
     let merged_header = ResultsHeader { shard: None, ..header.clone() };
     let json = as_written(result_json(&metrics, &merged_header, evaluated, &skipped, &names, None));
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {

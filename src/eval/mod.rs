@@ -62,7 +62,7 @@ pub use results::{
     ResultsHeader,
 };
 pub use run::{evaluate, format_report, results_path, Event, Outcome, ProgressFn, RunOptions};
-pub use settings::{EvalSettings, Preprocess, ResizeSpec, TestPipeline};
+pub use settings::{DatasetSection, EvalSettings, Preprocess, ResizeSpec, TestPipeline};
 pub use tta::{ms0_resize, MsFlip};
 
 use crate::data::ade20k;

@@ -7,7 +7,7 @@ use super::{EvalError, EvalSettings};
 use crate::backend::Model;
 use crate::data::transforms::{normalize, resize_bilinear_u8};
 use crate::metrics::{intersect_and_union, reduce_zero_label, AreaTotals, IGNORE_INDEX};
-use crate::reference::ops::{argmax_channels, interpolate_bilinear};
+use crate::reference::ops::{argmax_channels, resize};
 
 // ------------------------------------------------------------------------------ one image
 
@@ -73,7 +73,7 @@ pub fn predict_with(
         let input = normalize(x.view(), &p.mean, &p.std, p.flip_channels).insert_axis(Axis(0));
         let logits = model.seg_logits(input).map_err(|err| EvalError::Model { path: name.to_string(), err })?;
         check_finite(&logits, name)?;
-        Ok(interpolate_bilinear(logits.view(), (h0, w0), settings.align_corners))
+        Ok(resize(logits.view(), (h0, w0), settings.align_corners))
     };
     let plan = settings.plan((h0, w0));
     check_memory(settings, &plan, (h0, w0), name)?;

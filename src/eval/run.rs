@@ -16,7 +16,7 @@ use super::{image_areas, io_err, predict_with, EvalError, EvalSettings};
 use crate::backend::Model;
 use crate::data::ade20k::{self, DatasetSpec, Shard, Skipped};
 use crate::data::image;
-use crate::metrics::{compute_metrics, AreaTotals, Metrics, ADE20K_CLASSES};
+use crate::metrics::{class_names_or_default, compute_metrics, AreaTotals, Metrics};
 
 // ------------------------------------------------------------------------------ a run
 
@@ -70,14 +70,6 @@ fn shard_suffix(shard: Option<Shard>) -> String {
 /// The results file of a run in `out_dir`.
 pub fn results_path(out_dir: &Path, shard: Option<Shard>) -> PathBuf {
     out_dir.join(format!("results{}.jsonl", shard_suffix(shard)))
-}
-
-pub(super) fn class_names(opts_names: Option<&Vec<String>>, n: usize) -> Vec<String> {
-    match opts_names {
-        Some(v) => v.clone(),
-        None if n == ADE20K_CLASSES.len() => ADE20K_CLASSES.iter().map(|s| s.to_string()).collect(),
-        None => (0..n).map(|i| i.to_string()).collect(),
-    }
 }
 
 /// The per-class table and the summary line of a result.
@@ -155,9 +147,56 @@ pub fn evaluate(
     let total = listing.samples.len() + listing.skipped.len();
     let num_images = opts.limit.map_or(total, |l| l.min(total));
     let in_run = |i: usize| i < num_images && opts.shard.is_none_or(|s| s.contains(i));
-    // The data is identified by its layout and listing (not its root path, so shards may run on
-    // machines that mount it elsewhere).
-    let mut stems_hash: u64 = 0xcbf2_9ce4_8422_2325; // FNV-1a 64
+    let names = class_names_or_default(opts.class_names.as_deref(), settings.num_classes);
+    let ids = run_ids(settings, &run_identity, &listing, num_images, opts, &names, spec);
+    let header = ResultsHeader {
+        beit_seg_results: RESULTS_VERSION,
+        run: json!({"identity": run_identity, "settings": settings, "dataset": dataset_identity(spec, &listing, num_images),
+                    "limit": opts.limit, "skip_bad": opts.skip_bad, "classes": names}),
+        ids,
+        num_images,
+        num_classes: settings.num_classes,
+        shard: opts.shard,
+    };
+    let (mut results, mut records) = ResultsFile::open(&header, opts, &in_run)?;
+    sum_records(&records, settings.num_classes).map_err(|msg| results.err(msg))?;
+    let done: std::collections::BTreeSet<usize> = records.iter().map(|r| r.index).collect();
+    let mut work: Vec<(usize, Work)> = listing.samples.iter().map(|s| (s.index, Work::Image(s))).collect();
+    work.extend(listing.skipped.iter().map(|s| (s.index, Work::Missing(s))));
+    work.sort_by_key(|(i, _)| *i);
+    work.retain(|(i, _)| in_run(*i) && !done.contains(i));
+    let planned = (0..num_images).filter(|&i| in_run(i)).count();
+    check_save_pred(&work, opts)?;
+    report(opts, Event::Start { planned, recorded: records.len() });
+    let mut stopped = false;
+    for (new_images, (index, w)) in work.iter().enumerate() {
+        if opts.stop_after.is_some_and(|k| new_images >= k) {
+            stopped = true;
+            break;
+        }
+        let rec = eval_work(settings, model, *index, w, opts)?;
+        results.append(&rec)?;
+        records.push(rec);
+        let last = records.last().expect("just pushed");
+        report(
+            opts,
+            Event::Image { stem: &last.stem, recorded: records.len(), planned, skipped: last.skipped.as_deref() },
+        );
+    }
+    let complete = !stopped && records.len() == planned;
+    finish(results, &records, &header, &names, complete, opts)
+}
+
+/// One entry of the work list: an image of the listing, or one the listing skipped.
+enum Work<'a> {
+    Image(&'a ade20k::Sample),
+    Missing(&'a Skipped),
+}
+
+/// The data identified by its layout and listing (not its root path, so shards may run on
+/// machines that mount it elsewhere): an FNV-1a 64 hash of the first `num_images` stems.
+fn dataset_identity(spec: &DatasetSpec, listing: &ade20k::Listing, num_images: usize) -> Value {
+    let mut stems_hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut all: Vec<(usize, &str)> = listing.samples.iter().map(|s| (s.index, s.stem.as_str())).collect();
     all.extend(listing.skipped.iter().map(|s| (s.index, s.stem.as_str())));
     all.sort();
@@ -166,44 +205,153 @@ pub fn evaluate(
             stems_hash = (stems_hash ^ b as u64).wrapping_mul(0x100_0000_01b3);
         }
     }
-    let names = class_names(opts.class_names.as_ref(), settings.num_classes);
-    let dataset_id = json!({
+    json!({
         "img_dir": spec.img_dir, "ann_dir": spec.ann_dir, "img_suffix": spec.img_suffix, "seg_map_suffix": spec.seg_map_suffix,
-        "listed": total, "stems_fnv1a64": format!("{stems_hash:016x}"),
-    });
-    let ids = run_ids(settings, &run_identity, &listing, num_images, opts, &names, spec);
-    let header = ResultsHeader {
-        beit_seg_results: RESULTS_VERSION,
-        run: json!({"identity": run_identity, "settings": settings, "dataset": dataset_id, "limit": opts.limit,
-                    "skip_bad": opts.skip_bad, "classes": names}),
-        ids,
-        num_images,
-        num_classes: settings.num_classes,
-        shard: opts.shard,
-    };
-    let header_line = serde_json::to_string(&header).expect("serializable");
-    std::fs::create_dir_all(&opts.out_dir).map_err(io_err(&opts.out_dir))?;
-    let rpath = results_path(&opts.out_dir, opts.shard);
-    let results_err = |msg: String| EvalError::Results { path: rpath.clone(), msg };
-    let inputs: Vec<&Path> = opts.inputs.iter().map(PathBuf::as_path).collect();
-    // The results file is this run's own (read back on resume), but never a device, a FIFO or
-    // one of the command's inputs.
-    match std::fs::metadata(&rpath) {
-        Ok(md) if !md.is_file() => {
-            return Err(results_err(format!("is {}, not a regular file", crate::fsutil::kind_of(&md))))
+        "listed": all.len(), "stems_fnv1a64": format!("{stems_hash:016x}"),
+    })
+}
+
+/// Existing prediction PNGs are refused (without `--force`) before any image is evaluated.
+fn check_save_pred(work: &[(usize, Work)], opts: &RunOptions) -> Result<(), EvalError> {
+    let (Some(dir), false) = (&opts.save_pred, opts.force) else { return Ok(()) };
+    for (_, w) in work {
+        if let Work::Image(s) = w {
+            let p = dir.join(format!("{}.png", s.stem));
+            if std::fs::symlink_metadata(&p).is_ok() {
+                return Err(EvalError::Results {
+                    path: p,
+                    msg: "already exists (pass --force to replace the --save-pred files)".into(),
+                });
+            }
         }
-        _ => {}
     }
-    if let Some(i) = inputs.iter().find(|i| crate::fsutil::same_file(&rpath, i)) {
-        return Err(results_err(format!("is also an input of this command ({})", i.display())));
+    Ok(())
+}
+
+/// The record of one work item: the image's areas, or why it was skipped.
+fn eval_work(
+    settings: &EvalSettings,
+    model: &dyn Model,
+    index: usize,
+    w: &Work,
+    opts: &RunOptions,
+) -> Result<ImageRecord, EvalError> {
+    let t0 = Instant::now();
+    let s = match w {
+        Work::Missing(s) => {
+            return Ok(ImageRecord { index, stem: s.stem.clone(), skipped: Some(s.reason.clone()), ..empty_record() })
+        }
+        Work::Image(s) => s,
+    };
+    match eval_one(settings, model, s, opts) {
+        Ok((shape, a)) => Ok(ImageRecord {
+            index,
+            stem: s.stem.clone(),
+            shape: Some(shape),
+            intersect: Some(a.intersect),
+            union: Some(a.union),
+            pred_label: Some(a.pred_label),
+            label: Some(a.label),
+            seconds: Some(t0.elapsed().as_secs_f64()),
+            ..empty_record()
+        }),
+        Err(e) if opts.skip_bad && e.is_bad_input() => {
+            Ok(ImageRecord { index, stem: s.stem.clone(), skipped: Some(e.to_string()), ..empty_record() })
+        }
+        Err(e) => Err(e),
     }
-    // A metrics file that no run of this results file wrote is kept unless --force (checked
-    // before the results file is created or anything is evaluated).
-    let metrics_path = opts.out_dir.join(format!("metrics{}.json", shard_suffix(opts.shard)));
-    let resumable = std::fs::metadata(&rpath).is_ok_and(|m| m.len() > 0);
-    crate::fsutil::check_output(&metrics_path, resumable || opts.force, &inputs)
-        .map_err(|e| EvalError::Results { path: metrics_path.clone(), msg: e.to_string() })?;
-    let mut file = {
+}
+
+/// The metrics of the recorded images; `metrics*.json` written when the run is complete.
+fn finish(
+    results: ResultsFile,
+    records: &[ImageRecord],
+    header: &ResultsHeader,
+    names: &[String],
+    complete: bool,
+    opts: &RunOptions,
+) -> Result<Outcome, EvalError> {
+    let ResultsFile { file, path: rpath, metrics_path } = results;
+    drop(file);
+    let totals =
+        sum_records(records, header.num_classes).map_err(|msg| EvalError::Results { path: rpath.clone(), msg })?;
+    let metrics = compute_metrics(&totals);
+    let (skipped, evaluated) = skipped_and_evaluated(records);
+    let partial = match (complete, opts.shard) {
+        (false, _) => Some("incomplete run".to_string()),
+        (true, Some(s)) => Some(format!("shard {s} only; combine the shards with `beit-seg merge`")),
+        (true, None) => None,
+    };
+    let json = as_written(result_json(&metrics, header, evaluated, &skipped, names, partial.as_deref()));
+    let metrics_path = if complete {
+        let inputs: Vec<&Path> = opts.inputs.iter().map(PathBuf::as_path).collect();
+        let text = serde_json::to_string_pretty(&json).expect("serializable");
+        crate::fsutil::write_output_bytes(&metrics_path, true, &inputs, text.as_bytes())
+            .map_err(io_err(&metrics_path))?;
+        Some(metrics_path)
+    } else {
+        None
+    };
+    let report = format_report(&metrics, names);
+    Ok(Outcome { totals, metrics, evaluated, skipped, complete, results_path: rpath, metrics_path, json, report })
+}
+
+/// A run's results file, open for appending and locked (one writer per file).
+struct ResultsFile {
+    file: std::fs::File,
+    path: PathBuf,
+    /// Where the metrics of a complete run go.
+    metrics_path: PathBuf,
+}
+
+impl ResultsFile {
+    /// Opens (creating) the results file of `opts.out_dir` / `opts.shard` and locks it. A new
+    /// file gets `header`; an existing one must be from this very run (same identity and
+    /// settings, only indices `in_run`) and its records come back, a torn last line cut off.
+    fn open(
+        header: &ResultsHeader,
+        opts: &RunOptions,
+        in_run: &dyn Fn(usize) -> bool,
+    ) -> Result<(Self, Vec<ImageRecord>), EvalError> {
+        std::fs::create_dir_all(&opts.out_dir).map_err(io_err(&opts.out_dir))?;
+        let path = results_path(&opts.out_dir, opts.shard);
+        let metrics_path = opts.out_dir.join(format!("metrics{}.json", shard_suffix(opts.shard)));
+        let file = Self::check_and_open(&path, &metrics_path, opts)?;
+        let mut rf = ResultsFile { file, path, metrics_path };
+        // One writer per results file: a second eval on the same --out (and shard) stops here.
+        if !crate::fsutil::try_lock(&rf.file, true).map_err(io_err(&rf.path))? {
+            return Err(rf.err(
+                "another eval is writing this file (it is locked); wait for it to finish, or use another --out".into(),
+            ));
+        }
+        if rf.file.metadata().map_err(io_err(&rf.path))?.len() == 0 {
+            let header_line = serde_json::to_string(header).expect("serializable");
+            writeln!(rf.file, "{header_line}").map_err(io_err(&rf.path))?;
+            rf.file.sync_data().map_err(io_err(&rf.path))?;
+            return Ok((rf, Vec::new()));
+        }
+        let records = rf.resume(header, opts, in_run)?;
+        Ok((rf, records))
+    }
+
+    /// The results file is this run's own (read back on resume), but never a device, a FIFO
+    /// or one of the command's inputs; a metrics file that no run of this results file wrote is
+    /// kept unless `--force` (checked before the results file is created).
+    fn check_and_open(path: &Path, metrics_path: &Path, opts: &RunOptions) -> Result<std::fs::File, EvalError> {
+        let err = |msg: String| EvalError::Results { path: path.to_path_buf(), msg };
+        let inputs: Vec<&Path> = opts.inputs.iter().map(PathBuf::as_path).collect();
+        match std::fs::metadata(path) {
+            Ok(md) if !md.is_file() => {
+                return Err(err(format!("is {}, not a regular file", crate::fsutil::kind_of(&md))))
+            }
+            _ => {}
+        }
+        if let Some(i) = inputs.iter().find(|i| crate::fsutil::same_file(path, i)) {
+            return Err(err(format!("is also an input of this command ({})", i.display())));
+        }
+        let resumable = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+        crate::fsutil::check_output(metrics_path, resumable || opts.force, &inputs)
+            .map_err(|e| EvalError::Results { path: metrics_path.to_path_buf(), msg: e.to_string() })?;
         let mut o = OpenOptions::new();
         o.read(true).append(true).create(true);
         #[cfg(unix)]
@@ -211,20 +359,19 @@ pub fn evaluate(
             use std::os::unix::fs::OpenOptionsExt;
             o.custom_flags(libc::O_NONBLOCK);
         }
-        o.open(&rpath).map_err(io_err(&rpath))?
-    };
-    // One writer per results file: a second eval on the same --out (and shard) stops here.
-    if !crate::fsutil::try_lock(&file, true).map_err(io_err(&rpath))? {
-        return Err(results_err(
-            "another eval is writing this file (it is locked); wait for it to finish, or use another --out".into(),
-        ));
+        o.open(path).map_err(io_err(path))
     }
-    let existed = file.metadata().map_err(io_err(&rpath))?.len() > 0;
-    let mut records: Vec<ImageRecord> = Vec::new();
-    if existed {
-        let (old, recs, torn) = read_results(&rpath)?;
-        if let Some(why) = identity_mismatch(&old, "the file", &header, "this run") {
-            return Err(results_err(format!(
+
+    /// The records of an existing file of this run.
+    fn resume(
+        &mut self,
+        header: &ResultsHeader,
+        opts: &RunOptions,
+        in_run: &dyn Fn(usize) -> bool,
+    ) -> Result<Vec<ImageRecord>, EvalError> {
+        let (old, records, torn) = read_results(&self.path)?;
+        if let Some(why) = identity_mismatch(&old, "the file", header, "this run") {
+            return Err(self.err(format!(
                 "this results file is from another run ({why}); remove it or choose another --out directory"
             )));
         }
@@ -234,131 +381,37 @@ pub fn evaluate(
             && old.num_classes == header.num_classes
             && old.shard == header.shard;
         if !same {
-            return Err(results_err(
+            return Err(self.err(
                 "this results file is from a run with different settings (model, checkpoint, data, limit, shard or options); \
                  remove it or choose another --out directory"
                     .into(),
             ));
         }
         if let Some(len) = torn {
-            file.set_len(len).map_err(io_err(&rpath))?;
-            report(
-                opts,
-                Event::Note(format!("{}: dropped an incomplete last line (interrupted write)", rpath.display())),
-            );
+            self.file.set_len(len).map_err(io_err(&self.path))?;
+            let note = format!("{}: dropped an incomplete last line (interrupted write)", self.path.display());
+            report(opts, Event::Note(note));
         }
-        for r in &recs {
-            if !in_run(r.index) {
-                return Err(results_err(format!("image index {} ({}) does not belong to this run", r.index, r.stem)));
-            }
+        if let Some(r) = records.iter().find(|r| !in_run(r.index)) {
+            return Err(self.err(format!("image index {} ({}) does not belong to this run", r.index, r.stem)));
         }
-        records = recs;
         if !records.is_empty() {
-            report(
-                opts,
-                Event::Note(format!("resuming from {} ({} images already recorded)", rpath.display(), records.len())),
-            );
+            let note = format!("resuming from {} ({} images already recorded)", self.path.display(), records.len());
+            report(opts, Event::Note(note));
         }
-    } else {
-        writeln!(file, "{header_line}").map_err(io_err(&rpath))?;
-        file.sync_data().map_err(io_err(&rpath))?;
+        Ok(records)
     }
-    sum_records(&records, settings.num_classes).map_err(|msg| EvalError::Results { path: rpath.clone(), msg })?;
-    let done: std::collections::BTreeSet<usize> = records.iter().map(|r| r.index).collect();
 
-    // The work list: samples and listing-skipped images of this run, in index order.
-    enum Work<'a> {
-        Image(&'a ade20k::Sample),
-        Missing(&'a Skipped),
+    /// Appends one record line (flushed).
+    fn append(&mut self, rec: &ImageRecord) -> Result<(), EvalError> {
+        let line = serde_json::to_string(rec).expect("serializable");
+        self.file.write_all(format!("{line}\n").as_bytes()).map_err(io_err(&self.path))?;
+        self.file.flush().map_err(io_err(&self.path))
     }
-    let mut work: Vec<(usize, Work)> = listing.samples.iter().map(|s| (s.index, Work::Image(s))).collect();
-    work.extend(listing.skipped.iter().map(|s| (s.index, Work::Missing(s))));
-    work.sort_by_key(|(i, _)| *i);
-    work.retain(|(i, _)| in_run(*i) && !done.contains(i));
-    let planned = (0..num_images).filter(|&i| in_run(i)).count();
 
-    if let (Some(dir), false) = (&opts.save_pred, opts.force) {
-        // Existing prediction PNGs are refused before any image is evaluated.
-        for (_, w) in &work {
-            if let Work::Image(s) = w {
-                let p = dir.join(format!("{}.png", s.stem));
-                if std::fs::symlink_metadata(&p).is_ok() {
-                    return Err(EvalError::Results {
-                        path: p,
-                        msg: "already exists (pass --force to replace the --save-pred files)".into(),
-                    });
-                }
-            }
-        }
+    fn err(&self, msg: String) -> EvalError {
+        EvalError::Results { path: self.path.clone(), msg }
     }
-    report(opts, Event::Start { planned, recorded: records.len() });
-    let mut stopped = false;
-    for (new_images, (index, w)) in work.iter().enumerate() {
-        if opts.stop_after.is_some_and(|k| new_images >= k) {
-            stopped = true;
-            break;
-        }
-        let t0 = Instant::now();
-        let rec = match w {
-            Work::Missing(s) => {
-                ImageRecord { index: *index, stem: s.stem.clone(), skipped: Some(s.reason.clone()), ..empty_record() }
-            }
-            Work::Image(s) => match eval_one(settings, model, s, opts) {
-                Ok((shape, a)) => ImageRecord {
-                    index: *index,
-                    stem: s.stem.clone(),
-                    shape: Some(shape),
-                    intersect: Some(a.intersect),
-                    union: Some(a.union),
-                    pred_label: Some(a.pred_label),
-                    label: Some(a.label),
-                    seconds: Some(t0.elapsed().as_secs_f64()),
-                    ..empty_record()
-                },
-                Err(e) if opts.skip_bad && e.is_bad_input() => {
-                    ImageRecord { index: *index, stem: s.stem.clone(), skipped: Some(e.to_string()), ..empty_record() }
-                }
-                Err(e) => return Err(e),
-            },
-        };
-        let line = serde_json::to_string(&rec).expect("serializable");
-        file.write_all(format!("{line}\n").as_bytes()).map_err(io_err(&rpath))?;
-        file.flush().map_err(io_err(&rpath))?;
-        records.push(rec);
-        let last = records.last().expect("just pushed");
-        report(
-            opts,
-            Event::Image { stem: &last.stem, recorded: records.len(), planned, skipped: last.skipped.as_deref() },
-        );
-    }
-    drop(file);
-
-    let totals =
-        sum_records(&records, settings.num_classes).map_err(|msg| EvalError::Results { path: rpath.clone(), msg })?;
-    let metrics = compute_metrics(&totals);
-    let (skipped, evaluated) = skipped_and_evaluated(&records);
-    let complete = !stopped && records.len() == planned;
-    let partial = match (complete, opts.shard) {
-        (false, _) => Some("incomplete run".to_string()),
-        (true, Some(s)) => Some(format!("shard {s} only; combine the shards with `beit-seg merge`")),
-        (true, None) => None,
-    };
-    let json = as_written(result_json(&metrics, &header, evaluated, &skipped, &names, partial.as_deref()));
-    let metrics_path = if complete {
-        let p = metrics_path;
-        crate::fsutil::write_output_bytes(
-            &p,
-            true,
-            &inputs,
-            serde_json::to_string_pretty(&json).expect("serializable").as_bytes(),
-        )
-        .map_err(io_err(&p))?;
-        Some(p)
-    } else {
-        None
-    };
-    let report = format_report(&metrics, &names);
-    Ok(Outcome { totals, metrics, evaluated, skipped, complete, results_path: rpath, metrics_path, json, report })
 }
 
 /// The content identities of a run ([`ResultsHeader::ids`]).

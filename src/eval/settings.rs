@@ -304,3 +304,54 @@ impl EvalSettings {
         Ok(())
     }
 }
+
+/// The `dataset` section of a config (`eval --config`) or of a `pipeline` fixture case, parsed
+/// once: the layout strings (absent: the caller's default), `reduce_zero_label` (default
+/// false), the `test_pipeline` (parsed with that `reduce_zero_label`) and the `aug` recipe.
+#[derive(Debug, Clone, Default)]
+pub struct DatasetSection {
+    pub data_root: Option<String>,
+    pub img_dir: Option<String>,
+    pub ann_dir: Option<String>,
+    pub img_suffix: Option<String>,
+    pub seg_map_suffix: Option<String>,
+    pub reduce_zero_label: bool,
+    pub test_pipeline: Option<TestPipeline>,
+    pub aug: Option<MsFlip>,
+}
+
+impl DatasetSection {
+    /// Errors name the key (`dataset.img_dir: expected a string, got 3`).
+    pub fn from_value(ds: &Value) -> Result<Self, String> {
+        let s = |k: &str| -> Result<Option<String>, String> {
+            match ds.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(v)) => Ok(Some(v.clone())),
+                Some(v) => Err(format!("dataset.{k}: expected a string, got {v}")),
+            }
+        };
+        let reduce_zero_label = match ds.get("reduce_zero_label") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => return Err(format!("dataset.reduce_zero_label: expected true/false, got {v}")),
+        };
+        let test_pipeline = match ds.get("test_pipeline") {
+            None | Some(Value::Null) => None,
+            Some(tp) => Some(TestPipeline::from_value(tp, reduce_zero_label).map_err(|e| format!("dataset.{e}"))?),
+        };
+        let aug = match ds.get("aug") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(MsFlip::from_value(v).map_err(|e| e.to_string())?),
+        };
+        Ok(DatasetSection {
+            data_root: s("data_root")?,
+            img_dir: s("img_dir")?,
+            ann_dir: s("ann_dir")?,
+            img_suffix: s("img_suffix")?,
+            seg_map_suffix: s("seg_map_suffix")?,
+            reduce_zero_label,
+            test_pipeline,
+            aug,
+        })
+    }
+}

@@ -5,7 +5,7 @@
 use tch::{Kind, Tensor};
 
 use super::params::Source;
-use super::{join, ops, Ctx, FastError, Recorder, Result};
+use super::{join, ops, Ctx, ModelError, Recorder, Result};
 use crate::config::BeitConfig;
 use crate::model::names::{ffn_hidden_aliases, ffn_output_aliases};
 use crate::model::{check_relative_position_index, relative_position_index};
@@ -301,7 +301,7 @@ impl Beit {
     pub fn forward(&self, img: &Tensor, prefix: &str, rec: &mut Recorder) -> Result<Vec<Tensor>> {
         let s = img.size();
         let (b, cin, h, w) = (s[0], s[1] as usize, s[2] as usize, s[3] as usize);
-        self.cfg.check_input(cin, h, w).map_err(FastError::Input)?;
+        self.cfg.check_input(cin, h, w).map_err(ModelError::Input)?;
         let (tokens, (hp, wp)) = self.patch_embed.forward(img, &join(prefix, "patch_embed"), rec)?;
         let c = self.cfg.embed_dims as i64;
         // cls token prepended: [B, N, C] -> [B, N+1, C]

@@ -5,14 +5,14 @@
 
 use tch::Tensor;
 
-use super::neck::BatchNorm;
+use super::batch_norm::BatchNorm;
 use super::params::Source;
 use super::winograd::Winograd;
-use super::{join, ops, Ctx, FastError, Recorder, Result};
-use crate::config::{HeadConfig, HeadKind, InputTransform};
+use super::{join, ops, Ctx, ModelError, Recorder, Result};
+use crate::config::{HeadConfig, InputTransform};
+use crate::model::heads::{check_input_channels, select_inputs, BodyPlan, ConvSpec, HeadPlan};
 
-/// The kernel of a convolution, laid out for the algorithm that runs it (as in
-/// [`crate::reference::heads::ConvKernel`]).
+/// The kernel of a convolution, laid out for the algorithm that runs it.
 pub enum ConvKernel {
     /// (Cout, Cin, kh, kw), run by libtorch's convolution.
     Direct(Tensor),
@@ -20,7 +20,7 @@ pub enum ConvKernel {
     Winograd(Winograd),
 }
 
-/// mmcv `ConvModule(in, out, k, padding, dilation)`: conv (bias only without norm) → BN → ReLU.
+/// mmcv `ConvModule`: `relu(bn(conv2d(x)))`, as its [`ConvSpec`] says.
 pub struct ConvModule {
     pub kernel: ConvKernel,
     pub bias: Option<Tensor>,
@@ -31,36 +31,29 @@ pub struct ConvModule {
 }
 
 impl ConvModule {
-    #[allow(clippy::too_many_arguments)]
-    pub fn load(
-        src: &mut dyn Source,
-        ctx: &Ctx,
-        prefix: &str,
-        cfg: &HeadConfig,
-        cin: usize,
-        cout: usize,
-        k: usize,
-        padding: usize,
-        dilation: usize,
-    ) -> Result<Self> {
-        let bn = match &cfg.norm {
-            Some(n) => Some(BatchNorm::load(src, ctx, &join(prefix, "bn"), cout, n.eps)?),
+    /// The module `spec.name` under `head`.
+    pub fn load(src: &mut dyn Source, ctx: &Ctx, head: &str, spec: &ConvSpec) -> Result<Self> {
+        let prefix = join(head, &spec.name);
+        let (cin, cout, k) = (spec.in_channels, spec.out_channels, spec.kernel);
+        let bn = match spec.bn_eps {
+            Some(eps) => Some(BatchNorm::load(src, ctx, &join(&prefix, "bn"), cout, eps)?),
             None => None,
         };
-        let weight = src.get(&join(prefix, "conv.weight"), &[cout, cin, k, k], ctx.kind())?;
-        let winograd = k == 3 && dilation == 1 && ctx.device == tch::Device::Cpu && !ctx.precision.is_reduced();
+        let weight = src.get(&join(&prefix, "conv.weight"), &[cout, cin, k, k], ctx.kind())?;
+        let winograd = k == 3 && spec.dilation == 1 && ctx.device == tch::Device::Cpu && !ctx.precision.is_reduced();
+        let bias =
+            if spec.conv_bias() { Some(src.get(&join(&prefix, "conv.bias"), &[cout], ctx.kind())?) } else { None };
         Ok(ConvModule {
             kernel: if winograd {
                 ConvKernel::Winograd(Winograd::new(&weight, ctx.kind())?)
             } else {
                 ConvKernel::Direct(weight)
             },
-            // bias='auto': a conv bias only when there is no norm layer.
-            bias: if bn.is_none() { Some(src.get(&join(prefix, "conv.bias"), &[cout], ctx.kind())?) } else { None },
+            bias,
             bn,
-            relu: cfg.relu,
-            padding: padding as i64,
-            dilation: dilation as i64,
+            relu: spec.relu,
+            padding: spec.padding as i64,
+            dilation: spec.dilation as i64,
         })
     }
 
@@ -81,16 +74,6 @@ impl ConvModule {
         rec.put(prefix, &y);
         Ok(y)
     }
-}
-
-/// Python-style list index (negative counts from the end).
-fn pick<'a>(maps: &'a [Tensor], idx: i64, prefix: &str) -> Result<&'a Tensor> {
-    let n = maps.len() as i64;
-    let i = if idx < 0 { idx + n } else { idx };
-    if i < 0 || i >= n {
-        return Err(FastError::Input(format!("{prefix}: in_index {idx} is out of range for {n} input maps")));
-    }
-    Ok(&maps[i as usize])
 }
 
 // One value per head: the size difference between the variants does not matter.
@@ -121,148 +104,51 @@ pub struct DecodeHead {
 
 impl DecodeHead {
     pub fn load(src: &mut dyn Source, ctx: &Ctx, prefix: &str, cfg: &HeadConfig) -> Result<Self> {
-        let ch = cfg.channels;
-        let body = match &cfg.kind {
-            HeadKind::Uper { pool_scales } => {
-                let n = cfg.in_channels.len();
-                let top = cfg.in_channels[n - 1];
+        let plan = HeadPlan::new(cfg);
+        let mut conv = |spec: &ConvSpec| ConvModule::load(src, ctx, prefix, spec);
+        let body = match &plan.body {
+            BodyPlan::Uper { pool_scales, psp_modules, bottleneck, lateral_convs, fpn_convs, fpn_bottleneck } => {
                 Body::Uper {
                     pool_scales: pool_scales.clone(),
-                    psp_modules: (0..pool_scales.len())
-                        .map(|k| {
-                            ConvModule::load(
-                                src,
-                                ctx,
-                                &join(prefix, &format!("psp_modules.{k}.1")),
-                                cfg,
-                                top,
-                                ch,
-                                1,
-                                0,
-                                1,
-                            )
-                        })
-                        .collect::<Result<_>>()?,
-                    bottleneck: ConvModule::load(
-                        src,
-                        ctx,
-                        &join(prefix, "bottleneck"),
-                        cfg,
-                        top + pool_scales.len() * ch,
-                        ch,
-                        3,
-                        1,
-                        1,
-                    )?,
-                    lateral_convs: (0..n - 1)
-                        .map(|i| {
-                            ConvModule::load(
-                                src,
-                                ctx,
-                                &join(prefix, &format!("lateral_convs.{i}")),
-                                cfg,
-                                cfg.in_channels[i],
-                                ch,
-                                1,
-                                0,
-                                1,
-                            )
-                        })
-                        .collect::<Result<_>>()?,
-                    fpn_convs: (0..n - 1)
-                        .map(|i| {
-                            ConvModule::load(src, ctx, &join(prefix, &format!("fpn_convs.{i}")), cfg, ch, ch, 3, 1, 1)
-                        })
-                        .collect::<Result<_>>()?,
-                    fpn_bottleneck: ConvModule::load(
-                        src,
-                        ctx,
-                        &join(prefix, "fpn_bottleneck"),
-                        cfg,
-                        n * ch,
-                        ch,
-                        3,
-                        1,
-                        1,
-                    )?,
+                    psp_modules: psp_modules.iter().map(&mut conv).collect::<Result<_>>()?,
+                    bottleneck: conv(bottleneck)?,
+                    lateral_convs: lateral_convs.iter().map(&mut conv).collect::<Result<_>>()?,
+                    fpn_convs: fpn_convs.iter().map(&mut conv).collect::<Result<_>>()?,
+                    fpn_bottleneck: conv(fpn_bottleneck)?,
                 }
             }
-            HeadKind::Fcn { num_convs, kernel_size, concat_input, dilation } => {
-                let k = *kernel_size;
-                let pad = (k / 2) * dilation;
-                let cin = cfg.in_channels[0];
-                let convs = (0..*num_convs)
-                    .map(|i| {
-                        let inp = if i == 0 { cin } else { ch };
-                        ConvModule::load(
-                            src,
-                            ctx,
-                            &join(prefix, &format!("convs.{i}")),
-                            cfg,
-                            inp,
-                            ch,
-                            k,
-                            pad,
-                            *dilation,
-                        )
-                    })
-                    .collect::<Result<_>>()?;
-                let conv_cat = if *concat_input {
-                    Some(ConvModule::load(src, ctx, &join(prefix, "conv_cat"), cfg, cin + ch, ch, k, k / 2, 1)?)
-                } else {
-                    None
-                };
-                Body::Fcn { convs, conv_cat }
-            }
+            BodyPlan::Fcn { convs, conv_cat } => Body::Fcn {
+                convs: convs.iter().map(&mut conv).collect::<Result<_>>()?,
+                conv_cat: conv_cat.as_ref().map(conv).transpose()?,
+            },
         };
+        let (ch, out) = (plan.channels, plan.out_channels);
         Ok(DecodeHead {
             body,
-            conv_seg_weight: src.get(&join(prefix, "conv_seg.weight"), &[cfg.out_channels, ch, 1, 1], ctx.kind())?,
-            conv_seg_bias: src.get(&join(prefix, "conv_seg.bias"), &[cfg.out_channels], ctx.kind())?,
+            conv_seg_weight: src.get(&join(prefix, "conv_seg.weight"), &[out, ch, 1, 1], ctx.kind())?,
+            conv_seg_bias: src.get(&join(prefix, "conv_seg.bias"), &[out], ctx.kind())?,
             cfg: cfg.clone(),
         })
     }
 
     fn resize(&self, x: &Tensor, size: (i64, i64)) -> Result<Tensor> {
-        ops::resize_bilinear(x, size, self.cfg.align_corners)
+        ops::resize(x, size, self.cfg.align_corners)
     }
 
-    /// `_transform_inputs`: the selected input maps.
+    /// `_transform_inputs`: the selected input maps (resized to the first one's size and
+    /// concatenated for `resize_concat`).
     fn transform_inputs(&self, maps: &[Tensor], prefix: &str) -> Result<Vec<Tensor>> {
-        let check = |x: &Tensor, want: usize| -> Result<()> {
-            let got = x.size()[1] as usize;
-            if got != want {
-                return Err(FastError::Input(format!(
-                    "{prefix}: input map has {got} channels, in_channels says {want}"
-                )));
-            }
-            Ok(())
-        };
-        match &self.cfg.input_transform {
-            InputTransform::Select(i) => {
-                let x = pick(maps, *i, prefix)?;
-                check(x, self.cfg.in_channels[0])?;
-                Ok(vec![x.shallow_clone()])
-            }
-            InputTransform::MultipleSelect(idx) => {
-                let xs = idx
-                    .iter()
-                    .map(|&i| pick(maps, i, prefix).map(Tensor::shallow_clone))
-                    .collect::<Result<Vec<_>>>()?;
-                for (x, &c) in xs.iter().zip(&self.cfg.in_channels) {
-                    check(x, c)?;
-                }
-                Ok(xs)
-            }
-            InputTransform::ResizeConcat(idx) => {
-                let xs = idx.iter().map(|&i| pick(maps, i, prefix)).collect::<Result<Vec<_>>>()?;
+        let xs = select_inputs(&self.cfg, maps, prefix).map_err(ModelError::Input)?;
+        let xs = match &self.cfg.input_transform {
+            InputTransform::ResizeConcat(_) => {
                 let size = ops::hw(xs[0]);
                 let ups = xs.iter().map(|x| self.resize(x, size)).collect::<Result<Vec<_>>>()?;
-                let cat = Tensor::f_cat(&ups, 1)?;
-                check(&cat, self.cfg.in_channels[0])?;
-                Ok(vec![cat])
+                vec![Tensor::f_cat(&ups, 1)?]
             }
-        }
+            _ => xs.into_iter().map(Tensor::shallow_clone).collect(),
+        };
+        check_input_channels(&self.cfg, xs.iter().map(|x| x.size()[1] as usize), prefix).map_err(ModelError::Input)?;
+        Ok(xs)
     }
 
     /// Logits at the resolution of the first selected map, (B, out_channels, h, w).

@@ -21,8 +21,9 @@
 //!   their logit error and prediction agreement against fp32 on the same weights.
 //!
 //! No library path panics on bad input: every libtorch call uses tch's fallible `f_*` form and
-//! errors come back as [`FastError`].
+//! errors come back as [`ModelError`].
 
+pub mod batch_norm;
 pub mod beit;
 pub mod heads;
 pub mod malloc;
@@ -39,11 +40,11 @@ use crate::array::AnyArray;
 use crate::config::ConfigError;
 use crate::weights::WeightsError;
 
-pub use segmentor::{FastSegmentor, SegOutput};
+pub use segmentor::{EncoderDecoder, SegOutput};
 
 /// Errors of building or running the fast path.
 #[derive(Debug, thiserror::Error)]
-pub enum FastError {
+pub enum ModelError {
     /// An error raised by libtorch (shape mismatch, out of memory, unsupported kernel, ...).
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
@@ -59,7 +60,7 @@ pub enum FastError {
     Device(String),
 }
 
-pub type Result<T, E = FastError> = std::result::Result<T, E>;
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 pub use crate::float::Precision;
 
@@ -90,15 +91,13 @@ impl Precision {
     }
 }
 
-/// Parses `cpu`, `cuda` or `cuda:N`.
-pub fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" | "gpu" => Ok(Device::Cuda(0)),
-        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => Ok(Device::Cuda(i)),
-            _ => Err(FastError::Device(format!("unknown device `{s}` (cpu, cuda, cuda:N)"))),
-        },
+/// The library's [`crate::Device`] as libtorch's.
+impl From<crate::Device> for Device {
+    fn from(d: crate::Device) -> Device {
+        match d {
+            crate::Device::Cpu => Device::Cpu,
+            crate::Device::Cuda(i) => Device::Cuda(i),
+        }
     }
 }
 
@@ -121,18 +120,18 @@ pub fn check_device(device: Device) -> Result<()> {
             std::env::set_var("NVIDIA_TF32_OVERRIDE", "0");
         }
         if std::env::var("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE").is_ok_and(|v| v != "0") {
-            return Err(FastError::Device(
+            return Err(ModelError::Device(
                 "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE is set: it forces TF32 matmuls, which breaks fp32 conformance; unset it".into(),
             ));
         }
         if !tch::Cuda::is_available() {
-            return Err(FastError::Device(format!(
+            return Err(ModelError::Device(format!(
                 "device cuda:{i} requested, but libtorch sees no CUDA device (no GPU, no driver, or a binary not linked to libtorch_cuda)"
             )));
         }
         let n = tch::Cuda::device_count();
         if i as i64 >= n {
-            return Err(FastError::Device(format!("device cuda:{i} requested, but libtorch sees {n} CUDA device(s)")));
+            return Err(ModelError::Device(format!("device cuda:{i} requested, but libtorch sees {n} CUDA device(s)")));
         }
     }
     Ok(())
@@ -178,7 +177,7 @@ fn to_host_array<T: tch::kind::Element + Copy + Default>(t: &Tensor) -> Result<A
     let n = t.numel();
     let mut v = vec![T::default(); n];
     t.f_copy_data(&mut v, n)?;
-    ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| FastError::Input(format!("tensor to array: {e}")))
+    ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| ModelError::Input(format!("tensor to array: {e}")))
 }
 
 /// A host copy of a tensor as an f64 array (exact for every float kind used here).
@@ -203,7 +202,7 @@ pub fn from_any_array(a: &AnyArray, kind: Kind, device: Device) -> Result<Tensor
     let t = match a {
         AnyArray::F32(x) => Tensor::f_from_slice(x.as_standard_layout().as_slice().expect("standard layout"))?,
         AnyArray::F64(x) => Tensor::f_from_slice(x.as_standard_layout().as_slice().expect("standard layout"))?,
-        other => return Err(FastError::Input(format!("expected a float array, got {}", other.dtype_name()))),
+        other => return Err(ModelError::Input(format!("expected a float array, got {}", other.dtype_name()))),
     };
     Ok(t.f_reshape(&shape)?.f_to_device(device)?.f_to_kind(kind)?)
 }

@@ -4,6 +4,7 @@
 
 use tch::Tensor;
 
+use super::batch_norm::BatchNorm;
 use super::params::Source;
 use super::{join, ops, Ctx, Recorder, Result};
 use crate::config::NeckConfig;
@@ -23,31 +24,6 @@ impl ConvTranspose {
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::conv_transpose2d(x, &self.weight, Some(&self.bias), 2)
-    }
-}
-
-/// `nn.BatchNorm2d` / `SyncBatchNorm` in eval mode.
-pub struct BatchNorm {
-    pub weight: Tensor,
-    pub bias: Tensor,
-    pub running_mean: Tensor,
-    pub running_var: Tensor,
-    pub eps: f64,
-}
-
-impl BatchNorm {
-    pub fn load(src: &mut dyn Source, ctx: &Ctx, prefix: &str, c: usize, eps: f64) -> Result<Self> {
-        let k = ctx.kind();
-        Ok(BatchNorm {
-            weight: src.get(&join(prefix, "weight"), &[c], k)?,
-            bias: src.get(&join(prefix, "bias"), &[c], k)?,
-            running_mean: src.get(&join(prefix, "running_mean"), &[c], k)?,
-            running_var: src.get(&join(prefix, "running_var"), &[c], k)?,
-            eps,
-        })
-    }
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::batch_norm(x, &self.weight, &self.bias, &self.running_mean, &self.running_var, self.eps)
     }
 }
 

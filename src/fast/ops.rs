@@ -90,7 +90,7 @@ pub fn adaptive_avg_pool2d(x: &Tensor, s: i64) -> Result<Tensor> {
 
 /// mmseg `resize(x, size, mode='bilinear', align_corners)` = `F.interpolate` with `size=`
 /// (no scale factors, no antialias).
-pub fn resize_bilinear(x: &Tensor, size: (i64, i64), align_corners: bool) -> Result<Tensor> {
+pub fn resize(x: &Tensor, size: (i64, i64), align_corners: bool) -> Result<Tensor> {
     Ok(x.f_upsample_bilinear2d([size.0, size.1], align_corners, None, None)?)
 }
 

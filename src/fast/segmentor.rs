@@ -12,14 +12,15 @@ use tch::{Kind, Tensor};
 use super::beit::Beit;
 use super::heads::DecodeHead;
 use super::neck::Feature2Pyramid;
-use super::params::{store_source, RandomSource, Source};
-use super::{ops, Ctx, FastError, Recorder, Result};
+use super::params::{store_source, Source};
+use super::{ops, Ctx, ModelError, Recorder, Result};
 use crate::array::AnyArray;
 use crate::config::{SegmentorConfig, TestMode};
-use crate::model::slide_windows;
+use crate::model::heads::check_neck_inputs;
+use crate::model::{slide_windows, Stage};
 
 /// The segmentor on one device, in one precision.
-pub struct FastSegmentor {
+pub struct EncoderDecoder {
     pub cfg: SegmentorConfig,
     pub ctx: Ctx,
     pub backbone: Beit,
@@ -36,7 +37,7 @@ pub struct SegOutput {
     pub pred: Tensor,
 }
 
-impl FastSegmentor {
+impl EncoderDecoder {
     /// Builds the model from a state dict in MMSegmentation naming; every missing, wrong-shape or
     /// unexpected key is reported in one error (the reference's `WeightStore` rules).
     pub fn load(cfg: &SegmentorConfig, weights: Vec<(String, AnyArray)>, ctx: Ctx) -> Result<Self> {
@@ -44,15 +45,10 @@ impl FastSegmentor {
         Self::build(cfg, ctx, src)
     }
 
-    /// A model with random weights (see [`RandomSource`]) drawn from `seed`.
-    pub fn random(cfg: &SegmentorConfig, ctx: Ctx, seed: i64) -> Result<Self> {
-        Self::build(cfg, ctx, Box::new(RandomSource::new(seed, ctx.device)))
-    }
-
     fn build(cfg: &SegmentorConfig, ctx: Ctx, mut src: Box<dyn Source>) -> Result<Self> {
         let _no_grad = tch::no_grad_guard();
         let s = src.as_mut();
-        let model = FastSegmentor {
+        let model = EncoderDecoder {
             backbone: Beit::load(s, &ctx, "backbone", &cfg.backbone)?,
             neck: match &cfg.neck {
                 Some(n) => Some(Feature2Pyramid::load(s, &ctx, "neck", n)?),
@@ -74,28 +70,37 @@ impl FastSegmentor {
 
     /// `extract_feat`: backbone (+ neck) maps.
     pub fn extract_feat(&self, img: &Tensor, rec: &mut Recorder) -> Result<Vec<Tensor>> {
+        self.extract_feat_timed(img, rec, &mut |_| {})
+    }
+
+    fn extract_feat_timed(&self, img: &Tensor, rec: &mut Recorder, lap: &mut dyn FnMut(Stage)) -> Result<Vec<Tensor>> {
         let feats = self.backbone.forward(img, "backbone", rec)?;
-        match &self.neck {
+        lap(Stage::Backbone);
+        let maps = match &self.neck {
             Some(neck) => {
-                if feats.len() != 4 {
-                    return Err(FastError::Input(format!(
-                        "Feature2Pyramid needs 4 backbone maps, out_indices {:?} gives {}",
-                        self.cfg.backbone.out_indices,
-                        feats.len()
-                    )));
-                }
-                neck.forward(&feats, "neck", rec)
+                check_neck_inputs(&self.cfg.backbone.out_indices, feats.len()).map_err(ModelError::Input)?;
+                neck.forward(&feats, "neck", rec)?
             }
-            None => Ok(feats),
-        }
+            None => feats,
+        };
+        lap(Stage::Neck);
+        Ok(maps)
     }
 
     /// `encode_decode`: decode-head logits (widened to the wide kind) resized to the image size.
     pub fn encode_decode(&self, img: &Tensor, rec: &mut Recorder) -> Result<Tensor> {
-        let feats = self.extract_feat(img, rec)?;
+        self.encode_decode_timed(img, rec, &mut |_| {})
+    }
+
+    /// [`Self::encode_decode`], calling `lap(stage)` as each [`Stage`] ends (the caller
+    /// synchronises the device in `lap` when it times a CUDA run).
+    pub fn encode_decode_timed(&self, img: &Tensor, rec: &mut Recorder, lap: &mut dyn FnMut(Stage)) -> Result<Tensor> {
+        let feats = self.extract_feat_timed(img, rec, lap)?;
         let logits = self.decode_head.forward(&feats, "decode_head", rec)?;
         let logits = logits.f_to_kind(self.ctx.wide_kind())?;
-        let out = ops::resize_bilinear(&logits, ops::hw(img), self.cfg.align_corners())?;
+        lap(Stage::DecodeHead);
+        let out = ops::resize(&logits, ops::hw(img), self.cfg.align_corners())?;
+        lap(Stage::Resize);
         for (k, head) in self.auxiliary_heads.iter().enumerate() {
             let p = self.cfg.aux_prefix(k);
             if rec.wants_prefix(&p) {
@@ -140,7 +145,7 @@ impl FastSegmentor {
     pub fn forward(&self, img: &Tensor, rec: &mut Recorder) -> Result<SegOutput> {
         let _no_grad = tch::no_grad_guard();
         if img.dim() != 4 {
-            return Err(FastError::Input(format!("expected an NCHW image batch, got shape {:?}", img.size())));
+            return Err(ModelError::Input(format!("expected an NCHW image batch, got shape {:?}", img.size())));
         }
         let img = img.f_to_device(self.ctx.device)?.f_to_kind(self.ctx.kind())?;
         let seg_logits = match self.cfg.test {

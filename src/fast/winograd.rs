@@ -98,7 +98,7 @@ impl Winograd {
         let (b, h, w) = (s[0], s[2], s[3]);
         let (ho, wo) = (h + 2 * padding - 2, w + 2 * padding - 2);
         if ho <= 0 || wo <= 0 {
-            return Err(super::FastError::Input(format!(
+            return Err(super::ModelError::Input(format!(
                 "conv2d: a 3x3 kernel with padding {padding} does not fit a {h}x{w} input"
             )));
         }

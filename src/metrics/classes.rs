@@ -154,3 +154,13 @@ pub const ADE20K_CLASSES: [&str; 150] = [
     "clock",
     "flag",
 ];
+
+/// The class names of a table: `given` when there are any, else ADE20K's for 150 classes, else
+/// the class indices (`"0"`, `"1"`, ...).
+pub fn class_names_or_default(given: Option<&[String]>, num_classes: usize) -> Vec<String> {
+    match given {
+        Some(v) => v.to_vec(),
+        None if num_classes == ADE20K_CLASSES.len() => ADE20K_CLASSES.iter().map(|s| s.to_string()).collect(),
+        None => (0..num_classes).map(|i| i.to_string()).collect(),
+    }
+}

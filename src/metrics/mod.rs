@@ -23,7 +23,7 @@ mod tests;
 use ndarray::{Array2, ArrayView2, Zip};
 use serde::{Deserialize, Deserializer, Serialize};
 
-pub use classes::ADE20K_CLASSES;
+pub use classes::{class_names_or_default, ADE20K_CLASSES};
 pub use sums::{class_percent, nanmean_f32, np_round2_f64, numpy_sum_f32, summary_percent, torch_sum_f32};
 pub use table::per_class_table;
 

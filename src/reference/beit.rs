@@ -15,7 +15,6 @@
 //! `backbone.ln1` (final norm), and the tuple outputs `backbone.{k}`.
 
 use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView3, Axis};
-use rayon::prelude::*;
 
 use super::ops;
 use super::{ModelError, Recorder};
@@ -24,16 +23,6 @@ use crate::model::names::{ffn_hidden_aliases, ffn_output_aliases, join};
 use crate::model::{check_relative_position_index, relative_position_index};
 use crate::weights::WeightStore;
 use crate::Float;
-
-pub(crate) fn take1<T: Float>(ws: &mut WeightStore<T>, key: &str, n: usize) -> Array1<T> {
-    ws.get(key, &[n]).into_shape_with_order(n).expect("shape checked by WeightStore::get")
-}
-pub(crate) fn take2<T: Float>(ws: &mut WeightStore<T>, key: &str, a: usize, b: usize) -> Array2<T> {
-    ws.get(key, &[a, b]).into_shape_with_order((a, b)).expect("shape checked by WeightStore::get")
-}
-pub(crate) fn take4<T: Float>(ws: &mut WeightStore<T>, key: &str, sh: [usize; 4]) -> Array4<T> {
-    ws.get(key, &sh).into_shape_with_order((sh[0], sh[1], sh[2], sh[3])).expect("shape checked by WeightStore::get")
-}
 
 /// `nn.LayerNorm(C, eps)` with affine parameters.
 pub struct LayerNorm<T: Float> {
@@ -44,7 +33,7 @@ pub struct LayerNorm<T: Float> {
 
 impl<T: Float> LayerNorm<T> {
     pub fn load(ws: &mut WeightStore<T>, prefix: &str, c: usize, eps: f64) -> Self {
-        LayerNorm { weight: take1(ws, &join(prefix, "weight"), c), bias: take1(ws, &join(prefix, "bias"), c), eps }
+        LayerNorm { weight: ws.get1(&join(prefix, "weight"), c), bias: ws.get1(&join(prefix, "bias"), c), eps }
     }
     /// Normalises the last axis of (B, N, C) tokens.
     pub fn forward(&self, x: &Array3<T>) -> Array3<T> {
@@ -65,8 +54,8 @@ pub struct Linear<T: Float> {
 impl<T: Float> Linear<T> {
     pub fn load(ws: &mut WeightStore<T>, prefix: &str, inp: usize, out: usize, bias: bool) -> Self {
         Linear {
-            weight: take2(ws, &join(prefix, "weight"), out, inp),
-            bias: bias.then(|| take1(ws, &join(prefix, "bias"), out)),
+            weight: ws.get2(&join(prefix, "weight"), out, inp),
+            bias: bias.then(|| ws.get1(&join(prefix, "bias"), out)),
         }
     }
     /// Applies to the last axis of (B, N, in) tokens.
@@ -80,11 +69,13 @@ impl<T: Float> Linear<T> {
     }
 }
 
-/// `BEiTAttention`: multi-head self-attention with a learned relative-position bias per layer.
-/// Query rows per block of the attention: a (128, N) block of scores (820 KB at BEiT-B's 640
-/// crop, N = 1601) stays in a core's L2 cache.
-const ATTN_ROWS: usize = 128;
-
+/// `BEiTAttention`: multi-head self-attention with a learned relative-position bias per layer:
+///
+/// ```text
+/// q, k, v = split(x Wqkvᵀ + [q_bias, 0, v_bias]) into heads       (B, nH, N, hd) each
+/// out     = softmax((q · head_dim^-0.5) · kᵀ + bias) · v             bias[h, i, j] = table[index[i, j], h]
+/// y       = merge_heads(out) Wprojᵀ + b_proj
+/// ```
 pub struct BeitAttention<T: Float> {
     /// `qkv.weight` (3C, C), rows [Q; K; V], heads contiguous inside each.
     pub qkv: Linear<T>,
@@ -92,10 +83,8 @@ pub struct BeitAttention<T: Float> {
     /// module (F.linear), so it has no recorded output.
     pub qv_bias: bool,
     pub proj: Linear<T>,
-    /// `relative_position_bias_table` transposed to (nH, T): one contiguous row per head.
-    pub table: Array2<T>,
-    /// Computed `relative_position_index` (N+1, N+1), flattened row-major (every entry < T).
-    pub index: Vec<u32>,
+    /// `relative_position_bias_table` gathered by the computed `relative_position_index`.
+    pub bias: ops::GatheredBias<T>,
     pub num_heads: usize,
     /// `head_dim ** -0.5`.
     pub scale: T,
@@ -106,16 +95,16 @@ impl<T: Float> BeitAttention<T> {
         let c = cfg.embed_dims;
         let (wh, ww) = cfg.window();
         let rows = (2 * wh - 1) * (2 * ww - 1) + 3;
-        let mut qkv = Linear { weight: take2(ws, &join(prefix, "qkv.weight"), 3 * c, c), bias: None };
+        let mut qkv = Linear { weight: ws.get2(&join(prefix, "qkv.weight"), 3 * c, c), bias: None };
         if cfg.qv_bias {
-            let q = take1(ws, &join(prefix, "q_bias"), c);
-            let v = take1(ws, &join(prefix, "v_bias"), c);
+            let q = ws.get1(&join(prefix, "q_bias"), c);
+            let v = ws.get1(&join(prefix, "v_bias"), c);
             let mut b = Array1::zeros(3 * c);
             b.slice_mut(s![..c]).assign(&q);
             b.slice_mut(s![2 * c..]).assign(&v);
             qkv.bias = Some(b);
         }
-        let table = take2(ws, &join(prefix, "relative_position_bias_table"), rows, cfg.num_heads);
+        let table = ws.get2(&join(prefix, "relative_position_bias_table"), rows, cfg.num_heads);
         let index = relative_position_index((wh, ww));
         let key = join(prefix, "relative_position_index");
         if let Some(problem) =
@@ -128,8 +117,7 @@ impl<T: Float> BeitAttention<T> {
             qkv,
             qv_bias: cfg.qv_bias,
             proj: Linear::load(ws, &join(prefix, "proj"), c, c, true),
-            table: table.t().as_standard_layout().into_owned(),
-            index: index.iter().map(|&i| u32::try_from(i).expect("table rows fit in u32")).collect(),
+            bias: ops::GatheredBias::new(table.view(), index),
             num_heads: cfg.num_heads,
             scale: T::from_f64_lossy((head_dim as f64).powf(-0.5)),
         }
@@ -139,45 +127,19 @@ impl<T: Float> BeitAttention<T> {
     pub fn forward(&self, x: &Array3<T>, prefix: &str, rec: &mut Recorder<T>) -> Array3<T> {
         let (b, n, c) = x.dim();
         let nh = self.num_heads;
-        let hd = c / nh;
         let qkv = self.qkv.forward(x); // (B, N, 3C)
         if !self.qv_bias {
             rec.put(&join(prefix, "qkv"), &qkv);
         }
-        let table = &self.table;
-        let index = &self.index;
-        let scale = self.scale;
-        // One (N, hd) result per (batch, head), computed in parallel; each head in blocks of
-        // query rows so that the block's (rows, N) scores stay in the core's cache through the
-        // bias, the softmax and the product with v (every row's arithmetic is that of the whole
-        // (N, N) matrix: rows are independent).
-        let heads: Vec<Array2<T>> = (0..b * nh)
-            .into_par_iter()
-            .map(|bh| {
-                let (bi, h) = (bh / nh, bh % nh);
-                let xb = qkv.index_axis(Axis(0), bi);
-                let q = xb.slice(s![.., h * hd..(h + 1) * hd]).mapv(|v| v * scale); // q * scale
-                let k = xb.slice(s![.., c + h * hd..c + (h + 1) * hd]);
-                let v = xb.slice(s![.., 2 * c + h * hd..2 * c + (h + 1) * hd]);
-                let bias_table = table.row(h);
-                let bias_table = bias_table.as_slice().expect("standard layout");
-                let mut o = Array2::<T>::zeros((n, hd));
-                for r0 in (0..n).step_by(ATTN_ROWS) {
-                    let r1 = (r0 + ATTN_ROWS).min(n);
-                    let mut attn = ops::matmul(q.slice(s![r0..r1, ..]), k.t()); // (rows, N) = q · kᵀ
-                                                                                // softmax(attn + relative_position_bias[h]), bias[i, j] = table[index[i, j], h]
-                    ops::softmax_rows_biased_inplace(attn.view_mut(), bias_table, &index[r0 * n..r1 * n]);
-                    o.slice_mut(s![r0..r1, ..]).assign(&ops::matmul(attn.view(), v));
-                    // attn · v
-                }
-                o
-            })
-            .collect();
-        let mut out = Array3::<T>::zeros((b, n, c));
-        for (bh, o) in heads.into_iter().enumerate() {
-            let (bi, h) = (bh / nh, bh % nh);
-            out.slice_mut(s![bi, .., h * hd..(h + 1) * hd]).assign(&o);
-        }
+        // qkv.reshape(B, N, 3, nH, hd).permute(2, 0, 3, 1, 4): (3, B, nH, N, hd), as views.
+        let qkv = qkv.into_shape_with_order((b, n, 3, nh, c / nh)).expect("standard layout");
+        let qkv = qkv.view().permuted_axes([2, 0, 3, 1, 4]);
+        let q = &qkv.index_axis(Axis(0), 0) * self.scale; // q * scale, rounded first as in PyTorch
+        let (k, v) = (qkv.index_axis(Axis(0), 1), qkv.index_axis(Axis(0), 2));
+        let out = ops::attention(q.view(), k, v, &self.bias); // (B, nH, N, hd)
+                                                              // transpose(1, 2).reshape(B, N, C)
+        let out = out.permuted_axes([0, 2, 1, 3]).as_standard_layout().into_owned();
+        let out = out.into_shape_with_order((b, n, c)).expect("standard layout");
         let y = self.proj.forward(&out);
         rec.put(&join(prefix, "proj"), &y);
         rec.put(&join(prefix, "proj_drop"), &y);
@@ -237,8 +199,8 @@ impl<T: Float> BeitLayer<T> {
     pub fn load(ws: &mut WeightStore<T>, prefix: &str, cfg: &BeitConfig) -> Self {
         let c = cfg.embed_dims;
         BeitLayer {
-            gamma_1: take1(ws, &join(prefix, "gamma_1"), c),
-            gamma_2: take1(ws, &join(prefix, "gamma_2"), c),
+            gamma_1: ws.get1(&join(prefix, "gamma_1"), c),
+            gamma_2: ws.get1(&join(prefix, "gamma_2"), c),
             ln1: LayerNorm::load(ws, &join(prefix, "ln1"), c, cfg.norm.eps),
             attn: BeitAttention::load(ws, &join(prefix, "attn"), cfg),
             ln2: LayerNorm::load(ws, &join(prefix, "ln2"), c, cfg.norm.eps),
@@ -279,8 +241,8 @@ impl<T: Float> PatchEmbed<T> {
     pub fn load(ws: &mut WeightStore<T>, prefix: &str, cfg: &BeitConfig) -> Self {
         let (c, p) = (cfg.embed_dims, cfg.patch_size);
         PatchEmbed {
-            weight: take4(ws, &join(prefix, "projection.weight"), [c, cfg.in_channels, p, p]),
-            bias: take1(ws, &join(prefix, "projection.bias"), c),
+            weight: ws.get4(&join(prefix, "projection.weight"), [c, cfg.in_channels, p, p]),
+            bias: ws.get1(&join(prefix, "projection.bias"), c),
             norm: cfg.patch_norm.then(|| LayerNorm::load(ws, &join(prefix, "norm"), c, cfg.norm.eps)),
             patch: p,
         }

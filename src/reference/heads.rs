@@ -11,76 +11,37 @@
 //!
 //! ConvModule = conv (bias only when there is no norm) → BN (eps 1e-5) → ReLU.
 
-use ndarray::{concatenate, Array1, Array4, ArrayView4, Axis};
+use ndarray::{concatenate, Array4, ArrayView4, Axis};
 
-use super::beit::{take1, take4};
-use super::neck::BatchNorm;
+use super::batch_norm::BatchNorm;
 use super::ops;
 use super::{ModelError, Recorder};
-use crate::config::{HeadConfig, HeadKind, InputTransform};
+use crate::config::{HeadConfig, InputTransform};
+use crate::model::heads::{check_input_channels, select_inputs, BodyPlan, ConvSpec, HeadPlan};
 use crate::model::join;
 use crate::weights::WeightStore;
 use crate::Float;
 
-/// mmcv `ConvModule(in, out, k, padding, dilation)` with optional BN and ReLU.
-/// The kernel of a convolution, laid out for the algorithm that runs it.
-pub enum ConvKernel<T: Float> {
-    /// (Cout, Cin, kh, kw), run by im2col + GEMM ([`ops::conv2d`]).
-    Direct(Array4<T>),
-    /// A 3x3 kernel at dilation 1, transformed at load time for Winograd's F(2x2, 3x3)
-    /// ([`ops::conv2d_winograd`]).
-    Winograd(ops::Winograd3x3<T>),
-}
-
+/// mmcv `ConvModule`: `relu(bn(conv2d(x)))`, as its [`ConvSpec`] says.
 pub struct ConvModule<T: Float> {
-    pub kernel: ConvKernel<T>,
-    pub bias: Option<Array1<T>>,
+    pub conv: ops::Conv2d<T>,
     pub bn: Option<BatchNorm<T>>,
     pub relu: bool,
-    pub padding: usize,
-    pub dilation: usize,
 }
 
 impl<T: Float> ConvModule<T> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn load(
-        ws: &mut WeightStore<T>,
-        prefix: &str,
-        cfg: &HeadConfig,
-        cin: usize,
-        cout: usize,
-        k: usize,
-        padding: usize,
-        dilation: usize,
-    ) -> Self {
-        let bn = cfg.norm.as_ref().map(|n| BatchNorm::load(ws, &join(prefix, "bn"), cout, n.eps));
-        let weight = take4(ws, &join(prefix, "conv.weight"), [cout, cin, k, k]);
-        // A store without tensors only collects the requests (`parameter_shapes`) or fails in
-        // `finish`: no transform for its zeros.
-        let kernel = if k == 3 && dilation == 1 && !ws.is_empty() {
-            ConvKernel::Winograd(ops::Winograd3x3::new(weight.view()))
-        } else {
-            ConvKernel::Direct(weight)
-        };
-        ConvModule {
-            kernel,
-            // bias='auto': a conv bias only when there is no norm layer.
-            bias: bn.is_none().then(|| take1(ws, &join(prefix, "conv.bias"), cout)),
-            bn,
-            relu: cfg.relu,
-            padding,
-            dilation,
-        }
+    /// The module `spec.name` under `head`.
+    pub fn load(ws: &mut WeightStore<T>, head: &str, spec: &ConvSpec) -> Self {
+        let prefix = join(head, &spec.name);
+        let (cin, cout, k) = (spec.in_channels, spec.out_channels, spec.kernel);
+        let bn = spec.bn_eps.map(|eps| BatchNorm::load(ws, &join(&prefix, "bn"), cout, eps));
+        let weight = ws.get4(&join(&prefix, "conv.weight"), [cout, cin, k, k]);
+        let bias = spec.conv_bias().then(|| ws.get1(&join(&prefix, "conv.bias"), cout));
+        ConvModule { conv: ops::Conv2d::new(weight, bias, 1, spec.padding, spec.dilation), bn, relu: spec.relu }
     }
 
     pub fn forward(&self, x: ArrayView4<T>, prefix: &str, rec: &mut Recorder<T>) -> Array4<T> {
-        let p = self.padding;
-        let d = self.dilation;
-        let bias = self.bias.as_ref().map(|b| b.view());
-        let mut y = match &self.kernel {
-            ConvKernel::Direct(w) => ops::conv2d(x, w.view(), bias, (1, 1), (p, p), (d, d)),
-            ConvKernel::Winograd(u) => ops::conv2d_winograd(x, u, bias, (p, p)),
-        };
+        let mut y = self.conv.forward(x);
         rec.put(&join(prefix, "conv"), &y);
         if let Some(bn) = &self.bn {
             bn.forward_inplace(&mut y);
@@ -93,16 +54,6 @@ impl<T: Float> ConvModule<T> {
         rec.put(prefix, &y);
         y
     }
-}
-
-/// Python-style list index (negative counts from the end).
-fn pick<'a, T: Float>(maps: &'a [Array4<T>], idx: i64, prefix: &str) -> Result<&'a Array4<T>, ModelError> {
-    let n = maps.len() as i64;
-    let i = if idx < 0 { idx + n } else { idx };
-    if i < 0 || i >= n {
-        return Err(ModelError::Input(format!("{prefix}: in_index {idx} is out of range for {n} input maps")));
-    }
-    Ok(&maps[i as usize])
 }
 
 // One value per head: the size difference between the variants does not matter.
@@ -127,115 +78,53 @@ enum Body<T: Float> {
 pub struct DecodeHead<T: Float> {
     pub cfg: HeadConfig,
     body: Body<T>,
-    pub conv_seg_weight: Array4<T>,
-    pub conv_seg_bias: Array1<T>,
+    pub conv_seg: ops::Conv2d<T>,
 }
 
 impl<T: Float> DecodeHead<T> {
     pub fn load(ws: &mut WeightStore<T>, prefix: &str, cfg: &HeadConfig) -> Self {
-        let ch = cfg.channels;
-        let body = match &cfg.kind {
-            HeadKind::Uper { pool_scales } => {
-                let n = cfg.in_channels.len();
-                let top = cfg.in_channels[n - 1];
+        let plan = HeadPlan::new(cfg);
+        let mut conv = |spec: &ConvSpec| ConvModule::load(ws, prefix, spec);
+        let body = match &plan.body {
+            BodyPlan::Uper { pool_scales, psp_modules, bottleneck, lateral_convs, fpn_convs, fpn_bottleneck } => {
                 Body::Uper {
                     pool_scales: pool_scales.clone(),
-                    psp_modules: (0..pool_scales.len())
-                        .map(|k| {
-                            ConvModule::load(ws, &join(prefix, &format!("psp_modules.{k}.1")), cfg, top, ch, 1, 0, 1)
-                        })
-                        .collect(),
-                    bottleneck: ConvModule::load(
-                        ws,
-                        &join(prefix, "bottleneck"),
-                        cfg,
-                        top + pool_scales.len() * ch,
-                        ch,
-                        3,
-                        1,
-                        1,
-                    ),
-                    lateral_convs: (0..n - 1)
-                        .map(|i| {
-                            ConvModule::load(
-                                ws,
-                                &join(prefix, &format!("lateral_convs.{i}")),
-                                cfg,
-                                cfg.in_channels[i],
-                                ch,
-                                1,
-                                0,
-                                1,
-                            )
-                        })
-                        .collect(),
-                    fpn_convs: (0..n - 1)
-                        .map(|i| ConvModule::load(ws, &join(prefix, &format!("fpn_convs.{i}")), cfg, ch, ch, 3, 1, 1))
-                        .collect(),
-                    fpn_bottleneck: ConvModule::load(ws, &join(prefix, "fpn_bottleneck"), cfg, n * ch, ch, 3, 1, 1),
+                    psp_modules: psp_modules.iter().map(&mut conv).collect(),
+                    bottleneck: conv(bottleneck),
+                    lateral_convs: lateral_convs.iter().map(&mut conv).collect(),
+                    fpn_convs: fpn_convs.iter().map(&mut conv).collect(),
+                    fpn_bottleneck: conv(fpn_bottleneck),
                 }
             }
-            HeadKind::Fcn { num_convs, kernel_size, concat_input, dilation } => {
-                let k = *kernel_size;
-                let pad = (k / 2) * dilation;
-                let cin = cfg.in_channels[0];
-                let convs = (0..*num_convs)
-                    .map(|i| {
-                        let inp = if i == 0 { cin } else { ch };
-                        ConvModule::load(ws, &join(prefix, &format!("convs.{i}")), cfg, inp, ch, k, pad, *dilation)
-                    })
-                    .collect();
-                let conv_cat = concat_input
-                    .then(|| ConvModule::load(ws, &join(prefix, "conv_cat"), cfg, cin + ch, ch, k, k / 2, 1));
-                Body::Fcn { convs, conv_cat }
+            BodyPlan::Fcn { convs, conv_cat } => {
+                Body::Fcn { convs: convs.iter().map(&mut conv).collect(), conv_cat: conv_cat.as_ref().map(conv) }
             }
         };
-        DecodeHead {
-            body,
-            conv_seg_weight: take4(ws, &join(prefix, "conv_seg.weight"), [cfg.out_channels, ch, 1, 1]),
-            conv_seg_bias: take1(ws, &join(prefix, "conv_seg.bias"), cfg.out_channels),
-            cfg: cfg.clone(),
-        }
+        let (ch, out) = (plan.channels, plan.out_channels);
+        let weight = ws.get4(&join(prefix, "conv_seg.weight"), [out, ch, 1, 1]);
+        let bias = ws.get1(&join(prefix, "conv_seg.bias"), out);
+        DecodeHead { body, conv_seg: ops::Conv2d::new(weight, Some(bias), 1, 0, 1), cfg: cfg.clone() }
     }
 
     fn resize(&self, x: ArrayView4<T>, size: (usize, usize)) -> Array4<T> {
-        ops::interpolate_bilinear(x, size, self.cfg.align_corners)
+        ops::resize(x, size, self.cfg.align_corners)
     }
 
-    /// `_transform_inputs`: the selected input maps.
+    /// `_transform_inputs`: the selected input maps (resized to the first one's size and
+    /// concatenated for `resize_concat`).
     fn transform_inputs(&self, maps: &[Array4<T>], prefix: &str) -> Result<Vec<Array4<T>>, ModelError> {
-        let check = |x: &Array4<T>, want: usize| -> Result<(), ModelError> {
-            if x.dim().1 != want {
-                return Err(ModelError::Input(format!(
-                    "{prefix}: input map has {} channels, in_channels says {want}",
-                    x.dim().1
-                )));
-            }
-            Ok(())
-        };
-        match &self.cfg.input_transform {
-            InputTransform::Select(i) => {
-                let x = pick(maps, *i, prefix)?;
-                check(x, self.cfg.in_channels[0])?;
-                Ok(vec![x.clone()])
-            }
-            InputTransform::MultipleSelect(idx) => {
-                let xs = idx.iter().map(|&i| pick(maps, i, prefix).cloned()).collect::<Result<Vec<_>, _>>()?;
-                for (x, &c) in xs.iter().zip(&self.cfg.in_channels) {
-                    check(x, c)?;
-                }
-                Ok(xs)
-            }
-            InputTransform::ResizeConcat(idx) => {
-                let xs = idx.iter().map(|&i| pick(maps, i, prefix)).collect::<Result<Vec<_>, _>>()?;
+        let xs = select_inputs(&self.cfg, maps, prefix).map_err(ModelError::Input)?;
+        let xs = match &self.cfg.input_transform {
+            InputTransform::ResizeConcat(_) => {
                 let (_, _, h, w) = xs[0].dim();
                 let ups: Vec<Array4<T>> = xs.iter().map(|x| self.resize(x.view(), (h, w))).collect();
                 let views: Vec<_> = ups.iter().map(|u| u.view()).collect();
-                let cat = concatenate(Axis(1), &views).expect("same batch and size");
-                check(&cat, self.cfg.in_channels[0])?;
-                Ok(vec![cat])
+                vec![concatenate(Axis(1), &views).expect("same batch and size")]
             }
-        }
+            _ => xs.into_iter().cloned().collect(),
+        };
+        check_input_channels(&self.cfg, xs.iter().map(|x| x.dim().1), prefix).map_err(ModelError::Input)?;
+        Ok(xs)
     }
 
     /// Runs the head on the neck (or backbone) maps: logits at the resolution of the first
@@ -307,14 +196,7 @@ impl<T: Float> DecodeHead<T> {
             }
         };
         rec.put(&join(prefix, "dropout"), &feat);
-        let out = ops::conv2d(
-            feat.view(),
-            self.conv_seg_weight.view(),
-            Some(self.conv_seg_bias.view()),
-            (1, 1),
-            (0, 0),
-            (1, 1),
-        );
+        let out = self.conv_seg.forward(feat.view());
         rec.put(&join(prefix, "conv_seg"), &out);
         rec.put(prefix, &out);
         Ok(out)

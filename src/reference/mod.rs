@@ -13,6 +13,7 @@
 //! Everything is generic over [`Float`](crate::Float) (f32 and f64), so the float64 twin fixtures
 //! run through exactly the same code.
 
+pub mod batch_norm;
 pub mod beit;
 pub mod heads;
 pub mod neck;

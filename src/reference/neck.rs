@@ -10,7 +10,7 @@
 
 use ndarray::{Array1, Array4};
 
-use super::beit::{take1, take4};
+use super::batch_norm::BatchNorm;
 use super::ops;
 use super::Recorder;
 use crate::config::NeckConfig;
@@ -27,43 +27,12 @@ pub struct ConvTranspose<T: Float> {
 impl<T: Float> ConvTranspose<T> {
     fn load(ws: &mut WeightStore<T>, prefix: &str, c: usize) -> Self {
         ConvTranspose {
-            weight: take4(ws, &join(prefix, "weight"), [c, c, 2, 2]),
-            bias: take1(ws, &join(prefix, "bias"), c),
+            weight: ws.get4(&join(prefix, "weight"), [c, c, 2, 2]),
+            bias: ws.get1(&join(prefix, "bias"), c),
         }
     }
     fn forward(&self, x: &Array4<T>) -> Array4<T> {
         ops::conv_transpose2d(x.view(), self.weight.view(), Some(self.bias.view()), (2, 2), (0, 0))
-    }
-}
-
-/// `nn.BatchNorm2d` / `SyncBatchNorm` in eval mode.
-pub struct BatchNorm<T: Float> {
-    pub weight: Array1<T>,
-    pub bias: Array1<T>,
-    pub running_mean: Array1<T>,
-    pub running_var: Array1<T>,
-    pub eps: f64,
-}
-
-impl<T: Float> BatchNorm<T> {
-    pub fn load(ws: &mut WeightStore<T>, prefix: &str, c: usize, eps: f64) -> Self {
-        BatchNorm {
-            weight: take1(ws, &join(prefix, "weight"), c),
-            bias: take1(ws, &join(prefix, "bias"), c),
-            running_mean: take1(ws, &join(prefix, "running_mean"), c),
-            running_var: take1(ws, &join(prefix, "running_var"), c),
-            eps,
-        }
-    }
-    pub fn forward_inplace(&self, x: &mut Array4<T>) {
-        ops::batch_norm_inplace(
-            x,
-            self.running_mean.view(),
-            self.running_var.view(),
-            Some(self.weight.view()),
-            Some(self.bias.view()),
-            self.eps,
-        );
     }
 }
 

@@ -21,7 +21,8 @@ use super::neck::Feature2Pyramid;
 use super::ops;
 use super::{ModelError, Recorder};
 use crate::config::{SegmentorConfig, TestMode};
-use crate::model::slide_windows;
+use crate::model::heads::check_neck_inputs;
+use crate::model::{slide_windows, Stage};
 use crate::weights::WeightStore;
 use crate::Float;
 
@@ -77,28 +78,49 @@ impl<T: Float> EncoderDecoder<T> {
 
     /// `extract_feat`: backbone (+ neck) maps.
     pub fn extract_feat(&self, img: &Array4<T>, rec: &mut Recorder<T>) -> Result<Vec<Array4<T>>, ModelError> {
+        self.extract_feat_timed(img, rec, &mut |_| {})
+    }
+
+    fn extract_feat_timed(
+        &self,
+        img: &Array4<T>,
+        rec: &mut Recorder<T>,
+        lap: &mut dyn FnMut(Stage),
+    ) -> Result<Vec<Array4<T>>, ModelError> {
         let feats = self.backbone.forward(img, "backbone", rec)?;
+        lap(Stage::Backbone);
         Ok(match &self.neck {
             Some(neck) => {
-                if feats.len() != 4 {
-                    return Err(ModelError::Input(format!(
-                        "Feature2Pyramid needs 4 backbone maps, out_indices {:?} gives {}",
-                        self.cfg.backbone.out_indices,
-                        feats.len()
-                    )));
-                }
-                neck.forward(&feats, "neck", rec)
+                check_neck_inputs(&self.cfg.backbone.out_indices, feats.len()).map_err(ModelError::Input)?;
+                let maps = neck.forward(&feats, "neck", rec);
+                lap(Stage::Neck);
+                maps
             }
-            None => feats,
+            None => {
+                lap(Stage::Neck);
+                feats
+            }
         })
     }
 
     /// `encode_decode`: decode-head logits resized to the image size.
     pub fn encode_decode(&self, img: &Array4<T>, rec: &mut Recorder<T>) -> Result<Array4<T>, ModelError> {
-        let feats = self.extract_feat(img, rec)?;
+        self.encode_decode_timed(img, rec, &mut |_| {})
+    }
+
+    /// [`Self::encode_decode`], calling `lap(stage)` as each [`Stage`] ends.
+    pub fn encode_decode_timed(
+        &self,
+        img: &Array4<T>,
+        rec: &mut Recorder<T>,
+        lap: &mut dyn FnMut(Stage),
+    ) -> Result<Array4<T>, ModelError> {
+        let feats = self.extract_feat_timed(img, rec, lap)?;
         let logits = self.decode_head.forward(&feats, "decode_head", rec)?;
+        lap(Stage::DecodeHead);
         let (_, _, h, w) = img.dim();
-        let out = ops::interpolate_bilinear(logits.view(), (h, w), self.cfg.align_corners());
+        let out = ops::resize(logits.view(), (h, w), self.cfg.align_corners());
+        lap(Stage::Resize);
         for (k, head) in self.auxiliary_heads.iter().enumerate() {
             let p = self.cfg.aux_prefix(k);
             if rec.wants_prefix(&p) {

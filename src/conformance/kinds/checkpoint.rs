@@ -26,6 +26,7 @@ use crate::checkpoint::{
 };
 use crate::conformance::case::{Case, Tolerance};
 use crate::conformance::compare::{compare_floats, compare_labels, TensorResult};
+use crate::conformance::memory::CandidateRef;
 use crate::conformance::{RunError, Target};
 
 fn bad(case: &Case, msg: impl std::fmt::Display) -> RunError {
@@ -165,10 +166,9 @@ pub fn compare_conversion(
 fn candidate_outcome(
     case: &Case,
     expected: &[(String, AnyArray)],
-    source: &crate::conformance::candidate::CandidateSource,
-    single: bool,
+    candidate: CandidateRef<'_>,
 ) -> Result<KindOutcome, RunError> {
-    let cand = source.read(&case.name, single, &expected_shapes(expected))?;
+    let cand = candidate.read(case, &expected_shapes(expected))?;
     let tensors = expected
         .iter()
         .map(|(k, e)| match cand.tensors.get(k) {
@@ -182,9 +182,9 @@ fn candidate_outcome(
 /// Runs a `converter` case: our converter, or the candidate's converted tensors (then a tensor
 /// the fixture does not expect is listed as unused, not failed).
 pub fn run_converter(case: &Case, target: &Target<'_>) -> Result<KindOutcome, RunError> {
-    if let Target::Candidate { source, single } = target {
+    if let Some(candidate) = target.candidate() {
         let expected = read_expected(&case.file_field("expected")?)?;
-        return candidate_outcome(case, &expected, source, *single);
+        return candidate_outcome(case, &expected, candidate);
     }
     Ok(KindOutcome { tensors: converter_ours(case)?, ..Default::default() })
 }
@@ -212,8 +212,8 @@ fn window_field(case: &Case, key: &str) -> Result<(usize, usize), RunError> {
 
 /// Runs a `relpos_resize` case: our resize, or the candidate's `table`.
 pub fn run_relpos(case: &Case, target: &Target<'_>) -> Result<KindOutcome, RunError> {
-    if let Target::Candidate { source, single } = target {
-        return candidate_outcome(case, &super::read_expected(case)?, source, *single);
+    if let Some(candidate) = target.candidate() {
+        return candidate_outcome(case, &super::read_expected(case)?, candidate);
     }
     Ok(KindOutcome { tensors: relpos_ours(case)?, ..Default::default() })
 }

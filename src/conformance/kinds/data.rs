@@ -63,9 +63,9 @@ fn as_hwc_u8(a: AnyArray, what: &str) -> Result<ndarray::Array3<u8>, RunError> {
 
 /// Runs a `resize` case: OpenCV's INTER_LINEAR from our library, or the candidate's tensors.
 pub fn run_resize(case: &Case, target: &Target<'_>) -> Result<KindOutcome, RunError> {
-    if let Target::Candidate { source, single } = target {
+    if let Some(candidate) = target.candidate() {
         let expected = read_expected(case)?;
-        let cand = source.read(&case.name, *single, &expected_shapes(&expected))?;
+        let cand = candidate.read(case, &expected_shapes(&expected))?;
         let tensors = expected
             .iter()
             .map(|(name, e)| match cand.tensors.get(name) {
@@ -171,10 +171,10 @@ fn squeeze2<T: Clone>(a: ArrayD<T>, what: &str) -> Result<Array2<T>, RunError> {
 /// Runs a `metric` case: `IoUMetric` from our library, or the candidate's `metrics.json`.
 pub fn run_metric(case: &Case, target: &Target<'_>) -> Result<KindOutcome, RunError> {
     let expected = case.manifest.get("metrics").ok_or_else(|| manifest_err(case, "`metrics` is missing"))?;
-    let (actual, unused) = match target {
-        Target::Backend(_) => (metrics_json(&metric_ours(case)?), Vec::new()),
-        Target::Candidate { source, single } => {
-            let cand = source.read(&case.name, *single, &Default::default())?;
+    let (actual, unused) = match target.candidate() {
+        None => (metrics_json(&metric_ours(case)?), Vec::new()),
+        Some(candidate) => {
+            let cand = candidate.read(case, &Default::default())?;
             let m = cand.metrics.ok_or_else(|| {
                 RunError::Input(format!(
                     "{}: no metrics.json (the candidate of a metric case)",

@@ -1,5 +1,6 @@
 //! The fixture kinds: what each expects, and how it is produced — by our library or model on a
-//! [`Target::Backend`], or read from a [`Target::Candidate`] directory. One file per family:
+//! [`Target::Backend`], or read from a candidate ([`Target::Candidate`] directory or
+//! [`Target::InMemory`]; one path for both). One file per family:
 //! [`segmentor`], [`pipeline`] (model kinds), [`data`] (`resize`, `metric`), [`checkpoint`]
 //! (`converter`, `relpos_resize`).
 
@@ -30,6 +31,7 @@ pub struct KindOutcome {
     pub notes: Vec<String>,
     /// What our backend produced (for `--save-outputs`).
     pub produced: Option<Vec<(String, AnyArray)>>,
+    /// The metrics our library computed (for `--save-outputs`).
     pub produced_metrics: Option<Value>,
 }
 

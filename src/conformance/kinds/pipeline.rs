@@ -2,7 +2,7 @@
 //! layout goes through the whole evaluation of [`crate::eval`] — decode, the case's
 //! `test_pipeline` (`LoadImageFromFile`, `Resize`, `LoadAnnotations`, `PackSegInputs`; any
 //! other transform is refused by name), the `data_preprocessor`, the model on the given
-//! [`Backend`] (slide or whole, per `test_cfg`), the resize back to the original size, the
+//! [`Backend`](crate::backend::Backend) (slide or whole, per `test_cfg`), the resize back to the original size, the
 //! argmax and `IoUMetric` — optionally with the MMSegmentation 0.x ms+flip augmentation of
 //! `dataset.aug`.
 //!
@@ -27,7 +27,7 @@ use crate::config::SegmentorConfig;
 use crate::conformance::case::{Case, Dtype, Tolerance};
 use crate::conformance::compare::TensorResult;
 use crate::conformance::metrics_cmp::{compare_metrics, metrics_json};
-use crate::conformance::{RunError, Target, VerifyOptions};
+use crate::conformance::{Producer, RunError, Target, VerifyOptions};
 use crate::data::ade20k::{self, DatasetSpec};
 use crate::data::image;
 use crate::eval::{image_areas, predict, EvalError, EvalSettings, MsFlip, TestPipeline};
@@ -96,10 +96,10 @@ fn run_pipeline(case: &Case, target: &Target<'_>) -> Result<KindOutcome, RunErro
     let settings = EvalSettings::new(&model, model_v, pipeline, aug).map_err(|e| manifest_err(case, e))?;
     let expected = read_expected(case)?;
     let tol_for = |name: &str| if name.starts_with("resized_input.") { EXACT } else { case.tolerance_for(name) };
-    let backend = match target {
-        Target::Backend(b) => *b,
-        Target::Candidate { source, single } => {
-            let cand = source.read(&case.name, *single, &expected_shapes(&expected))?;
+    let backend = match target.producer() {
+        Producer::Backend(b) => b,
+        Producer::Candidate(candidate) => {
+            let cand = candidate.read(case, &expected_shapes(&expected))?;
             let mut tensors = compare_candidate(case, &expected, &cand, false, tol_for);
             let actual = cand.metrics.clone().unwrap_or_else(|| Value::Object(Default::default()));
             tensors.extend(judge_metrics(case, &actual, &tensors)?);

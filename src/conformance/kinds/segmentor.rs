@@ -7,7 +7,7 @@ use super::{
 };
 use crate::config::SegmentorConfig;
 use crate::conformance::case::{Case, Dtype};
-use crate::conformance::{RunError, Target, VerifyOptions};
+use crate::conformance::{Producer, RunError, Target, VerifyOptions};
 use crate::weights::{load_state_dict, non_finite_summary};
 
 /// The case's model config.
@@ -31,12 +31,13 @@ pub fn case_weights(case: &Case, model: &SegmentorConfig) -> Result<crate::weigh
     Ok(load_state_dict(&path, model, dialect)?)
 }
 
+/// Runs a `segmentor` case: our backend on its weights and input, or the candidate's tensors.
 pub fn run(case: &Case, target: &Target<'_>, opts: &VerifyOptions, run_dtype: Dtype) -> Result<KindOutcome, RunError> {
     let model = model_config(case)?;
     let expected = read_expected(case)?;
     let tol_for = |name: &str| tolerance_for(case, opts.as_f32, name);
-    match target {
-        Target::Backend(backend) => {
+    match target.producer() {
+        Producer::Backend(backend) => {
             let weights = case_weights(case, &model)?;
             let input_path = case.input_file("inputs")?;
             let inputs = crate::array::read_npy(&input_path)?;
@@ -53,8 +54,8 @@ pub fn run(case: &Case, target: &Target<'_>, opts: &VerifyOptions, run_dtype: Dt
             let saved = opts.save_outputs.as_ref().map(|_| outputs_to_arrays(&produced));
             Ok(KindOutcome { tensors, produced: saved, ..Default::default() })
         }
-        Target::Candidate { source, single } => {
-            let cand = source.read(&case.name, *single, &expected_shapes(&expected))?;
+        Producer::Candidate(candidate) => {
+            let cand = candidate.read(case, &expected_shapes(&expected))?;
             let tensors = compare_candidate(case, &expected, &cand, opts.as_f32, tol_for);
             let mut notes = vec![format!("candidate: {}", cand.location.display())];
             if opts.as_f32 && case.dtype == Dtype::F64 {

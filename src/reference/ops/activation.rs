@@ -29,7 +29,15 @@ pub fn relu_inplace<T: Float, D: Dimension>(x: &mut Array<T, D>) {
 /// `y = e · (1 / Σe)` (PyTorch's vectorised last-dim softmax also multiplies by the
 /// reciprocal). A NaN anywhere in a row makes the whole row NaN, as in PyTorch. Parallel over
 /// rows.
-pub fn softmax_rows_inplace<T: Float>(mut x: ArrayViewMut2<T>) {
+pub fn softmax_rows_inplace<T: Float>(x: ArrayViewMut2<T>) {
+    if super::plain_kernels() {
+        return super::plain::softmax_rows_inplace(x);
+    }
+    softmax_rows_lanes(x);
+}
+
+/// [`softmax_rows_inplace`] by the multiversioned 16-lane row kernel, in parallel over rows.
+pub(super) fn softmax_rows_lanes<T: Float>(mut x: ArrayViewMut2<T>) {
     Zip::from(x.rows_mut()).par_for_each(|mut row| match row.as_slice_mut() {
         Some(r) => softmax_row(r, None),
         None => {
@@ -44,9 +52,9 @@ pub fn softmax_rows_inplace<T: Float>(mut x: ArrayViewMut2<T>) {
 /// gathered from a table, `bias[i, j] = table[index[i·N + j]]` (BEiT's relative position bias,
 /// `table` one head's column of `relative_position_bias_table`): `x + bias` is rounded first,
 /// as in `attn = attn + bias; attn.softmax(dim=-1)`. On the calling thread (the attention runs
-/// its heads in parallel). Panics if `index` is not N·N long; an index outside `table` (a bug of
+/// its heads in parallel). The kernel of [`attention`](super::attention). Panics if `index` is not N·N long; an index outside `table` (a bug of
 /// the caller, checked in debug builds) reads the table's last entry.
-pub fn softmax_rows_biased_inplace<T: Float>(mut x: ArrayViewMut2<T>, table: &[T], index: &[u32]) {
+pub(super) fn softmax_rows_biased_inplace<T: Float>(mut x: ArrayViewMut2<T>, table: &[T], index: &[u32]) {
     let (n, m) = x.dim();
     assert_eq!(index.len(), n * m, "softmax bias: index has {} entries for a {n}x{m} matrix", index.len());
     debug_assert!(index.iter().all(|&i| (i as usize) < table.len()), "softmax bias: index points outside the table");

@@ -1,9 +1,10 @@
 //! Convolutions: `conv2d` (im2col + GEMM, tiled) and `conv_transpose2d` (GEMM + col2im).
 
 use ndarray::parallel::prelude::*;
-use ndarray::{s, Array2, Array4, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Axis};
+use ndarray::{s, Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Axis};
 
 use super::gemm::{gemm_block, gemm_into, PAR_BLOCKS};
+use super::winograd::Winograd;
 use super::{channel_filled, window_out_len};
 use crate::Float;
 
@@ -112,6 +113,9 @@ pub fn conv2d<T: Float>(
     padding: (usize, usize),
     dilation: (usize, usize),
 ) -> Array4<T> {
+    if super::plain_kernels() {
+        return super::plain::conv2d(x, weight, bias, stride, padding, dilation);
+    }
     conv2d_tiled(x, weight, bias, stride, padding, dilation, TILE_ELEMS)
 }
 
@@ -220,6 +224,9 @@ pub fn conv_transpose2d<T: Float>(
     stride: (usize, usize),
     padding: (usize, usize),
 ) -> Array4<T> {
+    if super::plain_kernels() {
+        return super::plain::conv_transpose2d(x, weight, bias, stride, padding);
+    }
     conv_transpose2d_tiled(x, weight, bias, stride, padding, TILE_ELEMS)
 }
 
@@ -303,4 +310,49 @@ pub(super) fn conv_transpose2d_tiled<T: Float>(
         });
     });
     out
+}
+
+/// `nn.Conv2d(groups=1, padding_mode='zeros')` holding its parameters:
+/// `forward(x) = conv2d(x, weight, bias, stride, padding, dilation)`.
+///
+/// A 3x3 kernel at stride 1 and dilation 1 is transformed here for Winograd's F(2x2, 3x3) (see
+/// `winograd.rs`; the weight itself is not kept); every other shape runs by [`conv2d`]. With
+/// the plain twins ([`super::plain_kernels`]) it keeps the weight and runs
+/// [`super::plain::conv2d`].
+pub struct Conv2d<T: Float> {
+    kernel: Kernel<T>,
+    pub bias: Option<Array1<T>>,
+    pub stride: usize,
+    pub padding: usize,
+    pub dilation: usize,
+}
+
+/// The weight of a [`Conv2d`], laid out for the algorithm that runs it.
+enum Kernel<T: Float> {
+    /// (Cout, Cin, kh, kw).
+    Weight(Array4<T>),
+    Winograd(Winograd<T>),
+}
+
+impl<T: Float> Conv2d<T> {
+    /// `weight` (Cout, Cin, kh, kw), `bias` (Cout).
+    pub fn new(weight: Array4<T>, bias: Option<Array1<T>>, stride: usize, padding: usize, dilation: usize) -> Self {
+        let (_, _, kh, kw) = weight.dim();
+        let kernel = if (kh, kw, stride, dilation) == (3, 3, 1, 1) && !super::plain_kernels() {
+            Kernel::Winograd(Winograd::new(weight.view()))
+        } else {
+            Kernel::Weight(weight)
+        };
+        Conv2d { kernel, bias, stride, padding, dilation }
+    }
+
+    /// (B, Cin, H, W) → (B, Cout, Ho, Wo).
+    pub fn forward(&self, x: ArrayView4<T>) -> Array4<T> {
+        let (s, p, d) = (self.stride, self.padding, self.dilation);
+        let bias = self.bias.as_ref().map(|b| b.view());
+        match &self.kernel {
+            Kernel::Winograd(kernel) => kernel.conv2d(x, bias, (p, p)),
+            Kernel::Weight(w) => conv2d(x, w.view(), bias, (s, s), (p, p), (d, d)),
+        }
+    }
 }

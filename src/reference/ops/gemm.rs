@@ -183,6 +183,14 @@ pub(super) fn gemm_into<T: Float>(a: ArrayView2<T>, b: ArrayView2<T>, beta: T, m
 /// (the attention runs one per head in parallel).
 pub fn matmul<T: Float>(a: ArrayView2<T>, b: ArrayView2<T>) -> Array2<T> {
     assert_eq!(a.ncols(), b.nrows(), "matmul: ({}, {}) · ({}, {})", a.nrows(), a.ncols(), b.nrows(), b.ncols());
+    if super::plain_kernels() {
+        return super::plain::matmul(a, b);
+    }
+    matmul_gemm(a, b)
+}
+
+/// [`matmul`] as one single-threaded GEMM ([`gemm_block`]).
+pub(super) fn matmul_gemm<T: Float>(a: ArrayView2<T>, b: ArrayView2<T>) -> Array2<T> {
     let mut y = Array2::zeros((a.nrows(), b.ncols()));
     gemm_block(a, b, T::zero(), y.view_mut());
     y
@@ -195,9 +203,18 @@ pub fn matmul<T: Float>(a: ArrayView2<T>, b: ArrayView2<T>) -> Array2<T> {
 /// another memory layout are copied to the standard one first, so that the GEMM (whose kernels
 /// depend on the strides) sums in the same order for every layout.
 pub fn linear<T: Float>(x: ArrayView2<T>, weight: ArrayView2<T>, bias: Option<ArrayView1<T>>) -> Array2<T> {
-    let (n, in_features) = x.dim();
-    let (out_features, w_in) = weight.dim();
+    let (in_features, w_in) = (x.ncols(), weight.ncols());
     assert_eq!(in_features, w_in, "linear: x has {in_features} features but weight expects {w_in}");
+    if super::plain_kernels() {
+        return super::plain::linear(x, weight, bias);
+    }
+    linear_gemm(x, weight, bias)
+}
+
+/// [`linear`] as one parallel blocked GEMM ([`gemm_into`]) with the bias as its initial
+/// accumulator.
+pub(super) fn linear_gemm<T: Float>(x: ArrayView2<T>, weight: ArrayView2<T>, bias: Option<ArrayView1<T>>) -> Array2<T> {
+    let (n, out_features) = (x.nrows(), weight.nrows());
     let (mut y, beta) = match bias {
         Some(b) => {
             assert_eq!(b.len(), out_features, "linear: bias length {} != out_features {out_features}", b.len());

@@ -4,7 +4,7 @@
 //! CPU "opmath" type is the dtype itself for `float32` and `float64`) unless its doc says
 //! otherwise. Matrix products go through the `gemm` crate (or OpenBLAS with feature `blas`,
 //! see [`gemm`]), convolutions through im2col + GEMM or, for 3x3 kernels at stride 1, Winograd's
-//! F(2x2, 3x3) ([`conv2d_winograd`]), and the large loops are parallelised with rayon over batch
+//! F(2x2, 3x3) (`winograd.rs`, behind [`Conv2d`]), and the large loops are parallelised with rayon over batch
 //! images, channels, planes, rows or GEMM blocks. Every split is a function of the shapes, never
 //! of the thread count, so results do not depend on the number of threads (tests/threads.rs).
 //!
@@ -12,27 +12,36 @@
 //! before calling, so a failed assertion is a bug in the caller.
 
 mod activation;
+mod attention;
 mod conv;
 mod gemm;
 mod norm;
+pub mod plain;
 mod pool;
 mod resize;
-pub(super) mod winograd;
+mod winograd;
 
-pub use activation::{gelu, gelu_inplace, relu_inplace, softmax_rows_biased_inplace, softmax_rows_inplace};
-pub use conv::{conv2d, conv_transpose2d};
+pub use activation::{gelu, gelu_inplace, relu_inplace, softmax_rows_inplace};
+pub use attention::{attention, GatheredBias};
+pub use conv::{conv2d, conv_transpose2d, Conv2d};
 pub use gemm::{linear, matmul};
 #[cfg(feature = "blas")]
 pub use gemm::{openblas_better_core, openblas_core};
 pub use norm::{batch_norm_inplace, layer_norm};
 pub use pool::{adaptive_avg_pool2d, max_pool2d};
-pub use resize::interpolate_bilinear;
-pub use winograd::{conv2d_winograd, Winograd3x3};
+pub use resize::resize;
 
 use ndarray::parallel::prelude::*;
 use ndarray::{s, Array3, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, Axis, Zip};
 
 use crate::Float;
+
+/// Whether the reference runs on the plain twins ([`plain`]) instead of the optimised kernels:
+/// `BEIT_SEG_PLAIN_KERNELS=1` in the environment, read once per process.
+pub fn plain_kernels() -> bool {
+    static PLAIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PLAIN.get_or_init(|| std::env::var_os("BEIT_SEG_PLAIN_KERNELS").is_some_and(|v| v == "1"))
+}
 
 /// `n` converted to `T` (exact for every size a tensor can have in practice).
 #[inline]

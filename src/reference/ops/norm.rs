@@ -18,6 +18,19 @@ pub fn layer_norm<T: Float>(
     bias: Option<ArrayView1<T>>,
     eps: f64,
 ) -> Array2<T> {
+    if super::plain_kernels() {
+        return super::plain::layer_norm(x, weight, bias, eps);
+    }
+    layer_norm_lanes(x, weight, bias, eps)
+}
+
+/// [`layer_norm`] with 8-lane sums, in parallel over rows.
+pub(super) fn layer_norm_lanes<T: Float>(
+    x: ArrayView2<T>,
+    weight: Option<ArrayView1<T>>,
+    bias: Option<ArrayView1<T>>,
+    eps: f64,
+) -> Array2<T> {
     let (n, c) = x.dim();
     if let Some(w) = &weight {
         assert_eq!(w.len(), c, "layer_norm: weight length {} != {c}", w.len());

@@ -51,12 +51,12 @@ pub(super) fn linear_taps<T: Float>(n: usize, m: usize, align_corners: bool) -> 
 ///
 /// Equal input and output sizes return a copy of `x` (the formula is the identity there).
 /// Parallel over planes.
-pub fn interpolate_bilinear<T: Float>(x: ArrayView4<T>, out: (usize, usize), align_corners: bool) -> Array4<T> {
+pub fn resize<T: Float>(x: ArrayView4<T>, out: (usize, usize), align_corners: bool) -> Array4<T> {
     let (b, c, h, w) = x.dim();
     if (h, w) == out {
         return x.as_standard_layout().into_owned();
     }
-    assert!((h > 0 || out.0 == 0) && (w > 0 || out.1 == 0), "interpolate_bilinear: empty input plane");
+    assert!((h > 0 || out.0 == 0) && (w > 0 || out.1 == 0), "resize: empty input plane");
     let th = linear_taps::<T>(h, out.0, align_corners);
     let tw = linear_taps::<T>(w, out.1, align_corners);
     let mut y = Array4::zeros((b, c, out.0, out.1));

@@ -19,7 +19,7 @@
 //! the sum of |terms|, see the tests); float64 stays far inside the 1e-9 of the float64 twins.
 //!
 //! Layout: the kernel transform `U` (Cout, 16, Cin) is computed once at load time
-//! ([`Winograd3x3::new`], in f64 and rounded once). Per image, output tiles are processed in
+//! ([`Winograd::new`], in f64 and rounded once). Per image, output tiles are processed in
 //! blocks of whole tile rows; per block and per block of input channels the input transform
 //! `V` (Cin_blk, 16, T) is built, then for each of the 16 positions ξ one GEMM
 //! `M[:, ξ, :] (+)= U[ξ][:, cblk] · V[:, ξ, :]` (Cout x Cin_blk x T), then the output transform
@@ -42,7 +42,7 @@ const BLOCK_TILES: usize = 512;
 const CIN_BLOCK: usize = 512;
 
 /// A 3x3 kernel transformed for F(2x2, 3x3): `U[o, ξ, c] = (G · weight[o, c] · Gᵀ)[ξ / 4, ξ % 4]`.
-pub struct Winograd3x3<T: Float> {
+pub struct Winograd<T: Float> {
     /// (Cout, 16, Cin).
     u: Array3<T>,
 }
@@ -69,11 +69,11 @@ fn kernel_transform(g: &[[f64; 3]; 3]) -> [f64; 16] {
     u
 }
 
-impl<T: Float> Winograd3x3<T> {
+impl<T: Float> Winograd<T> {
     /// Transforms a (Cout, Cin, 3, 3) kernel. Panics on another kernel size (callers check).
     pub fn new(weight: ArrayView4<T>) -> Self {
         let (cout, cin, kh, kw) = weight.dim();
-        assert!(kh == 3 && kw == 3, "Winograd3x3: kernel is {kh}x{kw}, not 3x3");
+        assert!(kh == 3 && kw == 3, "Winograd: kernel is {kh}x{kw}, not 3x3");
         let mut u = Array3::<T>::zeros((cout, 16, cin));
         u.outer_iter_mut().into_par_iter().zip(weight.outer_iter().into_par_iter()).for_each(|(mut uo, wo)| {
             for (c, wc) in wo.outer_iter().enumerate() {
@@ -88,7 +88,7 @@ impl<T: Float> Winograd3x3<T> {
                 }
             }
         });
-        Winograd3x3 { u }
+        Winograd { u }
     }
 
     pub fn out_channels(&self) -> usize {
@@ -200,23 +200,20 @@ fn output_transform<T: Float>(
     );
 }
 
-/// `torch.nn.functional.conv2d(x, weight, bias, stride=1, padding, dilation=1)` for a 3x3
-/// `weight` given as its F(2x2, 3x3) transform: `y[b,o,i,j] = bias[o] + Σ_{c,u,v}
-/// weight[o,c,u,v] · x[b,c,i+u-ph,j+v-pw]`, output (B, Cout, H + 2ph - 2, W + 2pw - 2).
-pub fn conv2d_winograd<T: Float>(
-    x: ArrayView4<T>,
-    kernel: &Winograd3x3<T>,
-    bias: Option<ArrayView1<T>>,
-    padding: (usize, usize),
-) -> Array4<T> {
-    conv2d_winograd_blocked(x, kernel, bias, padding, (BLOCK_TILES, CIN_BLOCK))
+impl<T: Float> Winograd<T> {
+    /// `torch.nn.functional.conv2d(x, weight, bias, stride=1, padding, dilation=1)` with this
+    /// transformed 3x3 `weight`: `y[b,o,i,j] = bias[o] + Σ_{c,u,v} weight[o,c,u,v] ·
+    /// x[b,c,i+u-ph,j+v-pw]`, output (B, Cout, H + 2ph - 2, W + 2pw - 2).
+    pub fn conv2d(&self, x: ArrayView4<T>, bias: Option<ArrayView1<T>>, padding: (usize, usize)) -> Array4<T> {
+        conv2d_winograd_blocked(x, self, bias, padding, (BLOCK_TILES, CIN_BLOCK))
+    }
 }
 
-/// [`conv2d_winograd`] with explicit block sizes (tiles per block, input channels per GEMM);
+/// [`Winograd::conv2d`] with explicit block sizes (tiles per block, input channels per GEMM);
 /// the tests use small ones to exercise the blocking.
 pub(super) fn conv2d_winograd_blocked<T: Float>(
     x: ArrayView4<T>,
-    kernel: &Winograd3x3<T>,
+    kernel: &Winograd<T>,
     bias: Option<ArrayView1<T>>,
     padding: (usize, usize),
     (block_tiles, cin_block): (usize, usize),

@@ -3,7 +3,8 @@
 use ndarray::{Array2, ArrayD, IxDyn};
 
 use super::{f64s, Rng};
-use crate::reference::ops::{gelu, gelu_inplace, relu_inplace, softmax_rows_biased_inplace, softmax_rows_inplace};
+use crate::reference::ops::activation::softmax_rows_biased_inplace;
+use crate::reference::ops::{gelu, gelu_inplace, relu_inplace, softmax_rows_inplace};
 use crate::Float;
 
 #[test]

@@ -5,7 +5,8 @@ use ndarray::{s, Array1, Array4};
 use super::{assert_close, dot_tol, f64s, Rng};
 use crate::reference::ops::conv::{conv2d_tiled, conv_transpose2d_tiled};
 use crate::reference::ops::winograd::conv2d_winograd_blocked;
-use crate::reference::ops::{conv2d, conv2d_winograd, conv_transpose2d, Winograd3x3};
+use crate::reference::ops::winograd::Winograd;
+use crate::reference::ops::{conv2d, conv_transpose2d};
 use crate::Float;
 
 /// Direct 7-loop convolution in f64: (value, Σ|terms|).
@@ -133,8 +134,8 @@ fn check_winograd<T: Float>() {
         let bias = with_bias.then(|| b.view());
         let (want, mag) = naive_conv2d(&f64s(&x), &f64s(&w), with_bias.then(|| f64s(&b)).as_ref(), (1, 1), p, (1, 1));
         let tol = 16.0 * dot_tol::<T>(cin * 9 + 16);
-        let k = Winograd3x3::new(w.view());
-        let y = conv2d_winograd(x.view(), &k, bias, p);
+        let k = Winograd::new(w.view());
+        let y = k.conv2d(x.view(), bias, p);
         assert_close(&y, &want, &mag, tol, &format!("winograd case {ci}"));
         // Small blocks: one tile row per block and one input channel per GEMM, or a few.
         for blocks in [(1, 1), (3, 2), (1000, 7)] {
@@ -143,7 +144,7 @@ fn check_winograd<T: Float>() {
         }
         // A non-standard-layout input gives the same bits.
         let xp = x.view().permuted_axes([0, 1, 3, 2]).to_owned();
-        let yp = conv2d_winograd(xp.view().permuted_axes([0, 1, 3, 2]), &k, bias, p);
+        let yp = k.conv2d(xp.view().permuted_axes([0, 1, 3, 2]), bias, p);
         assert_eq!(yp, y, "winograd case {ci}: layout independence");
     }
 }
@@ -164,7 +165,7 @@ fn winograd_of_an_identity_kernel_copies_the_input() {
     let mut w = Array4::<f32>::zeros((2, 2, 3, 3));
     w[[0, 0, 1, 1]] = 1.0;
     w[[1, 1, 1, 1]] = 1.0;
-    let y = conv2d_winograd(x.view(), &Winograd3x3::new(w.view()), None, (1, 1));
+    let y = Winograd::new(w.view()).conv2d(x.view(), None, (1, 1));
     for ((_, c, i, j), &v) in y.indexed_iter() {
         assert!((v - x[[0, c, i, j]]).abs() <= 16.0 * f32::EPSILON, "({c},{i},{j}): {v} vs {}", x[[0, c, i, j]]);
     }

@@ -16,6 +16,7 @@ mod norm;
 mod pool;
 mod resize;
 mod threads;
+mod twins;
 
 pub(super) use common::Rng;
 

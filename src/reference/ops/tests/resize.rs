@@ -3,25 +3,25 @@
 use ndarray::{arr2, s, Array2, Array4};
 
 use super::Rng;
-use crate::reference::ops::interpolate_bilinear;
+use crate::reference::ops::resize;
 use crate::reference::ops::resize::linear_taps;
 use crate::Float;
 
 #[test]
 fn bilinear_hand_computed() {
     let x = arr2(&[[1.0f64, 2.0], [3.0, 4.0]]).into_shape_with_order((1, 1, 2, 2)).unwrap();
-    let y = interpolate_bilinear(x.view(), (4, 4), false);
+    let y = resize(x.view(), (4, 4), false);
     let want = arr2(&[[1.0, 1.25, 1.75, 2.0], [1.5, 1.75, 2.25, 2.5], [2.5, 2.75, 3.25, 3.5], [3.0, 3.25, 3.75, 4.0]]);
     assert_eq!(y.slice(s![0, 0, .., ..]), want);
-    let y32 = interpolate_bilinear(x.mapv(|v| v as f32).view(), (4, 4), false);
+    let y32 = resize(x.mapv(|v| v as f32).view(), (4, 4), false);
     assert_eq!(y32.slice(s![0, 0, .., ..]), want.mapv(|v| v as f32));
 
-    let y = interpolate_bilinear(x.view(), (4, 4), true);
+    let y = resize(x.view(), (4, 4), true);
     let want = Array2::from_shape_fn((4, 4), |(i, j)| 1.0 + 2.0 * i as f64 / 3.0 + j as f64 / 3.0);
     for (a, b) in y.iter().zip(&want) {
         assert!((a - b).abs() < 1e-15, "{a} vs {b}");
     }
-    let y32 = interpolate_bilinear(x.mapv(|v| v as f32).view(), (4, 4), true);
+    let y32 = resize(x.mapv(|v| v as f32).view(), (4, 4), true);
     for (a, b) in y32.iter().zip(&want) {
         assert!((*a as f64 - b).abs() < 1e-6, "{a} vs {b}");
     }
@@ -76,28 +76,28 @@ fn check_bilinear<T: Float>() {
     ] {
         let x = rng.t4::<T>(shape);
         for ac in [false, true] {
-            let y = interpolate_bilinear(x.view(), out, ac);
+            let y = resize(x.view(), out, ac);
             let want = naive_bilinear(&x, out, ac);
             assert_eq!(y, want, "bilinear {shape:?} -> {out:?}, align_corners={ac}");
             let xf = x.view().reversed_axes().to_owned();
-            let yt = interpolate_bilinear(xf.view().reversed_axes(), out, ac);
+            let yt = resize(xf.view().reversed_axes(), out, ac);
             assert_eq!(yt, y);
-            let yt = interpolate_bilinear(xf.view().reversed_axes(), (shape.2, shape.3), ac);
+            let yt = resize(xf.view().reversed_axes(), (shape.2, shape.3), ac);
             assert!(yt.is_standard_layout());
             assert_eq!(yt, x);
         }
         // Same size is the identity (both modes).
         for ac in [false, true] {
-            let y = interpolate_bilinear(x.view(), (shape.2, shape.3), ac);
+            let y = resize(x.view(), (shape.2, shape.3), ac);
             assert_eq!(y, x);
         }
     }
     // Identity also via the general formula when only the other axis changes.
     let x = rng.t4::<T>((1, 1, 4, 6));
-    let y = interpolate_bilinear(x.view(), (4, 12), false);
-    let back = interpolate_bilinear(y.view(), (4, 6), false);
+    let y = resize(x.view(), (4, 12), false);
+    let back = resize(y.view(), (4, 6), false);
     assert_eq!(back.shape(), x.shape());
-    let y2 = interpolate_bilinear(x.view(), (9, 6), false);
+    let y2 = resize(x.view(), (9, 6), false);
     for i in 0..9 {
         let tap = linear_taps::<T>(4, 9, false)[i];
         for j in 0..6 {

@@ -2,9 +2,9 @@
 //! is run in 1-, 2- and 3-thread rayon pools and must agree bit for bit.
 
 use super::Rng;
-use crate::reference::ops::{
-    conv2d, conv2d_winograd, conv_transpose2d, linear, matmul, softmax_rows_biased_inplace, Winograd3x3,
-};
+use crate::reference::ops::activation::softmax_rows_biased_inplace;
+use crate::reference::ops::winograd::Winograd;
+use crate::reference::ops::{conv2d, conv_transpose2d, linear, matmul};
 use crate::Float;
 
 /// `f()` run inside a fresh rayon pool of `threads` threads.
@@ -25,7 +25,7 @@ fn check_thread_independence<T: Float>() {
     let k1 = rng.t4::<T>((32, 24, 1, 1));
     let kt = rng.t4::<T>((24, 16, 2, 2));
     let cb = rng.vec::<T>(32);
-    let wino = Winograd3x3::new(k3.view());
+    let wino = Winograd::new(k3.view());
     let big = rng.t4::<T>((1, 24, 70, 64));
     let scores = rng.mat::<T>((300, 300));
     let table = rng.vec::<T>(9);
@@ -40,8 +40,8 @@ fn check_thread_independence<T: Float>() {
             conv2d(img.view(), k3.view(), Some(cb.view()), (1, 1), (1, 1), (1, 1)),
             conv2d(img.view(), k1.view(), None, (1, 1), (0, 0), (1, 1)),
             conv_transpose2d(img.view(), kt.view(), None, (2, 2), (0, 0)),
-            conv2d_winograd(img.view(), &wino, Some(cb.view()), (1, 1)),
-            conv2d_winograd(big.view(), &wino, None, (1, 1)),
+            wino.conv2d(img.view(), Some(cb.view()), (1, 1)),
+            wino.conv2d(big.view(), None, (1, 1)),
             sm,
         )
     };
