@@ -2,6 +2,8 @@
 //! checks): a value that cannot be compared is never silently equal, a manifest cannot reach
 //! outside its case, and no name or layout makes `verify` panic or repeat itself.
 
+mod common;
+use common::copy_dir;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -14,19 +16,6 @@ use beit_seg::conformance::{run_case, run_case_dir, Target, VerifyOptions};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
 }
 
 /// A copy of fixture `name` in `tmp`, with its case.json edited.

@@ -1,6 +1,8 @@
 //! Bad input gets a clear error (or warning) naming the file, key or tensor; never a panic,
 //! never a silent pass. (Checkpoint readers: tests/checkpoint.rs; images: tests/image.rs.)
 
+mod common;
+use common::copy_dir;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -27,19 +29,6 @@ fn edited_case(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> (tempfi
     edit(&mut v);
     std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
     (tmp, dst)
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
 }
 
 const REF: Target<'static> = Target::Backend(&RefBackend);

@@ -258,6 +258,15 @@ fn cli(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// The case's backbone tensors under a port's own prefix (`backbone.*` held as `vit.*`).
+fn backbone_as_vit(case: &Case) -> Vec<(String, AnyArray)> {
+    expected_tensors(case)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("backbone."))
+        .map(|(k, a)| (k.replacen("backbone.", "vit.", 1), a))
+        .collect()
+}
+
 #[test]
 fn nothing_compared_is_never_a_pass() {
     let tmp = tempfile::tempdir().unwrap();
@@ -265,11 +274,7 @@ fn nothing_compared_is_never_a_pass() {
     let allow = VerifyOptions { allow_uncovered: true, ..Default::default() };
 
     // Only names the case does not know (a backbone held as `.vit`, no name map).
-    let renamed: Vec<_> = expected_tensors(&case)
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("backbone."))
-        .map(|(k, a)| (k.replacen("backbone.", "vit.", 1), a))
-        .collect();
+    let renamed = backbone_as_vit(&case);
     let dir = tmp.path().join("vit");
     save_outputs(&dir, &renamed, None).unwrap();
     for opts in [&VerifyOptions::default(), &allow] {
@@ -403,11 +408,7 @@ fn a_backbone_port_is_held_to_the_backbone_scope() {
 fn a_string_capture_renames_a_prefix_in_one_rule() {
     let tmp = tempfile::tempdir().unwrap();
     let case = Case::load(&fixture("tiny-whole")).unwrap();
-    let renamed: Vec<_> = expected_tensors(&case)
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("backbone."))
-        .map(|(k, a)| (k.replacen("backbone.", "vit.", 1), a))
-        .collect();
+    let renamed = backbone_as_vit(&case);
     let dir = tmp.path().join("vit");
     save_outputs(&dir, &renamed, None).unwrap();
     let map = NameMap::parse(

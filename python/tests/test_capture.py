@@ -293,27 +293,11 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
 
 def _mmseg():
-    """Import mmseg the way fixtures/generate.py's `_import_mmseg()` does (a copy of its logic,
-    so this test does not depend on that file): mmcv-lite has no compiled `mmcv.ops`, so a
-    stand-in module whose functions raise is installed first (BEiT + UPerNet use none of them)."""
-    import types
-    import warnings
-    if "mmcv.ops" not in sys.modules:
-        ops = types.ModuleType("mmcv.ops")
-
-        def missing(name):
-            def f(*args, **kwargs):
-                raise NotImplementedError(f"mmcv.ops.{name} is not available (mmcv-lite)")
-            f.__name__ = name
-            return f
-        for name in ("point_sample", "sigmoid_focal_loss", "DeformConv2d", "ModulatedDeformConv2d",
-                     "CrissCrossAttention", "PSAMask", "MultiScaleDeformableAttention", "batched_nms", "nms",
-                     "roi_align", "RoIAlign", "DeformConv2dPack", "ModulatedDeformConv2dPack"):
-            setattr(ops, name, missing(name))
-        sys.modules["mmcv.ops"] = ops
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    import mmseg  # noqa: F401
+    """Import mmseg through fixtures/generate.py's `_import_mmseg()` (mmcv-lite has no compiled
+    `mmcv.ops`; it installs a stand-in first) and register its modules."""
+    sys.path.insert(0, os.path.join(ROOT, "fixtures"))
+    import generate
+    generate._import_mmseg()
     from mmseg.utils import register_all_modules
     register_all_modules()
 

@@ -203,7 +203,7 @@ pub fn compare_outputs(truth: &[(String, AnyArray)], produced: &Outputs, twin: &
                         OutTensor::Label(a) => Ok(a.clone()),
                         OutTensor::Float(a) => super::compare::labels_from_floats(a),
                     };
-                    let logits_name = name.replacen("pred", "seg_logits", 1);
+                    let logits_name = super::compare::logits_name(name);
                     let logits = find(&logits_name).filter(|l| l.is_float()).map(|l| l.to_f64());
                     // Two labels are a near-tie at this precision when their truth logits are
                     // within the seg_logits bound (compare_labels doubles atol).

@@ -332,6 +332,12 @@ pub fn compare_labels(
     }
 }
 
+/// The logits a label map is the argmax of: `pred` → `seg_logits`, `pred.<stem>` →
+/// `seg_logits.<stem>`.
+pub fn logits_name(pred: &str) -> String {
+    pred.replacen("pred", "seg_logits", 1)
+}
+
 /// Float values that stand for labels, as labels: every value must be a finite integer.
 pub fn labels_from_floats(a: &ArrayD<f64>) -> Result<ArrayD<i64>, String> {
     if let Some((i, v)) = a.iter().enumerate().find(|(_, v)| !(v.is_finite() && v.fract() == 0.0)) {
@@ -355,8 +361,7 @@ pub fn compare_outputs(
     // The expected logits (and their tolerance) a label map `pred` / `pred.<stem>` is the
     // argmax of, for the near-tie rule.
     let logits_for = |name: &str| {
-        let logits_name =
-            if name == "pred" { "seg_logits".to_string() } else { name.replacen("pred", "seg_logits", 1) };
+        let logits_name = logits_name(name);
         let logits = find(&logits_name).filter(|l| l.is_float()).map(|l| l.to_f64());
         (logits, tol_for(&logits_name))
     };

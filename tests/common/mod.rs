@@ -1,4 +1,4 @@
-//! Helpers shared by the property-test files (`mod common;`).
+//! Helpers shared by the test files (`mod common;`).
 #![allow(dead_code)]
 
 /// SplitMix64: a small deterministic generator for bulk data keyed by a proptest seed. Test
@@ -24,5 +24,19 @@ impl Rng {
     pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
         let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         lo + (hi - lo) * u
+    }
+}
+
+/// Copies directory `src` (recursively) to `dst`, for tests that edit a copy of a fixture.
+pub fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
     }
 }
