@@ -1,12 +1,14 @@
 //! `beit-seg bench`: one crop of BEiT + UPerNet with random weights on any backend (through
 //! [`crate::backend`]), per precision: seconds (median and min over the timed iterations), the
 //! time per stage (backbone, neck, decode head), GFLOP/s from the exact FLOP count of
-//! [`flops`], and the process's peak RSS; with `against_pytorch`, MMSegmentation's own model in
-//! PyTorch eager mode ([`pytorch`]) on the same config, input and thread count, in the same
-//! invocation, and the ratios. See docs/performance.md.
+//! [`flops`], and the process's peak RSS; with `against`, other engines ([`engines`]: MMSegmentation's
+//! own model in PyTorch eager mode, ONNX Runtime and OpenVINO on its ONNX export) on the same
+//! config, weights, input and thread count, in the same invocation, and the ratios. See docs/performance.md.
 
 pub mod flops;
-pub mod pytorch;
+pub mod engines;
+
+pub use engines::{Engine, Rival};
 
 /// A progress line on stderr that never panics (a failed write to stderr is dropped).
 macro_rules! note {
@@ -52,18 +54,45 @@ pub struct BenchOptions {
     pub model: Value,
     /// The crop: a `1 x 3 x size x size` input.
     pub size: usize,
-    /// Threads (rayon for ref, intra-op for tch and PyTorch); `None`: all cores.
+    /// Threads (rayon for ref, intra-op for tch and the other engines); `None`: all cores.
     pub threads: Option<usize>,
     /// Untimed runs before each block of timed runs.
     pub warmup: usize,
     /// Timed runs per block.
     pub iters: usize,
-    /// Blocks per side with `against_pytorch`, in the order ours, PyTorch, PyTorch, ours, ...
-    /// (a linear drift of the machine's speed cancels); 1 without.
+    /// Blocks per side when other engines run, in the order ours, A, B, B, A, ours, ... (a
+    /// linear drift of the machine's speed cancels); 1 without.
     pub rounds: usize,
-    pub against_pytorch: bool,
+    /// The engines timed beside ours: each at every precision of `precisions` it offers, and
+    /// at fp32 (the baseline every ratio table starts from).
+    pub against: Vec<Engine>,
     pub python: Option<PathBuf>,
     pub seed: u64,
+}
+
+/// What one of our timed iterations runs (`Model::seg_logits` and the argmax the CLI takes).
+pub const OURS_WHAT: &str = "seg_logits (logits at input resolution, the final resize included) + argmax";
+
+/// One other engine's result, as timed in the same invocation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RivalRow {
+    pub engine: Engine,
+    pub precision: crate::float::Precision,
+    /// What one timed iteration runs.
+    pub what: String,
+    /// Versions and threads, as the engine reports them.
+    pub versions: String,
+    pub seconds: Vec<f64>,
+    pub seconds_median: Option<f64>,
+    pub seconds_min: Option<f64>,
+    /// The engine's child process's peak RSS (`getrusage`).
+    pub peak_rss_bytes: Option<u64>,
+    /// Ours / the engine's median seconds (ours: the row this result sits in).
+    pub time_ratio: Option<f64>,
+    /// Ours / the engine's peak RSS.
+    pub rss_ratio: Option<f64>,
+    /// Why it did not run (not offered, missing package, a failure), if it did not.
+    pub note: Option<String>,
 }
 
 /// One result row (one backend x precision x config).
@@ -74,6 +103,8 @@ pub struct BenchRow {
     pub config: String,
     pub size: usize,
     pub threads: usize,
+    /// What one timed iteration runs ([`OURS_WHAT`]).
+    pub what: &'static str,
     pub seconds: Vec<f64>,
     pub seconds_median: f64,
     pub seconds_min: f64,
@@ -84,16 +115,10 @@ pub struct BenchRow {
     pub gflops_per_s: f64,
     /// This process's peak RSS while loading and running this row (VmHWM, reset per row).
     pub peak_rss_bytes: u64,
-    pub pytorch_seconds: Option<Vec<f64>>,
-    pub pytorch_seconds_median: Option<f64>,
-    pub pytorch_seconds_min: Option<f64>,
-    pub pytorch_peak_rss_bytes: Option<u64>,
-    /// Ours / PyTorch's median seconds.
-    pub time_ratio: Option<f64>,
-    /// Ours / PyTorch's peak RSS.
-    pub rss_ratio: Option<f64>,
-    /// Versions of the PyTorch run, or why it did not run.
-    pub pytorch_note: Option<String>,
+    /// Every other engine of the invocation, with ours/theirs ratios for this row.
+    pub against: Vec<RivalRow>,
+    /// The export the ONNX engines ran (made now, or found in the cache).
+    pub export_note: Option<String>,
 }
 
 /// The median (mean of the middle two for an even count) of a non-empty list.
@@ -155,144 +180,338 @@ fn sized_model(model: &Value, size: usize) -> Value {
 
 /// Runs the benchmark: one row per precision. Progress goes to stderr.
 pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>, BenchError> {
-    let model_json = sized_model(&opts.model, opts.size);
-    let cfg = SegmentorConfig::from_value(&model_json)?;
-    let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| BenchError::Setup(format!("cannot start {threads} threads: {e}")))?;
-    #[cfg(feature = "tch")]
-    if opts.backend == BackendKind::Tch {
-        tch::set_num_threads(threads as i32);
-    }
-    let work = flops::count(&cfg, (opts.size, opts.size));
-    let input = bench_input(opts.size);
-    // MMSegmentation in a child process that stays up: its blocks of runs alternate with ours.
-    let mut torch: Option<Result<pytorch::PyTorchChild, String>> = opts.against_pytorch.then(|| {
-        note!("bench: starting PyTorch eager (MMSegmentation), fp32 ...");
-        pytorch::PyTorchChild::start(&pytorch::PyTorchJob {
-            model: &model_json,
-            size: opts.size,
-            threads,
-            device: opts.device,
-            python: opts.python.as_deref(),
-        })
-    });
-    let rounds = if matches!(torch, Some(Ok(_))) { opts.rounds.max(1) } else { 1 };
+    let setup = Setup::new(opts)?;
+    let mut field = Field::plan(opts, &setup)?;
     let mut rows = Vec::new();
-    for precision in &opts.precisions {
-        let spec = BackendSpec { kind: opts.backend, device: opts.device, precision: *precision };
-        let be = backend::open(&spec)?;
-        let dtype = if *precision == crate::float::Precision::Fp64 { Dtype::F64 } else { Dtype::F32 };
-        note!(
-            "bench: {} {precision}, {} {}x{}, {threads} threads{} ...",
-            be.name(),
-            opts.config_name,
-            opts.size,
-            opts.size,
-            if rounds > 1 { format!(", {rounds} rounds alternating with PyTorch") } else { String::new() }
-        );
-        reset_peak_rss();
-        let mut torch_secs: Vec<f64> = Vec::new();
-        let (seconds, stages) = pool.install(|| -> Result<_, BenchError> {
-            let model = be.load(&cfg, backend::random_state_dict(&cfg, opts.seed), dtype)?;
-            let mut seconds = Vec::new();
-            for r in 0..rounds {
-                // ABBA order: ours first in even rounds, PyTorch first in odd ones.
-                for ours in if r % 2 == 0 { [true, false] } else { [false, true] } {
-                    if ours {
-                        for _ in 0..opts.warmup {
-                            model.seg_logits(input.clone())?;
-                        }
-                        for _ in 0..opts.iters.max(1) {
-                            let x = input.clone();
-                            let t = Instant::now();
-                            model.seg_logits(x)?;
-                            seconds.push(t.elapsed().as_secs_f64());
-                        }
-                    } else if torch.is_some() {
-                        for _ in 0..opts.warmup {
-                            torch_step(&mut torch);
-                        }
-                        for _ in 0..opts.iters.max(1) {
-                            if let Some(t) = torch_step(&mut torch) {
-                                torch_secs.push(t);
-                            }
-                        }
-                    }
-                }
-            }
-            let stages = model.profile(&AnyArray::F32(input.clone().into_dyn())).ok();
-            Ok((seconds, stages))
-        })?;
-        let peak = peak_rss_bytes();
-        let med = median(&seconds);
-        note!("bench: {} {precision}: median {med:.3} s", be.name());
-        let (pt_med, pt_min) = if torch_secs.is_empty() {
-            (None, None)
-        } else {
-            (Some(median(&torch_secs)), Some(torch_secs.iter().copied().fold(f64::INFINITY, f64::min)))
-        };
-        rows.push(BenchRow {
-            backend: be.name().to_string(),
-            precision: *precision,
-            config: opts.config_name.clone(),
-            size: opts.size,
-            threads,
-            seconds_min: seconds.iter().copied().fold(f64::INFINITY, f64::min),
-            seconds_median: med,
-            seconds,
-            stages,
-            flops: work,
-            gflops_per_s: work.total() / med / 1e9,
-            peak_rss_bytes: peak,
-            time_ratio: pt_med.map(|p| med / p),
-            pytorch_seconds_median: pt_med,
-            pytorch_seconds_min: pt_min,
-            pytorch_seconds: (!torch_secs.is_empty()).then_some(torch_secs),
-            pytorch_peak_rss_bytes: None,
-            rss_ratio: None,
-            pytorch_note: None,
-        });
+    for (i, precision) in opts.precisions.iter().enumerate() {
+        rows.push(bench_row(opts, &setup, &mut field, i, *precision)?);
     }
-    // The child's peak RSS and versions (or why it did not run) for every row.
-    let (note, torch_peak) = match torch.take() {
-        None => (None, None),
-        Some(Err(e)) => (Some(format!("not run: {e}")), None),
-        Some(Ok(child)) => {
-            let versions = child.versions.clone();
-            match child.finish() {
-                Ok(peak) => (Some(versions), Some(peak)),
-                Err(e) => (Some(format!("{versions}; ended badly: {e}")), None),
-            }
-        }
-    };
-    for row in &mut rows {
-        row.pytorch_note = note.clone();
-        if row.pytorch_seconds.is_some() {
-            row.pytorch_peak_rss_bytes = torch_peak;
-            row.rss_ratio = torch_peak.filter(|&p| p > 0).map(|p| row.peak_rss_bytes as f64 / p as f64);
-        }
-    }
+    field.report_into(&mut rows);
     Ok(rows)
 }
 
-/// One timed PyTorch iteration, if the child is running; a failure ends it (kept as the note).
-fn torch_step(torch: &mut Option<Result<pytorch::PyTorchChild, String>>) -> Option<f64> {
-    let child = torch.as_mut()?.as_mut().ok()?;
-    match child.run_once() {
-        Ok(t) => Some(t),
-        Err(e) => {
-            *torch = Some(Err(e));
-            None
+/// What every row shares: the sized config, threads, the FLOP count and the input.
+struct Setup {
+    model_json: Value,
+    cfg: SegmentorConfig,
+    threads: usize,
+    pool: rayon::ThreadPool,
+    work: flops::StageFlops,
+    input: Array4<f32>,
+}
+
+impl Setup {
+    fn new(opts: &BenchOptions) -> Result<Self, BenchError> {
+        let model_json = sized_model(&opts.model, opts.size);
+        let cfg = SegmentorConfig::from_value(&model_json)?;
+        let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| BenchError::Setup(format!("cannot start {threads} threads: {e}")))?;
+        #[cfg(feature = "tch")]
+        if opts.backend == BackendKind::Tch {
+            tch::set_num_threads(threads as i32);
+        }
+        let work = flops::count(&cfg, (opts.size, opts.size));
+        Ok(Setup { input: bench_input(opts.size), model_json, cfg, threads, pool, work })
+    }
+}
+
+/// One other engine at one precision: its child while it runs, then its timings.
+struct Entrant {
+    rival: Rival,
+    /// The row (index into the precisions) whose rounds time it.
+    row: usize,
+    child: Option<engines::EngineChild>,
+    result: RivalRow,
+}
+
+/// The other engines of the invocation, with the files they share (our weights as
+/// `.safetensors`, the ONNX export).
+struct Field {
+    entrants: Vec<Entrant>,
+    /// Holds the weights file until the end.
+    _weights_dir: Option<tempfile::TempDir>,
+    weights: PathBuf,
+    cache_dir: PathBuf,
+    export_note: Option<String>,
+}
+
+impl Field {
+    /// Each engine at fp32 and at every precision of ours it offers; an entrant is timed in the
+    /// row of its precision (an fp32 baseline without an fp32 row: in the first row).
+    fn plan(opts: &BenchOptions, setup: &Setup) -> Result<Self, BenchError> {
+        let mut precisions = opts.precisions.clone();
+        precisions.push(crate::float::Precision::Fp32);
+        let mut entrants: Vec<Entrant> = Vec::new();
+        for engine in &opts.against {
+            for p in &precisions {
+                let rival = Rival { engine: *engine, precision: *p };
+                if entrants.iter().any(|e| e.rival == rival) || *p == crate::float::Precision::Fp64 {
+                    continue;
+                }
+                let row = opts.precisions.iter().position(|q| q == p).unwrap_or(0);
+                let mut result = empty_rival_row(rival);
+                if let Err(why) = engine.offers(*p, opts.device) {
+                    result.note = Some(format!("not run: {why}"));
+                }
+                entrants.push(Entrant { rival, row, child: None, result });
+            }
+        }
+        let mut field = Field {
+            entrants,
+            _weights_dir: None,
+            weights: PathBuf::new(),
+            cache_dir: engines::export_cache().unwrap_or_else(std::env::temp_dir),
+            export_note: None,
+        };
+        if field.entrants.iter().any(|e| e.result.note.is_none()) {
+            field.write_weights(opts, setup)?;
+            field.export(opts, setup);
+        }
+        Ok(field)
+    }
+
+    /// Our random state dict as `.safetensors`, so that every engine runs the same weights.
+    fn write_weights(&mut self, opts: &BenchOptions, setup: &Setup) -> Result<(), BenchError> {
+        let dir = tempfile::tempdir().map_err(|e| BenchError::Setup(format!("cannot make a temporary folder: {e}")))?;
+        self.weights = dir.path().join("bench-weights.safetensors");
+        let sd = backend::random_state_dict(&setup.cfg, opts.seed);
+        crate::checkpoint::write_safetensors(&self.weights, &sd, crate::checkpoint::WriteOptions::default())
+            .map_err(|e| BenchError::Setup(format!("cannot write the bench weights: {e}")))?;
+        self._weights_dir = Some(dir);
+        Ok(())
+    }
+
+    /// Makes (or finds) the ONNX export when an ONNX engine will run; a failure ends those
+    /// entrants with the reason.
+    fn export(&mut self, opts: &BenchOptions, setup: &Setup) {
+        let onnx = |e: &Entrant| e.rival.engine != Engine::Pytorch && e.result.note.is_none();
+        if !self.entrants.iter().any(onnx) {
+            return;
+        }
+        note!("bench: ONNX export of MMSegmentation's model (once; cached under {}) ...", self.cache_dir.display());
+        match self.job(opts, setup).export() {
+            Ok(n) => self.export_note = Some(n),
+            Err(why) => {
+                for e in self.entrants.iter_mut().filter(|e| onnx(e)) {
+                    e.result.note = Some(format!("not run: the ONNX export failed: {why}"));
+                }
+            }
         }
     }
+
+    fn job<'a>(&'a self, opts: &'a BenchOptions, setup: &'a Setup) -> engines::EngineJob<'a> {
+        engines::EngineJob {
+            model: &setup.model_json,
+            size: opts.size,
+            threads: setup.threads,
+            device: opts.device,
+            python: opts.python.as_deref(),
+            weights: &self.weights,
+            seed: opts.seed,
+            cache_dir: &self.cache_dir,
+        }
+    }
+
+    /// Starts the children timed in `row`; returns their indices (those that started).
+    fn start_row(&mut self, opts: &BenchOptions, setup: &Setup, row: usize) -> Vec<usize> {
+        let mut started = Vec::new();
+        for i in 0..self.entrants.len() {
+            let e = &self.entrants[i];
+            if e.row != row || e.result.note.is_some() {
+                continue;
+            }
+            note!("bench: starting {} ...", e.rival);
+            let child = engines::EngineChild::start(&self.job(opts, setup), e.rival);
+            let e = &mut self.entrants[i];
+            match child {
+                Ok(c) => {
+                    e.result.versions = c.versions.clone();
+                    e.result.what = c.what.clone();
+                    e.child = Some(c);
+                    started.push(i);
+                }
+                Err(why) => e.result.note = Some(format!("not run: {why}")),
+            }
+        }
+        started
+    }
+
+    /// One timed (or warm-up) iteration of entrant `i`; a failure ends it (kept as the note).
+    fn step(&mut self, i: usize, timed: bool) {
+        let e = &mut self.entrants[i];
+        let Some(child) = e.child.as_mut() else { return };
+        match child.run_once() {
+            Ok(t) if timed => e.result.seconds.push(t),
+            Ok(_) => {}
+            Err(why) => {
+                e.result.note = Some(format!("ended: {why}"));
+                e.child = None;
+            }
+        }
+    }
+
+    /// Ends the children of `row`: their peak RSS.
+    fn finish_row(&mut self, row: usize) {
+        for e in self.entrants.iter_mut().filter(|e| e.row == row) {
+            if let Some(child) = e.child.take() {
+                match child.finish() {
+                    Ok(peak) => e.result.peak_rss_bytes = Some(peak),
+                    Err(why) => e.result.note = Some(format!("ended badly: {why}")),
+                }
+            }
+            let s = &e.result.seconds;
+            if !s.is_empty() {
+                e.result.seconds_median = Some(median(s));
+                e.result.seconds_min = Some(s.iter().copied().fold(f64::INFINITY, f64::min));
+            }
+        }
+    }
+
+    /// Every row gets every entrant's result with its own ratios.
+    fn report_into(&self, rows: &mut [BenchRow]) {
+        for row in rows.iter_mut() {
+            row.export_note = self.export_note.clone();
+            row.against = self
+                .entrants
+                .iter()
+                .map(|e| {
+                    let mut r = e.result.clone();
+                    r.time_ratio = r.seconds_median.filter(|&m| m > 0.0).map(|m| row.seconds_median / m);
+                    r.rss_ratio = r.peak_rss_bytes.filter(|&p| p > 0).map(|p| row.peak_rss_bytes as f64 / p as f64);
+                    r
+                })
+                .collect();
+        }
+    }
+}
+
+fn empty_rival_row(rival: Rival) -> RivalRow {
+    RivalRow {
+        engine: rival.engine,
+        precision: rival.precision,
+        what: String::new(),
+        versions: String::new(),
+        seconds: Vec::new(),
+        seconds_median: None,
+        seconds_min: None,
+        peak_rss_bytes: None,
+        time_ratio: None,
+        rss_ratio: None,
+        note: None,
+    }
+}
+
+/// The row of `precision`: our model loaded, then `rounds` of blocks in the order ours, the
+/// entrants of this row, the same reversed, ... (each block after its own warm-up), then one
+/// profiled run of ours.
+fn bench_row(
+    opts: &BenchOptions,
+    setup: &Setup,
+    field: &mut Field,
+    row: usize,
+    precision: crate::float::Precision,
+) -> Result<BenchRow, BenchError> {
+    let spec = BackendSpec { kind: opts.backend, device: opts.device, precision };
+    let be = backend::open(&spec)?;
+    let dtype = if precision == crate::float::Precision::Fp64 { Dtype::F64 } else { Dtype::F32 };
+    let entrants = field.start_row(opts, setup, row);
+    let rounds = if entrants.is_empty() { 1 } else { opts.rounds.max(1) };
+    note!(
+        "bench: {} {precision}, {} {}x{}, {} threads{} ...",
+        be.name(),
+        opts.config_name,
+        opts.size,
+        opts.size,
+        setup.threads,
+        if rounds > 1 { format!(", {rounds} rounds alternating with {} other engine(s)", entrants.len()) } else { String::new() }
+    );
+    reset_peak_rss();
+    // Sides: None = ours, Some(i) = entrant i.
+    let mut sides: Vec<Option<usize>> = vec![None];
+    sides.extend(entrants.iter().map(|&i| Some(i)));
+    let (seconds, stages) = setup.pool.install(|| -> Result<_, BenchError> {
+        let model = be.load(&setup.cfg, backend::random_state_dict(&setup.cfg, opts.seed), dtype)?;
+        let mut seconds = Vec::new();
+        for r in 0..rounds {
+            let order: Vec<Option<usize>> =
+                if r % 2 == 0 { sides.clone() } else { sides.iter().rev().copied().collect() };
+            for side in order {
+                match side {
+                    None => seconds.extend(time_ours(&*model, &setup.input, opts)?),
+                    Some(i) => {
+                        (0..opts.warmup).for_each(|_| field.step(i, false));
+                        (0..opts.iters.max(1)).for_each(|_| field.step(i, true));
+                    }
+                }
+            }
+        }
+        let stages = model.profile(&AnyArray::F32(setup.input.clone().into_dyn())).ok();
+        Ok((seconds, stages))
+    })?;
+    let peak = peak_rss_bytes();
+    field.finish_row(row);
+    let med = median(&seconds);
+    note!("bench: {} {precision}: median {med:.3} s", be.name());
+    Ok(BenchRow {
+        backend: be.name().to_string(),
+        precision,
+        config: opts.config_name.clone(),
+        size: opts.size,
+        threads: setup.threads,
+        what: OURS_WHAT,
+        seconds_min: seconds.iter().copied().fold(f64::INFINITY, f64::min),
+        seconds_median: med,
+        seconds,
+        stages,
+        flops: setup.work,
+        gflops_per_s: setup.work.total() / med / 1e9,
+        peak_rss_bytes: peak,
+        against: Vec::new(),
+        export_note: None,
+    })
+}
+
+/// One block of ours: `warmup` untimed runs, then `iters` timed ones (seconds each), each
+/// `seg_logits` and the argmax over classes.
+fn time_ours(model: &dyn backend::Model, input: &Array4<f32>, opts: &BenchOptions) -> Result<Vec<f64>, BenchError> {
+    for _ in 0..opts.warmup {
+        model.seg_logits(input.clone())?;
+    }
+    let mut seconds = Vec::new();
+    for _ in 0..opts.iters.max(1) {
+        let x = input.clone();
+        let t = Instant::now();
+        let logits = model.seg_logits(x)?;
+        std::hint::black_box(crate::reference::ops::argmax_channels(logits.view()));
+        seconds.push(t.elapsed().as_secs_f64());
+    }
+    Ok(seconds)
 }
 
 /// Bytes in GB (10⁹), for tables.
 fn gb(b: u64) -> f64 {
     b as f64 / 1e9
+}
+
+/// One line for another engine's result in a row: its times and ours/theirs.
+fn rival_text(a: &RivalRow) -> String {
+    match (a.seconds_median, a.seconds_min, &a.note) {
+        (Some(med), Some(min), None) => format!(
+            "  vs {} {}: median {med:.3} s, min {min:.3} s, peak RSS {}; ours/theirs: time {}, RSS {} [{}; {}]\n",
+            a.engine,
+            a.precision,
+            a.peak_rss_bytes.map_or("-".into(), |b| format!("{:.2} GB", gb(b))),
+            a.time_ratio.map_or("-".into(), |x| format!("{x:.3}x")),
+            a.rss_ratio.map_or("-".into(), |x| format!("{x:.3}x")),
+            a.what,
+            a.versions
+        ),
+        (_, _, Some(n)) => format!("  vs {} {}: {n}\n", a.engine, a.precision),
+        _ => format!("  vs {} {}: no timings\n", a.engine, a.precision),
+    }
 }
 
 /// The human-readable table of [`run`]'s rows.
@@ -327,19 +546,13 @@ pub fn to_text(rows: &[BenchRow]) -> String {
                 st.resize
             ));
         }
-        match (r.pytorch_seconds_median, r.pytorch_seconds_min, r.pytorch_peak_rss_bytes, r.time_ratio) {
-            (Some(med), Some(min), Some(rss), Some(ratio)) => s.push_str(&format!(
-                "  pytorch eager fp32: median {med:.3} s, min {min:.3} s, peak RSS {:.2} GB ({}); time ratio ours/PyTorch {ratio:.3}x, RSS ratio {}\n",
-                gb(rss),
-                r.pytorch_note.as_deref().unwrap_or(""),
-                r.rss_ratio.map_or("-".into(), |x| format!("{x:.3}x"))
-            )),
-            _ => {
-                if let Some(n) = &r.pytorch_note {
-                    s.push_str(&format!("  pytorch: {n}\n"));
-                }
-            }
+        let baseline = |a: &RivalRow| a.engine == Engine::Pytorch && a.precision == crate::float::Precision::Fp32;
+        for a in r.against.iter().filter(|a| a.precision == r.precision || baseline(a)) {
+            s.push_str(&rival_text(a));
         }
+    }
+    if let Some(n) = rows.first().and_then(|r| r.export_note.as_ref()) {
+        s.push_str(&format!("ONNX engines: {n}\n"));
     }
     s
 }

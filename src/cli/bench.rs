@@ -10,9 +10,10 @@ use crate::backend::BackendKind;
 use crate::bench::{self, BenchOptions};
 
 /// Time a backend on one crop of BEiT-B/L + UPerNet with random weights, optionally against
-/// MMSegmentation's own model in PyTorch eager mode in the same invocation.
+/// other engines in the same invocation: MMSegmentation's own model in PyTorch eager mode, and
+/// its ONNX export in ONNX Runtime and OpenVINO (same weights, input and threads).
 ///
-/// Example: beit-seg bench --backend ref --config base --threads 2 --against-pytorch --json out.json
+/// Example: beit-seg bench --backend tch --precision fp32,bf16 --against pytorch,onnxruntime,openvino
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// The implementation to time.
@@ -39,18 +40,24 @@ pub struct BenchArgs {
     /// Timed runs per round (median and min over all rounds are reported).
     #[arg(long, default_value_t = 3)]
     pub iters: usize,
-    /// With --against-pytorch: alternate ours and PyTorch's blocks of runs this many times
-    /// (ours, PyTorch, PyTorch, ours, ...), each block after its own warm-up, so that a drift
-    /// of the machine's speed falls on both sides.
+    /// With --against: alternate the blocks of runs of ours and the other engines this many
+    /// times (ours, A, B, B, A, ours, ...), each block after its own warm-up, so that a drift of
+    /// the machine's speed falls on every side.
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
-    /// Also time MMSegmentation eager (fp32) in a child Python, same config/threads/input. The
-    /// child runs with this process's environment and glibc's default malloc settings (as
-    /// MMSegmentation is usually run); `--backend tch` sets its own (docs/performance.md,
-    /// "Allocation"; `GLIBC_TUNABLES` gives them to both).
+    /// Other engines to time, comma-separated: pytorch (MMSegmentation eager; bf16/fp16 under
+    /// torch.autocast), onnxruntime (fp32), openvino (fp32, bf16, fp16), each at fp32 and at
+    /// every --precision it offers, on a dynamo ONNX export of MMSegmentation's model made once
+    /// and cached under ~/.cache/beit-seg/bench-onnx. Each runs in a child Python (the project
+    /// venv) with this process's environment and glibc's default malloc settings; `--backend
+    /// tch` sets its own (docs/performance.md, "Allocation"; `GLIBC_TUNABLES` gives them to all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub against: Vec<crate::bench::Engine>,
+    /// Same as `--against pytorch`.
     #[arg(long)]
     pub against_pytorch: bool,
-    /// The Python with MMSegmentation (default: $BEIT_SEG_PYTHON or the project venv).
+    /// The Python with MMSegmentation, ONNX Runtime and OpenVINO (default: $BEIT_SEG_PYTHON or
+    /// the project venv).
     #[arg(long)]
     pub python: Option<PathBuf>,
     /// Seed of the random weights.
@@ -98,7 +105,7 @@ pub fn run_bench_cli(a: BenchArgs) -> Result<ExitCode> {
         warmup: a.warmup,
         iters: a.iters,
         rounds: a.rounds,
-        against_pytorch: a.against_pytorch,
+        against: engines(&a.against, a.against_pytorch),
         python: a.python,
         seed: a.seed,
     };
@@ -108,4 +115,15 @@ pub fn run_bench_cli(a: BenchArgs) -> Result<ExitCode> {
         super::write_report(p, &serde_json::to_string_pretty(&rows)?, a.force, &[])?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--against` plus `--against-pytorch`, each engine once, in a fixed order.
+fn engines(against: &[crate::bench::Engine], pytorch: bool) -> Vec<crate::bench::Engine> {
+    let mut v = against.to_vec();
+    if pytorch {
+        v.push(crate::bench::Engine::Pytorch);
+    }
+    v.sort();
+    v.dedup();
+    v
 }
