@@ -144,12 +144,12 @@ def openvino_runner():
     core = ov.Core()
     hint = dict(fp32='f32', bf16='bf16', fp16='f16')[PRECISION]
     caps = core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
-    if hint != 'f32' and hint.upper() not in caps:
+    if PRECISION != 'fp32' and PRECISION.upper() not in caps:
         raise SystemExit(f'OpenVINO offers no {PRECISION} on this CPU (capabilities {caps})')
     compiled = core.compile_model(core.read_model(path), 'CPU', {
         'INFERENCE_NUM_THREADS': args['threads'], 'PERFORMANCE_HINT': 'LATENCY',
         'INFERENCE_PRECISION_HINT': hint})
-    got = str(compiled.get_property('INFERENCE_PRECISION_HINT'))
+    got = compiled.get_property('INFERENCE_PRECISION_HINT').get_type_name()
     request = compiled.create_infer_request()
 
     def once():

@@ -5,8 +5,8 @@
 //! own model in PyTorch eager mode, ONNX Runtime and OpenVINO on its ONNX export) on the same
 //! config, weights, input and thread count, in the same invocation, and the ratios. See docs/performance.md.
 
-pub mod flops;
 pub mod engines;
+pub mod flops;
 
 pub use engines::{Engine, Rival};
 
@@ -242,23 +242,14 @@ impl Field {
     /// Each engine at fp32 and at every precision of ours it offers; an entrant is timed in the
     /// row of its precision (an fp32 baseline without an fp32 row: in the first row).
     fn plan(opts: &BenchOptions, setup: &Setup) -> Result<Self, BenchError> {
-        let mut precisions = opts.precisions.clone();
-        precisions.push(crate::float::Precision::Fp32);
-        let mut entrants: Vec<Entrant> = Vec::new();
-        for engine in &opts.against {
-            for p in &precisions {
-                let rival = Rival { engine: *engine, precision: *p };
-                if entrants.iter().any(|e| e.rival == rival) || *p == crate::float::Precision::Fp64 {
-                    continue;
-                }
-                let row = opts.precisions.iter().position(|q| q == p).unwrap_or(0);
+        let entrants = plan_entrants(&opts.against, &opts.precisions, opts.device)
+            .into_iter()
+            .map(|(rival, row, note)| {
                 let mut result = empty_rival_row(rival);
-                if let Err(why) = engine.offers(*p, opts.device) {
-                    result.note = Some(format!("not run: {why}"));
-                }
-                entrants.push(Entrant { rival, row, child: None, result });
-            }
-        }
+                result.note = note;
+                Entrant { rival, row, child: None, result }
+            })
+            .collect();
         let mut field = Field {
             entrants,
             _weights_dir: None,
@@ -388,6 +379,30 @@ impl Field {
     }
 }
 
+/// Which engine runs at which precision in which row: each engine at fp32 (the baseline) and at
+/// every precision of ours but fp64, timed in the row of that precision (an fp32 baseline
+/// without an fp32 row: in the first row); with why not where the engine does not offer it.
+pub fn plan_entrants(
+    against: &[Engine],
+    precisions: &[crate::float::Precision],
+    device: crate::Device,
+) -> Vec<(Rival, usize, Option<String>)> {
+    let mut wanted: Vec<crate::float::Precision> = precisions.to_vec();
+    wanted.push(crate::float::Precision::Fp32);
+    let mut plan: Vec<(Rival, usize, Option<String>)> = Vec::new();
+    for engine in against {
+        for p in wanted.iter().filter(|p| **p != crate::float::Precision::Fp64) {
+            let rival = Rival { engine: *engine, precision: *p };
+            if plan.iter().any(|(r, _, _)| *r == rival) {
+                continue;
+            }
+            let row = precisions.iter().position(|q| q == p).unwrap_or(0);
+            plan.push((rival, row, engine.offers(*p, device).err().map(|why| format!("not run: {why}"))));
+        }
+    }
+    plan
+}
+
 fn empty_rival_row(rival: Rival) -> RivalRow {
     RivalRow {
         engine: rival.engine,
@@ -426,7 +441,11 @@ fn bench_row(
         opts.size,
         opts.size,
         setup.threads,
-        if rounds > 1 { format!(", {rounds} rounds alternating with {} other engine(s)", entrants.len()) } else { String::new() }
+        if rounds > 1 {
+            format!(", {rounds} rounds alternating with {} other engine(s)", entrants.len())
+        } else {
+            String::new()
+        }
     );
     reset_peak_rss();
     // Sides: None = ours, Some(i) = entrant i.
@@ -555,4 +574,44 @@ pub fn to_text(rows: &[BenchRow]) -> String {
         s.push_str(&format!("ONNX engines: {n}\n"));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::float::Precision::{Bf16, Fp16, Fp32, Fp64};
+
+    #[test]
+    fn every_engine_runs_at_fp32_and_at_each_precision_it_offers_in_that_precisions_row() {
+        let plan =
+            plan_entrants(&[Engine::Pytorch, Engine::Onnxruntime, Engine::Openvino], &[Bf16, Fp16], crate::Device::Cpu);
+        let got: Vec<(String, usize, bool)> =
+            plan.iter().map(|(r, row, why)| (r.to_string(), *row, why.is_none())).collect();
+        let want = [
+            ("pytorch bf16", 0, true),
+            ("pytorch fp16", 1, true),
+            ("pytorch fp32", 0, true),
+            ("onnxruntime bf16", 0, false),
+            ("onnxruntime fp16", 1, false),
+            ("onnxruntime fp32", 0, true),
+            ("openvino bf16", 0, true),
+            ("openvino fp16", 1, true),
+            ("openvino fp32", 0, true),
+        ];
+        let want: Vec<(String, usize, bool)> = want.iter().map(|(n, r, ok)| (n.to_string(), *r, *ok)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn fp64_rows_have_no_other_engine_but_the_fp32_baseline() {
+        let plan = plan_entrants(&[Engine::Pytorch], &[Fp32, Fp64], crate::Device::Cpu);
+        assert_eq!(plan.len(), 1);
+        assert_eq!((plan[0].0.precision, plan[0].1), (Fp32, 0));
+    }
+
+    #[test]
+    fn the_onnx_engines_do_not_claim_a_gpu() {
+        let plan = plan_entrants(&[Engine::Openvino], &[Fp32], crate::Device::Cuda(0));
+        assert!(plan[0].2.as_deref().is_some_and(|n| n.contains("CPU only")), "{plan:?}");
+    }
 }
