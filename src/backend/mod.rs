@@ -17,7 +17,7 @@ pub mod tch;
 
 use std::collections::BTreeMap;
 
-use ndarray::{Array4, ArrayD};
+use ndarray::{Array3, Array4, ArrayD};
 
 use crate::array::AnyArray;
 use crate::config::SegmentorConfig;
@@ -157,6 +157,11 @@ pub trait Model: Send + Sync {
                 .map_err(|_| BackendError::Input("seg_logits: expected a 4-D array".into())),
             _ => Err(BackendError::Unsupported(format!("{} did not produce seg_logits", self.describe()))),
         }
+    }
+    /// `(1, 3, H, W)` normalised image → `(1, H, W)` labels, `inference(...).argmax(1)`: what
+    /// `predict` and `eval` keep of an image, and what `bench` times.
+    fn labels(&self, input: Array4<f32>) -> Result<Array3<i64>, BackendError> {
+        Ok(crate::reference::ops::argmax_channels(self.seg_logits(input)?.view()))
     }
     /// Times the stages of one whole-mode `encode_decode` of `inputs` (for `bench`).
     fn profile(&self, inputs: &AnyArray) -> Result<StageTimes, BackendError> {

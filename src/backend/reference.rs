@@ -3,7 +3,7 @@
 
 use std::any::Any;
 
-use ndarray::{Array4, ArrayD, Ix4, IxDyn};
+use ndarray::{Array3, Array4, ArrayD, Ix4, IxDyn};
 
 use super::{Backend, BackendError, Model, OutTensor, Outputs, StageClock, StageTimes};
 use crate::array::AnyArray;
@@ -82,6 +82,11 @@ impl<T: Float> Model for RefModel<T> {
             Ok(y) => *y,
             Err(any) => any.downcast::<Array4<T>>().expect("the logits").mapv(|v| v.to_f64_exact() as f32),
         })
+    }
+
+    fn labels(&self, input: Array4<f32>) -> Result<Array3<i64>, BackendError> {
+        let x = Self::input(&AnyArray::F32(input.into_dyn()))?;
+        Ok(self.0.forward(&x, &mut Recorder::none())?.pred)
     }
 
     fn profile(&self, inputs: &AnyArray) -> Result<StageTimes, BackendError> {

@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 
-use ndarray::Array4;
+use ndarray::{Array3, Array4};
 use tch::{Device, Kind};
 
 use super::{Backend, BackendError, Model, OutTensor, Outputs, StageClock, StageTimes};
@@ -102,6 +102,17 @@ impl Model for TchModel {
             out.insert(k, v);
         }
         Ok(out)
+    }
+
+    fn labels(&self, input: Array4<f32>) -> Result<Array3<i64>, BackendError> {
+        let _no_grad = tch::no_grad_guard();
+        let model = self.lock()?;
+        let x = from_any_array(&AnyArray::F32(input.into_dyn()), self.ctx.kind(), self.ctx.device)?;
+        let out = model.forward(&x, &mut Recorder::none())?;
+        // Only the labels leave the device (the logits are 150 x H x W floats).
+        to_i64_array(&out.pred)?.into_dimensionality().map_err(|_| {
+            BackendError::Input(format!("pred: expected a 3-D tensor, got {:?}", out.pred.size()))
+        })
     }
 
     fn seg_logits(&self, input: Array4<f32>) -> Result<Array4<f32>, BackendError> {

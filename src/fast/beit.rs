@@ -58,11 +58,8 @@ pub struct BeitAttention {
     pub qkv: Linear,
     pub qv_bias: bool,
     pub proj: Linear,
-    /// `relative_position_bias_table` transposed at load time, (nH, T) contiguous, so that the
-    /// bias is gathered straight into its (nH, N+1, N+1) layout.
-    pub table: Tensor,
-    /// The computed `relative_position_index`, flattened ((N+1)², int64, on the device).
-    pub index: Tensor,
+    /// The relative-position bias, folded at load time or gathered per call.
+    pub bias: RelPosBias,
     pub tokens: i64,
     pub num_heads: i64,
     pub scale: f64,
@@ -72,6 +69,24 @@ pub struct BeitAttention {
     fused: bool,
     wide: Kind,
 }
+
+/// Where the (1, nH, N+1, N+1) relative-position bias `table[index]` comes from. The bias of a
+/// layer depends on its weights and the window only, so it is a constant of the loaded model:
+/// ONNX Runtime and OpenVINO fold it when they compile the graph. Gathering it per call costs
+/// libtorch ~70 ms (fp32) to ~130 ms (bf16) per layer at BEiT-B 640 on the CPU, more than the
+/// layer's matmuls in bf16; folding costs its memory (12 x 12 x 1601² values at BEiT-B 640:
+/// 0.74 GB in bf16, 1.5 GB in fp32), so it is folded while all layers' biases fit in
+/// [`FOLD_BUDGET_BYTES`].
+pub enum RelPosBias {
+    /// `table[index]` computed once, (1, nH, N+1, N+1) contiguous.
+    Folded(Tensor),
+    /// Gathered per call from the transposed table (nH, T) with the flattened index ((N+1)²).
+    Gathered { table: Tensor, index: Tensor },
+}
+
+/// The most memory the folded biases of all layers may take together (2 GiB: BEiT-B 640 in
+/// any precision, BEiT-L 640 in fp16/bf16; BEiT-L 640 in fp32, 3.9 GB, gathers per call).
+pub const FOLD_BUDGET_BYTES: f64 = 2.0 * 1024.0 * 1024.0 * 1024.0;
 
 impl BeitAttention {
     pub fn load(src: &mut dyn Source, ctx: &Ctx, prefix: &str, cfg: &BeitConfig) -> Result<Self> {
@@ -97,12 +112,21 @@ impl BeitAttention {
         let tokens = index.nrows() as i64;
         let flat: Vec<i64> = index.iter().map(|&v| v as i64).collect();
         let head_dim = c / cfg.num_heads;
+        let gathered = RelPosBias::Gathered {
+            table: table.f_transpose(0, 1)?.f_contiguous()?,
+            index: Tensor::f_from_slice(&flat)?.f_to_device(ctx.device)?,
+        };
+        let folded_bytes = (cfg.num_layers * cfg.num_heads) as f64 * (tokens * tokens) as f64 * k.elt_size_in_bytes() as f64;
+        let bias = if folded_bytes <= FOLD_BUDGET_BYTES {
+            RelPosBias::Folded(gathered.get(cfg.num_heads as i64, tokens)?.f_contiguous()?)
+        } else {
+            gathered
+        };
         Ok(BeitAttention {
             qkv,
             qv_bias: cfg.qv_bias,
             proj: Linear::load(src, ctx, &join(prefix, "proj"), c, c, true)?,
-            table: table.f_transpose(0, 1)?.f_contiguous()?,
-            index: Tensor::f_from_slice(&flat)?.f_to_device(ctx.device)?,
+            bias,
             tokens,
             num_heads: cfg.num_heads as i64,
             scale: (head_dim as f64).powf(-0.5),
@@ -111,12 +135,9 @@ impl BeitAttention {
         })
     }
 
-    /// `rel_pos_bias[h, i, j] = table[index[i, j], h]`, (nH, N+1, N+1): one gather along the
-    /// transposed table's rows (MMSegmentation gathers (N+1)², nH and permutes, a second copy
-    /// of the 12x1601x1601 bias per layer at BEiT-B 640; the values are the same).
+    /// `rel_pos_bias[h, i, j] = table[index[i, j], h]`, (1, nH, N+1, N+1).
     fn relative_position_bias(&self) -> Result<Tensor> {
-        let n = self.tokens;
-        Ok(self.table.f_index_select(1, &self.index)?.f_view([self.num_heads, n, n])?)
+        self.bias.get(self.num_heads, self.tokens)
     }
 
     /// (B, N+1, C) → (B, N+1, C).
@@ -132,7 +153,7 @@ impl BeitAttention {
         // [B, N, 3C] -> [3, B, nH, N, hd]
         let qkv = qkv.f_reshape([b, n, 3, nh, hd])?.f_permute([2, 0, 3, 1, 4])?;
         let (q, k, v) = (qkv.f_select(0, 0)?, qkv.f_select(0, 1)?, qkv.f_select(0, 2)?);
-        let bias = self.relative_position_bias()?.f_unsqueeze(0)?; // (1, nH, N, N)
+        let bias = self.relative_position_bias()?; // (1, nH, N, N)
         let out = if self.fused {
             Tensor::f_scaled_dot_product_attention(&q, &k, &v, Some(&bias), 0.0, false, self.scale, false)?
         } else {
@@ -148,6 +169,18 @@ impl BeitAttention {
         rec.put(&join(prefix, "proj"), &y);
         rec.put(&join(prefix, "proj_drop"), &y);
         Ok(y)
+    }
+}
+
+impl RelPosBias {
+    /// `rel_pos_bias[h, i, j] = table[index[i, j], h]`, (1, nH, N+1, N+1). Gathered: one gather
+    /// along the transposed table's rows (MMSegmentation gathers (N+1)², nH and permutes, a
+    /// second copy of the bias; the values are the same).
+    fn get(&self, heads: i64, n: i64) -> Result<Tensor> {
+        match self {
+            RelPosBias::Folded(b) => Ok(b.shallow_clone()),
+            RelPosBias::Gathered { table, index } => Ok(table.f_index_select(1, index)?.f_view([1, heads, n, n])?),
+        }
     }
 }
 
@@ -277,6 +310,8 @@ pub struct Beit {
     pub layers: Vec<BeitLayer>,
     /// The final norm `ln1` (`final_norm=True`).
     pub ln1: Option<LayerNorm>,
+    /// Output maps channels-last ([`Ctx::channels_last`](super::Ctx::channels_last)).
+    channels_last: bool,
 }
 
 impl Beit {
@@ -294,6 +329,7 @@ impl Beit {
                 None
             },
             cfg: cfg.clone(),
+            channels_last: ctx.channels_last(),
         })
     }
 
@@ -317,7 +353,7 @@ impl Beit {
                 }
             }
             if self.cfg.out_indices.contains(&(i as i64)) {
-                outs.push(tokens_to_map(&x, hp, wp)?);
+                outs.push(tokens_to_map(&x, hp, wp, self.channels_last)?);
             }
         }
         for (k, o) in outs.iter().enumerate() {
@@ -327,9 +363,11 @@ impl Beit {
     }
 }
 
-/// `x[:, 1:].reshape(B, Hp, Wp, C).permute(0, 3, 1, 2).contiguous()`.
-pub fn tokens_to_map(x: &Tensor, hp: i64, wp: i64) -> Result<Tensor> {
+/// `x[:, 1:].reshape(B, Hp, Wp, C).permute(0, 3, 1, 2).contiguous()`; channels-last: the same
+/// values with NHWC strides, the permuted tokens as they lie (no copy).
+pub fn tokens_to_map(x: &Tensor, hp: i64, wp: i64, channels_last: bool) -> Result<Tensor> {
     let s = x.size();
     let (b, n, c) = (s[0], s[1], s[2]);
-    Ok(x.f_narrow(1, 1, n - 1)?.f_reshape([b, hp, wp, c])?.f_permute([0, 3, 1, 2])?.f_contiguous()?)
+    let map = x.f_narrow(1, 1, n - 1)?.f_contiguous()?.f_reshape([b, hp, wp, c])?.f_permute([0, 3, 1, 2])?;
+    Ok(if channels_last { map } else { map.f_contiguous()? })
 }

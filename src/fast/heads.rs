@@ -39,7 +39,7 @@ impl ConvModule {
             Some(eps) => Some(BatchNorm::load(src, ctx, &join(&prefix, "bn"), cout, eps)?),
             None => None,
         };
-        let weight = src.get(&join(&prefix, "conv.weight"), &[cout, cin, k, k], ctx.kind())?;
+        let weight = ctx.conv_weight(src.get(&join(&prefix, "conv.weight"), &[cout, cin, k, k], ctx.kind())?)?;
         let winograd = k == 3 && spec.dilation == 1 && ctx.device == tch::Device::Cpu && !ctx.precision.is_reduced();
         let bias =
             if spec.conv_bias() { Some(src.get(&join(&prefix, "conv.bias"), &[cout], ctx.kind())?) } else { None };
@@ -125,7 +125,7 @@ impl DecodeHead {
         let (ch, out) = (plan.channels, plan.out_channels);
         Ok(DecodeHead {
             body,
-            conv_seg_weight: src.get(&join(prefix, "conv_seg.weight"), &[out, ch, 1, 1], ctx.kind())?,
+            conv_seg_weight: ctx.conv_weight(src.get(&join(prefix, "conv_seg.weight"), &[out, ch, 1, 1], ctx.kind())?)?,
             conv_seg_bias: src.get(&join(prefix, "conv_seg.bias"), &[out], ctx.kind())?,
             cfg: cfg.clone(),
         })
@@ -211,7 +211,8 @@ impl DecodeHead {
             }
         };
         rec.put(&join(prefix, "dropout"), &feat);
-        let out = ops::conv2d(&feat, &self.conv_seg_weight, Some(&self.conv_seg_bias), 1, 0, 1)?;
+        // NCHW again (a no-op unless channels-last): the logits are resized and copied out next.
+        let out = ops::conv2d(&feat, &self.conv_seg_weight, Some(&self.conv_seg_bias), 1, 0, 1)?.f_contiguous()?;
         rec.put(&join(prefix, "conv_seg"), &out);
         rec.put(prefix, &out);
         Ok(out)

@@ -18,7 +18,7 @@ pub struct ConvTranspose {
 impl ConvTranspose {
     fn load(src: &mut dyn Source, ctx: &Ctx, prefix: &str, c: usize) -> Result<Self> {
         Ok(ConvTranspose {
-            weight: src.get(&join(prefix, "weight"), &[c, c, 2, 2], ctx.kind())?,
+            weight: ctx.conv_weight(src.get(&join(prefix, "weight"), &[c, c, 2, 2], ctx.kind())?)?,
             bias: src.get(&join(prefix, "bias"), &[c], ctx.kind())?,
         })
     }

@@ -94,6 +94,12 @@ pub fn resize(x: &Tensor, size: (i64, i64), align_corners: bool) -> Result<Tenso
     Ok(x.f_upsample_bilinear2d([size.0, size.1], align_corners, None, None)?)
 }
 
+/// The same NCHW tensor with channels-last strides (NHWC in memory): what PyTorch's
+/// `x.contiguous(memory_format=torch.channels_last)` gives.
+pub fn to_channels_last(x: &Tensor) -> Result<Tensor> {
+    Ok(x.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])?)
+}
+
 /// Height and width of an NCHW tensor.
 pub fn hw(x: &Tensor) -> (i64, i64) {
     let s = x.size();

@@ -17,7 +17,7 @@ use super::{ops, Ctx, ModelError, Recorder, Result};
 use crate::array::AnyArray;
 use crate::config::{SegmentorConfig, TestMode};
 use crate::model::heads::check_neck_inputs;
-use crate::model::{slide_windows, Stage};
+use crate::model::{is_one_whole_window, slide_windows, Stage};
 
 /// The segmentor on one device, in one precision.
 pub struct EncoderDecoder {
@@ -114,8 +114,11 @@ impl EncoderDecoder {
     pub fn slide_inference(&self, img: &Tensor, crop: (usize, usize), stride: (usize, usize)) -> Result<Tensor> {
         let s = img.size();
         let (b, h, w) = (s[0], s[2] as usize, s[3] as usize);
-        let windows: Vec<(usize, usize, usize, usize)> =
-            slide_windows((h, w), crop, stride).into_iter().map(|w| (w.y1, w.y2, w.x1, w.x2)).collect();
+        let grid = slide_windows((h, w), crop, stride);
+        if is_one_whole_window(&grid, (h, w)) {
+            return self.encode_decode(img, &mut Recorder::none());
+        }
+        let windows: Vec<(usize, usize, usize, usize)> = grid.into_iter().map(|w| (w.y1, w.y2, w.x1, w.x2)).collect();
         // [B, C, H, W] -> [K·B, C, hw, ww], window-major.
         let crops = windows
             .iter()

@@ -53,6 +53,14 @@ pub struct Window {
     pub x2: usize,
 }
 
+/// Whether `windows` is one window covering the whole `h`×`w` image. `slide_inference` then
+/// returns that window's logits as they are: MMSegmentation's `0 + logits` and `/ 1` change no
+/// value (a -0.0 becomes +0.0, equal in every comparison), so both backends skip the sum and
+/// the division (two passes over the classes x H x W logits).
+pub fn is_one_whole_window(windows: &[Window], (h, w): (usize, usize)) -> bool {
+    matches!(windows, [only] if *only == Window { y1: 0, y2: h, x1: 0, x2: w })
+}
+
 /// The windows of `EncoderDecoder.slide_inference` on an `h`×`w` image in row-major order:
 /// `h_grids = max(h - crop_h + stride_h - 1, 0) // stride_h + 1` (same for w), window `(i, j)`
 /// ends at `min(i·stride + crop, size)` and starts `crop` before that (clamped at 0), so the
@@ -83,6 +91,14 @@ mod tests {
         assert_eq!(w, vec![Window { y1: 0, y2: 640, x1: 0, x2: 640 }, Window { y1: 0, y2: 640, x1: 214, x2: 854 }]);
         // An image smaller than the crop is one clamped window.
         assert_eq!(slide_windows((5, 7), (8, 8), (4, 4)), vec![Window { y1: 0, y2: 5, x1: 0, x2: 7 }]);
+    }
+
+    #[test]
+    fn one_whole_window_is_recognised_and_nothing_else() {
+        assert!(is_one_whole_window(&slide_windows((640, 640), (640, 640), (426, 426)), (640, 640)));
+        assert!(is_one_whole_window(&slide_windows((5, 7), (8, 8), (4, 4)), (5, 7)));
+        assert!(!is_one_whole_window(&slide_windows((640, 854), (640, 640), (426, 426)), (640, 854)));
+        assert!(!is_one_whole_window(&[Window { y1: 0, y2: 4, x1: 0, x2: 4 }], (5, 4)));
     }
 
     #[test]

@@ -10,7 +10,9 @@ pub mod heads;
 pub mod names;
 pub mod recorder;
 
-pub use geometry::{check_relative_position_index, relative_position_index, slide_windows, Window};
+pub use geometry::{
+    check_relative_position_index, is_one_whole_window, relative_position_index, slide_windows, Window,
+};
 pub use names::join;
 pub use recorder::Recorder;
 

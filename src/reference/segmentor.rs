@@ -22,7 +22,7 @@ use super::ops;
 use super::{ModelError, Recorder};
 use crate::config::{SegmentorConfig, TestMode};
 use crate::model::heads::check_neck_inputs;
-use crate::model::{slide_windows, Stage};
+use crate::model::{is_one_whole_window, slide_windows, Stage};
 use crate::weights::WeightStore;
 use crate::Float;
 
@@ -139,9 +139,13 @@ impl<T: Float> EncoderDecoder<T> {
     ) -> Result<Array4<T>, ModelError> {
         let (b, _, h, w) = img.dim();
         let classes = self.cfg.decode_head.out_channels;
+        let windows = slide_windows((h, w), crop, stride);
+        if is_one_whole_window(&windows, (h, w)) {
+            return self.encode_decode(img, &mut Recorder::none());
+        }
         let mut preds = Array4::<T>::zeros((b, classes, h, w));
         let mut count = ndarray::Array2::<usize>::zeros((h, w));
-        for win in slide_windows((h, w), crop, stride) {
+        for win in windows {
             let (y1, y2, x1, x2) = (win.y1, win.y2, win.x1, win.x2);
             let crop_img = img.slice(s![.., .., y1..y2, x1..x2]).to_owned();
             let logit = self.encode_decode(&crop_img, &mut Recorder::none())?;
