@@ -184,111 +184,108 @@ const MAX_NPY_HEADER_DEPTH: usize = 4;
 /// Parses one `.npy` stream (C or Fortran order, either endianness).
 pub fn parse_npy(bytes: &[u8], path: &Path, entry: Option<&str>) -> Result<AnyArray, ArrayError> {
     let bad = |msg: String| ArrayError::BadNpy { path: path.to_path_buf(), entry: entry.map(str::to_string), msg };
-    // npyz allocates the declared header length before reading it: check it against the bytes
-    // there are first (a 4 GiB claim in a 17-byte file was an out-of-memory abort, found by
-    // fuzzing; see docs/security.md).
-    let mut data_start = None;
-    if bytes.len() >= 10 && bytes.starts_with(b"\x93NUMPY") {
-        let (hlen, start) = match bytes[6] {
-            1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as u64, 10u64),
-            _ if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as u64, 12),
-            _ => (0, 10),
-        };
-        if start + hlen > bytes.len() as u64 {
-            return Err(bad(format!(
-                "header length {hlen} runs past the end of the data ({} bytes): truncated or not a .npy array",
-                bytes.len()
-            )));
-        }
-        data_start = Some(start + hlen);
-        // npyz's header parser (py_literal, a PEG parser) backtracks exponentially in nested
-        // dicts: a 218-byte header opening 90 `{` did not return (a timeout found by fuzzing;
-        // 12 took over a minute). A header is one dict holding a dtype string, a bool and a
-        // shape tuple (brackets 2 deep); more than 4 is refused before it is parsed.
-        let mut depth = 0usize;
-        for &b in &bytes[start as usize..(start + hlen) as usize] {
-            match b {
-                b'{' | b'[' | b'(' => depth += 1,
-                b'}' | b']' | b')' => depth = depth.saturating_sub(1),
-                _ => {}
-            }
-            if depth > MAX_NPY_HEADER_DEPTH {
-                return Err(bad(format!(
-                    "the header nests brackets more than {MAX_NPY_HEADER_DEPTH} deep (a .npy header is one dict \
-                     with a shape tuple): not a .npy array this reader parses"
-                )));
-            }
-        }
-    }
+    let data_start = check_npy_header(bytes).map_err(bad)?;
     let npy = NpyFile::new(bytes).map_err(|e| bad(e.to_string()))?;
-    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    // The data the header declares, checked against the bytes there are before npyz reads (and
-    // allocates) them: a truncated file is named with both sizes, not "failed to fill whole buffer".
-    if let (Some(start), DType::Plain(ts)) = (data_start, npy.dtype()) {
-        let numel = npy.shape().iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-        let need = numel.and_then(|n| n.checked_mul(ts.size_field()));
-        let have = bytes.len() as u64 - start;
-        match need {
-            None => return Err(bad(format!("shape {:?} overflows", npy.shape()))),
-            Some(need) if need > have => {
-                return Err(bad(format!(
-                    "truncated: the header declares shape {:?} of {} ({need} bytes of data), but only {have} bytes follow it",
-                    npy.shape(),
-                    ts
-                )))
-            }
-            Some(_) => {}
-        }
+    if let Some(start) = data_start {
+        check_npy_data_size(&npy, bytes.len() as u64 - start).map_err(bad)?;
     }
-    let fortran = matches!(npy.order(), Order::Fortran);
-    let dtype = npy.dtype();
-    let ts = match &dtype {
-        DType::Plain(ts) => ts.clone(),
-        other => {
-            return Err(ArrayError::UnsupportedDtype {
-                path: path.to_path_buf(),
-                key: entry.unwrap_or("").to_string(),
-                dtype: other.descr(),
-            })
-        }
-    };
-    fn build<T: Clone>(shape: &[usize], fortran: bool, v: Vec<T>) -> Result<ArrayD<T>, String> {
-        let arr = if fortran {
-            use ndarray::ShapeBuilder;
-            ArrayD::from_shape_vec(IxDyn(shape).f(), v)
-        } else {
-            ArrayD::from_shape_vec(IxDyn(shape), v)
-        };
-        let arr = arr.map_err(|e| e.to_string())?;
-        Ok(if fortran { arr.as_standard_layout().into_owned() } else { arr })
-    }
-    let unsupported = || ArrayError::UnsupportedDtype {
+    let unsupported = |dtype: String| ArrayError::UnsupportedDtype {
         path: path.to_path_buf(),
         key: entry.unwrap_or("").to_string(),
-        dtype: ts.to_string(),
+        dtype,
     };
-    let out = match (ts.type_char(), ts.size_field()) {
-        (TypeChar::Float, 4) => {
-            AnyArray::F32(build(&shape, fortran, npy.into_vec::<f32>().map_err(|e| bad(e.to_string()))?).map_err(bad)?)
-        }
-        (TypeChar::Float, 8) => {
-            AnyArray::F64(build(&shape, fortran, npy.into_vec::<f64>().map_err(|e| bad(e.to_string()))?).map_err(bad)?)
-        }
-        (TypeChar::Int, 8) => {
-            AnyArray::I64(build(&shape, fortran, npy.into_vec::<i64>().map_err(|e| bad(e.to_string()))?).map_err(bad)?)
-        }
-        (TypeChar::Int, 4) => {
-            AnyArray::I32(build(&shape, fortran, npy.into_vec::<i32>().map_err(|e| bad(e.to_string()))?).map_err(bad)?)
-        }
-        (TypeChar::Uint, 1) => {
-            AnyArray::U8(build(&shape, fortran, npy.into_vec::<u8>().map_err(|e| bad(e.to_string()))?).map_err(bad)?)
-        }
-        (TypeChar::Bool, 1) => AnyArray::Bool(
-            build(&shape, fortran, npy.into_vec::<bool>().map_err(|e| bad(e.to_string()))?).map_err(bad)?,
-        ),
-        _ => return Err(unsupported()),
+    let ts = match npy.dtype() {
+        DType::Plain(ts) => ts,
+        other => return Err(unsupported(other.descr())),
     };
-    Ok(out)
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let fortran = matches!(npy.order(), Order::Fortran);
+    match (ts.type_char(), ts.size_field()) {
+        (TypeChar::Float, 4) => npy_array(npy, &shape, fortran).map(AnyArray::F32),
+        (TypeChar::Float, 8) => npy_array(npy, &shape, fortran).map(AnyArray::F64),
+        (TypeChar::Int, 8) => npy_array(npy, &shape, fortran).map(AnyArray::I64),
+        (TypeChar::Int, 4) => npy_array(npy, &shape, fortran).map(AnyArray::I32),
+        (TypeChar::Uint, 1) => npy_array(npy, &shape, fortran).map(AnyArray::U8),
+        (TypeChar::Bool, 1) => npy_array(npy, &shape, fortran).map(AnyArray::Bool),
+        _ => return Err(unsupported(ts.to_string())),
+    }
+    .map_err(bad)
+}
+
+/// Checks a `.npy` header before npyz parses it; returns where its data starts (`None` when
+/// `bytes` do not start with the magic: npyz then says what is wrong).
+///
+/// npyz allocates the declared header length before reading it: it is checked against the bytes
+/// there are first (a 4 GiB claim in a 17-byte file was an out-of-memory abort, found by fuzzing;
+/// see docs/security.md). npyz's header parser (py_literal, a PEG parser) backtracks
+/// exponentially in nested dicts: a 218-byte header opening 90 `{` did not return (a timeout
+/// found by fuzzing; 12 took over a minute). A header is one dict holding a dtype string, a bool
+/// and a shape tuple (brackets 2 deep); more than [`MAX_NPY_HEADER_DEPTH`] is refused before it
+/// is parsed.
+fn check_npy_header(bytes: &[u8]) -> Result<Option<u64>, String> {
+    if bytes.len() < 10 || !bytes.starts_with(b"\x93NUMPY") {
+        return Ok(None);
+    }
+    let (hlen, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as u64, 10u64),
+        _ if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as u64, 12),
+        _ => (0, 10),
+    };
+    if start + hlen > bytes.len() as u64 {
+        return Err(format!(
+            "header length {hlen} runs past the end of the data ({} bytes): truncated or not a .npy array",
+            bytes.len()
+        ));
+    }
+    let mut depth = 0usize;
+    for &b in &bytes[start as usize..(start + hlen) as usize] {
+        match b {
+            b'{' | b'[' | b'(' => depth += 1,
+            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if depth > MAX_NPY_HEADER_DEPTH {
+            return Err(format!(
+                "the header nests brackets more than {MAX_NPY_HEADER_DEPTH} deep (a .npy header is one dict \
+                 with a shape tuple): not a .npy array this reader parses"
+            ));
+        }
+    }
+    Ok(Some(start + hlen))
+}
+
+/// The data the header declares, checked against the `have` bytes there are before npyz reads
+/// (and allocates) them: a truncated file is named with both sizes, not "failed to fill whole
+/// buffer". Only plain dtypes are checked (the others are refused afterwards).
+fn check_npy_data_size(npy: &NpyFile<&[u8]>, have: u64) -> Result<(), String> {
+    let DType::Plain(ts) = npy.dtype() else { return Ok(()) };
+    let numel = npy.shape().iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+    match numel.and_then(|n| n.checked_mul(ts.size_field())) {
+        None => Err(format!("shape {:?} overflows", npy.shape())),
+        Some(need) if need > have => Err(format!(
+            "truncated: the header declares shape {:?} of {} ({need} bytes of data), but only {have} bytes follow it",
+            npy.shape(),
+            ts
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The elements of `npy` as an array of `shape` in standard (C) layout.
+fn npy_array<T: npyz::Deserialize + Clone>(
+    npy: NpyFile<&[u8]>,
+    shape: &[usize],
+    fortran: bool,
+) -> Result<ArrayD<T>, String> {
+    let v = npy.into_vec::<T>().map_err(|e| e.to_string())?;
+    let arr = if fortran {
+        use ndarray::ShapeBuilder;
+        ArrayD::from_shape_vec(IxDyn(shape).f(), v)
+    } else {
+        ArrayD::from_shape_vec(IxDyn(shape), v)
+    };
+    let arr = arr.map_err(|e| e.to_string())?;
+    Ok(if fortran { arr.as_standard_layout().into_owned() } else { arr })
 }
 
 /// Reads a `.npy` file: a regular file only (a FIFO or device is refused by name before it is

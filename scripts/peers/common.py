@@ -1,10 +1,15 @@
 """Shared helpers of the peer adapters (scripts/peers/*.py): cases, weights, candidate output.
 
-Weights: the fixtures hold MMSegmentation-named `weights.npz`. The adapters convert them to the
-peer's names with `beit-seg convert` when the binary supports the dialect (`--to hf`,
-`--to beit-official`), and otherwise with the small mappings below (TEMPORARY, until
-`beit-seg convert --to ...` is merged; the mappings follow HF's convert_beit_unilm_to_pytorch.py /
-v5 conversion_mapping.py and mmseg's beit2mmseg.py read backwards).
+Weights: the fixtures hold MMSegmentation-named `weights.npz`. `beit-seg convert --to hf` and
+`--to beit-official` exist (src/checkpoint/export.rs), and the adapters use them where they fit:
+- timm_peer converts with `beit-seg convert --to beit-official` (`convert_with_binary`: $BEIT_SEG or
+  target/release/beit-seg) and falls back to `mmseg_to_official` below only when there is no such
+  binary or the conversion fails; the fallback renames the backbone the same way (mmseg's
+  beit2mmseg.py read backwards).
+- hf_peer always uses `mmseg_to_hf` below: it loads straight into transformers 5's module state
+  dict (`beit.layers.N.attention.q_proj.*`, ...: the names after transformers 5 renames on load,
+  following its conversion_mapping.py), while `convert --to hf` writes the `from_pretrained`
+  file names (`beit.encoder.layer.N.attention.attention.query.*`, ...).
 """
 from __future__ import annotations
 
@@ -73,7 +78,8 @@ def _conv_module(src, dst, sd, out):
 
 
 def mmseg_to_hf(sd, num_layers, embed_dims):
-    """TEMPORARY mapping (until `beit-seg convert --to hf`): mmseg names -> HF v5 names."""
+    """mmseg names -> HF transformers 5 module names (what hf_peer loads; `beit-seg convert --to hf`
+    writes the `from_pretrained` file names instead)."""
     out = OrderedDict()
     C = embed_dims
     out["beit.embeddings.cls_token"] = sd["backbone.cls_token"]
@@ -132,7 +138,8 @@ def mmseg_to_hf(sd, num_layers, embed_dims):
 # ----------------------------------------------------------------------------------------------
 
 def mmseg_to_official(sd):
-    """TEMPORARY mapping (until `beit-seg convert --to beit-official`): backbone.* -> timm names."""
+    """backbone.* -> timm names: timm_peer's fallback when no beit-seg binary runs
+    `convert --to beit-official` (which renames the backbone the same way)."""
     out = OrderedDict()
     for k, v in sd.items():
         if not k.startswith("backbone.") or k.endswith("relative_position_index"):

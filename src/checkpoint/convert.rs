@@ -297,72 +297,34 @@ fn convert_unilm(
     out: &mut Out,
     prefix: &str,
 ) -> Result<(), CheckpointError> {
-    let layers: BTreeSet<usize> =
-        state.iter().filter_map(|(k, _)| layer_index(k, &format!("{prefix}blocks."))).collect();
-    let shared_key = format!("{prefix}rel_pos_bias.relative_position_bias_table");
-    let per_block = state
-        .iter()
-        .any(|(k, _)| k.starts_with(&format!("{prefix}blocks.")) && k.ends_with(".attn.relative_position_bias_table"));
+    let layout = UnilmLayout::of(&state, prefix);
     let mut saw_patch_embed = false;
     let mut unknown = Vec::new();
     for (k, a) in state {
         let Some(inner) = k.strip_prefix(prefix) else {
             // unilm-ade: heads are already mmseg-named.
-            if k.starts_with("decode_head.") || k.starts_with("auxiliary_head.") {
-                out.keep(&k.clone(), k, a);
-            } else {
+            if !(k.starts_with("decode_head.") || k.starts_with("auxiliary_head.")) {
                 unknown.push(k.clone());
-                out.keep(&k.clone(), k, a);
             }
+            out.keep(&k.clone(), k, a);
             continue;
         };
-        if !prefix.is_empty() {
-            if let Some(rest) = inner.strip_prefix("fpn1.") {
-                out.keep(&k, format!("neck.upsample_4x.{rest}"), a);
-                continue;
-            }
-            if let Some(rest) = inner.strip_prefix("fpn2.") {
-                out.keep(&k, format!("neck.upsample_2x.{rest}"), a);
-                continue;
-            }
-        }
-        if k == shared_key {
-            if per_block {
-                out.drop(&k, "shared table next to per-block tables: the per-block tables are used");
-                continue;
-            }
-            if layers.is_empty() {
-                out.drop(&k, "shared relative position bias table, but no blocks to copy it into");
-                continue;
-            }
-            for &i in &layers {
-                let to = format!("{prefix}layers.{i}.attn.relative_position_bias_table");
-                out.report.renamed.push((k.clone(), to.clone()));
-                out.tensors.push((to, a.clone()));
-            }
-            out.report.notes.push(format!(
-                "copied the shared `{k}` into each of the {} layers (as UNILM's loaders do; beit2mmseg ignores it)",
-                layers.len()
-            ));
-            continue;
-        }
-        if let Some(why) = unilm_drop_reason(inner, opts.final_norm) {
+        if let Some(neck) = unilm_neck_key(inner).filter(|_| !prefix.is_empty()) {
+            out.keep(&k, neck, a);
+        } else if k == layout.shared_key {
+            layout.copy_shared_table(out, &k, a);
+        } else if let Some(why) = unilm_drop_reason(inner, opts.final_norm) {
             out.drop(&k, why);
-            continue;
-        }
-        let new_inner = if opts.final_norm && inner.starts_with("norm.") {
-            format!("ln1.{}", &inner["norm.".len()..])
+        } else if opts.final_norm && inner.starts_with("norm.") {
+            out.keep(&k, format!("{prefix}ln1.{}", &inner["norm.".len()..]), a);
         } else {
-            if inner.starts_with("patch_embed") {
-                saw_patch_embed = true;
-            }
+            saw_patch_embed |= inner.starts_with("patch_embed");
             let known = inner.starts_with("patch_embed") || inner.starts_with("blocks") || inner == "cls_token";
             if !known {
                 unknown.push(k.clone());
             }
-            beit2mmseg_key(inner)
-        };
-        out.keep(&k, format!("{prefix}{new_inner}"), a);
+            out.keep(&k, format!("{prefix}{}", beit2mmseg_key(inner)), a);
+        }
     }
     if saw_patch_embed {
         out.report.notes.push(
@@ -376,6 +338,63 @@ fn convert_unilm(
             .push(format!("kept unchanged (not BEiT parameters this converter knows): {}", unknown.join(", ")));
     }
     Ok(())
+}
+
+/// UNILM's ADE20K neck (`fpn1.*`, `fpn2.*`, after the `backbone.` prefix) → mmseg's neck name.
+fn unilm_neck_key(inner: &str) -> Option<String> {
+    if let Some(rest) = inner.strip_prefix("fpn1.") {
+        return Some(format!("neck.upsample_4x.{rest}"));
+    }
+    inner.strip_prefix("fpn2.").map(|rest| format!("neck.upsample_2x.{rest}"))
+}
+
+/// What [`convert_unilm`] needs to know of the whole state dict before renaming key by key:
+/// where a shared relative-position table would go.
+struct UnilmLayout<'p> {
+    prefix: &'p str,
+    /// The block indices `N` of `{prefix}blocks.N.*`.
+    layers: BTreeSet<usize>,
+    /// `{prefix}rel_pos_bias.relative_position_bias_table` (pretraining checkpoints).
+    shared_key: String,
+    /// Whether the blocks have their own tables.
+    per_block: bool,
+}
+
+impl<'p> UnilmLayout<'p> {
+    /// The layout of `state` under `prefix`.
+    fn of(state: &[(String, AnyArray)], prefix: &'p str) -> Self {
+        let blocks = format!("{prefix}blocks.");
+        UnilmLayout {
+            prefix,
+            layers: state.iter().filter_map(|(k, _)| layer_index(k, &blocks)).collect(),
+            shared_key: format!("{prefix}rel_pos_bias.relative_position_bias_table"),
+            per_block: state
+                .iter()
+                .any(|(k, _)| k.starts_with(&blocks) && k.ends_with(".attn.relative_position_bias_table")),
+        }
+    }
+
+    /// The shared table `k`: copied into every layer, or dropped when the blocks have their own
+    /// tables or there are no blocks.
+    fn copy_shared_table(&self, out: &mut Out, k: &str, a: AnyArray) {
+        if self.per_block {
+            out.drop(k, "shared table next to per-block tables: the per-block tables are used");
+            return;
+        }
+        if self.layers.is_empty() {
+            out.drop(k, "shared relative position bias table, but no blocks to copy it into");
+            return;
+        }
+        for &i in &self.layers {
+            let to = format!("{}layers.{i}.attn.relative_position_bias_table", self.prefix);
+            out.report.renamed.push((k.to_string(), to.clone()));
+            out.tensors.push((to, a.clone()));
+        }
+        out.report.notes.push(format!(
+            "copied the shared `{k}` into each of the {} layers (as UNILM's loaders do; beit2mmseg ignores it)",
+            self.layers.len()
+        ));
+    }
 }
 
 /// Concatenates arrays of the same dtype along axis 0.

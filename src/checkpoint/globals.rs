@@ -187,63 +187,9 @@ impl Machine<'_> {
         };
         let argv = self.tuple_items(args, "REDUCE arguments")?;
         match g {
-            Global::RebuildTensorV2 => {
-                if argv.len() < 4 {
-                    return Err(
-                        self.err(format!("_rebuild_tensor_v2: expected at least 4 arguments, found {}", argv.len()))
-                    );
-                }
-                let storage = match &self.nodes[argv[0]] {
-                    Node::Storage(s) => s.clone(),
-                    other => {
-                        return Err(self.err(format!(
-                            "_rebuild_tensor_v2: first argument must be a storage, found {}",
-                            node_kind(other)
-                        )))
-                    }
-                };
-                let offset = self.int_of(argv[1], "tensor storage offset")?;
-                let offset =
-                    u64::try_from(offset).map_err(|_| self.err(format!("negative storage offset {offset}")))?;
-                let size = self.uint_tuple(argv[2], "tensor size")?;
-                let stride = self.uint_tuple(argv[3], "tensor stride")?;
-                if size.len() != stride.len() {
-                    return Err(self.err(format!("tensor size {size:?} and stride {stride:?} differ in length")));
-                }
-                Ok(Node::Tensor(TensorSpec { storage, offset, size, stride }))
-            }
-            Global::RebuildParameter => {
-                let first = argv.first().ok_or_else(|| self.err("_rebuild_parameter: no arguments"))?;
-                match &self.nodes[*first] {
-                    Node::Tensor(t) => Ok(Node::Tensor(t.clone())),
-                    other => Err(self.err(format!(
-                        "_rebuild_parameter: first argument must be a tensor, found {}",
-                        node_kind(other)
-                    ))),
-                }
-            }
-            Global::OrderedDict => {
-                if argv.is_empty() {
-                    return Ok(Node::Dict(Vec::new()));
-                }
-                // OrderedDict(iterable of pairs)
-                let items = match &self.nodes[argv[0]] {
-                    Node::List(v) | Node::Tuple(v) => v.clone(),
-                    other => {
-                        return Err(self
-                            .err(format!("OrderedDict: argument must be a list of pairs, found {}", node_kind(other))))
-                    }
-                };
-                let mut pairs = Vec::with_capacity(items.len());
-                for it in items {
-                    let kv = self.tuple_items(it, "OrderedDict item")?;
-                    if kv.len() != 2 {
-                        return Err(self.err("OrderedDict: items must be (key, value) pairs"));
-                    }
-                    pairs.push((kv[0], kv[1]));
-                }
-                Ok(Node::Dict(pairs))
-            }
+            Global::RebuildTensorV2 => self.rebuild_tensor(&argv),
+            Global::RebuildParameter => self.rebuild_parameter(&argv),
+            Global::OrderedDict => self.ordered_dict(&argv),
             Global::GetLayout => {
                 let name = argv.first().and_then(|&a| match &self.nodes[a] {
                     Node::Str(s) => Some(s.clone()),
@@ -251,32 +197,92 @@ impl Machine<'_> {
                 });
                 Ok(Node::Opaque(name.unwrap_or_else(|| "torch.layout".to_string())))
             }
-            Global::CodecsEncode => {
-                // Protocol 2 pickles `bytes` as _codecs.encode(str, 'latin1').
-                let (s, enc) = match argv.as_slice() {
-                    [s, e] => (s, e),
-                    _ => return Err(self.err("_codecs.encode: expected (str, encoding)")),
-                };
-                let s = match &self.nodes[*s] {
-                    Node::Str(s) => s.clone(),
-                    _ => return Err(self.err("_codecs.encode: first argument must be a str")),
-                };
-                match &self.nodes[*enc] {
-                    Node::Str(e) if e == "latin1" || e == "latin-1" => {}
-                    _ => return Err(self.err("_codecs.encode: only the latin1 encoding is supported")),
-                }
-                let mut out = Vec::with_capacity(s.len());
-                for c in s.chars() {
-                    let c = c as u32;
-                    if c > 0xff {
-                        return Err(self.err("_codecs.encode: character outside latin1"));
-                    }
-                    out.push(c as u8);
-                }
-                Ok(Node::Bytes(out))
-            }
+            Global::CodecsEncode => self.codecs_encode(&argv),
             Global::Storage(_, name) => Err(self.err(format!("calling torch.{name} is not supported"))),
             Global::Opaque(name) => Ok(Node::Forbidden(name)),
         }
+    }
+
+    /// `_rebuild_tensor_v2(storage, offset, size, stride, ...)`: a view of a storage.
+    fn rebuild_tensor(&self, argv: &[Id]) -> Result<Node, CheckpointError> {
+        if argv.len() < 4 {
+            return Err(self.err(format!("_rebuild_tensor_v2: expected at least 4 arguments, found {}", argv.len())));
+        }
+        let storage = match &self.nodes[argv[0]] {
+            Node::Storage(s) => s.clone(),
+            other => {
+                return Err(self
+                    .err(format!("_rebuild_tensor_v2: first argument must be a storage, found {}", node_kind(other))))
+            }
+        };
+        let offset = self.int_of(argv[1], "tensor storage offset")?;
+        let offset = u64::try_from(offset).map_err(|_| self.err(format!("negative storage offset {offset}")))?;
+        let size = self.uint_tuple(argv[2], "tensor size")?;
+        let stride = self.uint_tuple(argv[3], "tensor stride")?;
+        if size.len() != stride.len() {
+            return Err(self.err(format!("tensor size {size:?} and stride {stride:?} differ in length")));
+        }
+        Ok(Node::Tensor(TensorSpec { storage, offset, size, stride }))
+    }
+
+    /// `_rebuild_parameter(tensor, ...)`: the tensor itself.
+    fn rebuild_parameter(&self, argv: &[Id]) -> Result<Node, CheckpointError> {
+        let first = argv.first().ok_or_else(|| self.err("_rebuild_parameter: no arguments"))?;
+        match &self.nodes[*first] {
+            Node::Tensor(t) => Ok(Node::Tensor(t.clone())),
+            other => {
+                Err(self
+                    .err(format!("_rebuild_parameter: first argument must be a tensor, found {}", node_kind(other))))
+            }
+        }
+    }
+
+    /// `OrderedDict()` or `OrderedDict(iterable of (key, value) pairs)`.
+    fn ordered_dict(&self, argv: &[Id]) -> Result<Node, CheckpointError> {
+        if argv.is_empty() {
+            return Ok(Node::Dict(Vec::new()));
+        }
+        let items = match &self.nodes[argv[0]] {
+            Node::List(v) | Node::Tuple(v) => v.clone(),
+            other => {
+                return Err(
+                    self.err(format!("OrderedDict: argument must be a list of pairs, found {}", node_kind(other)))
+                )
+            }
+        };
+        let mut pairs = Vec::with_capacity(items.len());
+        for it in items {
+            let kv = self.tuple_items(it, "OrderedDict item")?;
+            if kv.len() != 2 {
+                return Err(self.err("OrderedDict: items must be (key, value) pairs"));
+            }
+            pairs.push((kv[0], kv[1]));
+        }
+        Ok(Node::Dict(pairs))
+    }
+
+    /// `_codecs.encode(str, 'latin1')`: how protocol 2 pickles `bytes`.
+    fn codecs_encode(&self, argv: &[Id]) -> Result<Node, CheckpointError> {
+        let (s, enc) = match argv {
+            [s, e] => (s, e),
+            _ => return Err(self.err("_codecs.encode: expected (str, encoding)")),
+        };
+        let s = match &self.nodes[*s] {
+            Node::Str(s) => s.clone(),
+            _ => return Err(self.err("_codecs.encode: first argument must be a str")),
+        };
+        match &self.nodes[*enc] {
+            Node::Str(e) if e == "latin1" || e == "latin-1" => {}
+            _ => return Err(self.err("_codecs.encode: only the latin1 encoding is supported")),
+        }
+        let mut out = Vec::with_capacity(s.len());
+        for c in s.chars() {
+            let c = c as u32;
+            if c > 0xff {
+                return Err(self.err("_codecs.encode: character outside latin1"));
+            }
+            out.push(c as u8);
+        }
+        Ok(Node::Bytes(out))
     }
 }

@@ -1,7 +1,7 @@
 //! `beit-seg verify`: fixture cases against one of our backends, or against tensors another
 //! implementation wrote (`--candidate`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
@@ -9,11 +9,11 @@ use clap::Args;
 
 use super::progress::Progress;
 use super::{write_report, BackendArgs};
-use crate::backend;
+use crate::backend::{self, Backend};
 use crate::conformance::candidate::CandidateSource;
 use crate::conformance::case::{discover, Case, NameFilter};
 use crate::conformance::names::NameMap;
-use crate::conformance::report::{case_text, to_json, to_junit, CaseStatus, Summary, Verbosity};
+use crate::conformance::report::{case_text, to_json, to_junit, CaseReport, CaseStatus, Summary, Verbosity};
 use crate::conformance::{run_case, run_case_dir, Scope, Target, VerifyOptions};
 
 /// Run fixture cases (beit-fixture/1) and compare every expected tensor.
@@ -101,6 +101,46 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
             bail!("--json and --junit name the same file {}", j.display());
         }
     }
+    let cases = select_cases(&a, &filter)?;
+    // The reports are checked before any case runs: never over an input (a case's files, the
+    // candidate's), never over a device or FIFO, over an existing file only with --force.
+    let case_files: Vec<PathBuf> = cases.iter().map(|(d, _)| d.join("case.json")).collect();
+    let mut inputs: Vec<&Path> = case_files.iter().map(PathBuf::as_path).collect();
+    if let Some(c) = &a.candidate {
+        inputs.push(c);
+    }
+    for p in [&a.json, &a.junit].into_iter().flatten() {
+        crate::fsutil::check_output(p, a.force, &inputs)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
+    }
+    let opts = VerifyOptions {
+        as_f32: a.as_f32,
+        allow_uncovered: a.allow_uncovered,
+        scope: Scope::new(&a.scope, &a.ignore)?,
+        precision: a.candidate.as_ref().map(|_| a.backend.precision),
+        strict: a.strict,
+        save_outputs: a.save_outputs.clone(),
+        force: a.force,
+    };
+    check_distinct_names(&a, &cases)?;
+    let under_test = UnderTest::open(&a)?;
+    let target = under_test.target(cases.len() == 1);
+    let reports = run_cases(&cases, &target, &opts, &a)?;
+    let s = Summary::of(&reports);
+    print_summary(&reports, &s, &opts, &target)?;
+    if let Some(p) = &a.json {
+        write_report(p, &to_json(&reports), a.force, &inputs)?;
+    }
+    if let Some(p) = &a.junit {
+        write_report(p, &to_junit(&reports), a.force, &inputs)?;
+    }
+    outln!("{}", s.closing_line())?;
+    Ok(ExitCode::from(s.exit_code()))
+}
+
+/// The case directories under `a.dirs` whose name passes `filter`, each with its `case.json`
+/// read once (`None` when unreadable: the run reports why); an error when none is left.
+fn select_cases(a: &VerifyArgs, filter: &NameFilter) -> Result<Vec<(PathBuf, Option<Case>)>> {
     // Each case.json is read once: the filter needs its name, the run its manifest.
     let mut cases: Vec<(PathBuf, Option<Case>)> = discover(&a.dirs)?
         .into_iter()
@@ -119,57 +159,69 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
     if cases.is_empty() {
         bail!("no fixture case matches --filter {:?} under {:?}", a.filter, a.dirs);
     }
-    // The reports are checked before any case runs: never over an input (a case's files, the
-    // candidate's), never over a device or FIFO, over an existing file only with --force.
-    let case_files: Vec<PathBuf> = cases.iter().map(|(d, _)| d.join("case.json")).collect();
-    let mut inputs: Vec<&std::path::Path> = case_files.iter().map(PathBuf::as_path).collect();
-    if let Some(c) = &a.candidate {
-        inputs.push(c);
+    Ok(cases)
+}
+
+/// Refuses two cases of one name where they would share a candidate subfolder or overwrite
+/// each other's --save-outputs, before anything runs.
+fn check_distinct_names(a: &VerifyArgs, cases: &[(PathBuf, Option<Case>)]) -> Result<()> {
+    if a.save_outputs.is_none() && (a.candidate.is_none() || cases.len() <= 1) {
+        return Ok(());
     }
-    for p in [&a.json, &a.junit].into_iter().flatten() {
-        crate::fsutil::check_output(p, a.force, &inputs)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
+    let mut seen: std::collections::BTreeMap<String, &PathBuf> = Default::default();
+    for (d, c) in cases {
+        let Some(c) = c else { continue };
+        if let Some(first) = seen.insert(c.name.clone(), d) {
+            bail!(
+                "two cases are named `{}` ({} and {}): their candidate / --save-outputs folders would be one; \
+                 rename one (case.json `name`) or run them separately",
+                c.name,
+                first.display(),
+                d.display()
+            );
+        }
     }
-    let opts = VerifyOptions {
-        as_f32: a.as_f32,
-        allow_uncovered: a.allow_uncovered,
-        scope: Scope::new(&a.scope, &a.ignore)?,
-        precision: a.candidate.as_ref().map(|_| a.backend.precision),
-        strict: a.strict,
-        save_outputs: a.save_outputs.clone(),
-        force: a.force,
-    };
-    // Two cases of one name would share a candidate subfolder, or overwrite each other's
-    // --save-outputs: refuse before running.
-    if a.save_outputs.is_some() || (a.candidate.is_some() && cases.len() > 1) {
-        let mut seen: std::collections::BTreeMap<String, &PathBuf> = Default::default();
-        for (d, c) in &cases {
-            let Some(c) = c else { continue };
-            if let Some(first) = seen.insert(c.name.clone(), d) {
-                bail!(
-                    "two cases are named `{}` ({} and {}): their candidate / --save-outputs folders would be one; \
-                     rename one (case.json `name`) or run them separately",
-                    c.name,
-                    first.display(),
-                    d.display()
-                );
+    Ok(())
+}
+
+/// What the cases are checked against, owned for the run (a [`Target`] only borrows it).
+enum UnderTest {
+    /// One of our backends.
+    Backend(Box<dyn Backend>),
+    /// The tensors another implementation wrote (`--candidate`, `--names`).
+    Candidate(CandidateSource),
+}
+
+impl UnderTest {
+    /// Opens the backend, or checks the candidate directory and loads its name map.
+    fn open(a: &VerifyArgs) -> Result<UnderTest> {
+        Ok(match &a.candidate {
+            Some(dir) => {
+                let names = a.names.as_deref().map(NameMap::load).transpose()?;
+                let source = CandidateSource { root: dir.clone(), names };
+                source.check_root()?;
+                UnderTest::Candidate(source)
             }
+            None => UnderTest::Backend(backend::open(&a.backend.spec())?),
+        })
+    }
+
+    /// The [`Target`] the cases run on; `single` when one case runs.
+    fn target(&self, single: bool) -> Target<'_> {
+        match self {
+            UnderTest::Backend(b) => Target::Backend(b.as_ref()),
+            UnderTest::Candidate(source) => Target::Candidate { source, single },
         }
     }
-    let backend_box;
-    let source;
-    let target = match &a.candidate {
-        Some(dir) => {
-            let names = a.names.as_deref().map(NameMap::load).transpose()?;
-            source = CandidateSource { root: dir.clone(), names };
-            source.check_root()?;
-            Target::Candidate { source: &source, single: cases.len() == 1 }
-        }
-        None => {
-            backend_box = backend::open(&a.backend.spec())?;
-            Target::Backend(backend_box.as_ref())
-        }
-    };
+}
+
+/// Runs every case with a progress bar, printing each case's text and warnings as it ends.
+fn run_cases(
+    cases: &[(PathBuf, Option<Case>)],
+    target: &Target<'_>,
+    opts: &VerifyOptions,
+    a: &VerifyArgs,
+) -> Result<Vec<CaseReport>> {
     let verbosity = if a.quiet {
         Verbosity::Quiet
     } else if a.verbose {
@@ -182,9 +234,9 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
     for (i, (dir, case)) in cases.iter().enumerate() {
         bar.set(i as u64, cases.len() as u64, &dir.display().to_string());
         let r = match case {
-            Some(case) => run_case(case, &target, &opts),
+            Some(case) => run_case(case, target, opts),
             // Unreadable: run_case_dir reports why, as an ERROR row.
-            None => run_case_dir(dir, &target, &opts),
+            None => run_case_dir(dir, target, opts),
         };
         for w in &r.warnings {
             bar.note(&format!("warning: {w}"));
@@ -199,7 +251,11 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
         reports.push(r);
     }
     bar.finish();
-    let s = Summary::of(&reports);
+    Ok(reports)
+}
+
+/// The lines after the cases: coverage, partial passes, and each case that did not pass.
+fn print_summary(reports: &[CaseReport], s: &Summary, opts: &VerifyOptions, target: &Target<'_>) -> Result<()> {
     outln!()?;
     if s.tensors > 0 {
         let scope = if opts.scope.is_all() { String::new() } else { format!(" in scope {}", opts.scope.describe()) };
@@ -225,12 +281,5 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
         };
         outln!("{what}: {}{first}", r.name)?;
     }
-    if let Some(p) = &a.json {
-        write_report(p, &to_json(&reports), a.force, &inputs)?;
-    }
-    if let Some(p) = &a.junit {
-        write_report(p, &to_junit(&reports), a.force, &inputs)?;
-    }
-    outln!("{}", s.closing_line())?;
-    Ok(ExitCode::from(s.exit_code()))
+    Ok(())
 }

@@ -149,131 +149,10 @@ pub struct HeadConfig {
 impl HeadConfig {
     pub fn from_value(v: &Value, path: &str) -> Result<Self, ConfigError> {
         let mut d = Dict::new(v, path)?;
-        let ty = d.str("type")?;
-        let kind = match ty {
-            Some("UPerHead") => {
-                let pool_scales = d.usize_list("pool_scales")?.unwrap_or(vec![1, 2, 3, 6]);
-                if let Some(bad) = pool_scales.iter().find(|&&s| s == 0) {
-                    return err(
-                        d.key("pool_scales"),
-                        format!("{pool_scales:?}: every scale must be at least 1 (adaptive pooling to {bad}x{bad} is empty)"),
-                    );
-                }
-                HeadKind::Uper { pool_scales }
-            }
-            Some("FCNHead") => {
-                let num_convs = d.usize("num_convs", Some(2))?;
-                let kernel_size = d.usize("kernel_size", Some(3))?;
-                let concat_input = d.bool("concat_input", true)?;
-                let dilation = d.usize("dilation", Some(1))?;
-                if dilation == 0 {
-                    return err(d.key("dilation"), "must be > 0");
-                }
-                if kernel_size == 0 {
-                    return err(d.key("kernel_size"), "must be > 0");
-                }
-                HeadKind::Fcn { num_convs, kernel_size, concat_input, dilation }
-            }
-            o => return err(d.key("type"), format!("only UPerHead and FCNHead are supported, got {o:?}")),
-        };
-        let in_ch_raw = d.raw("in_channels").ok_or(()).or_else(|_| err(format!("{path}.in_channels"), "required"))?;
-        let in_index_raw = d.raw("in_index");
-        let transform_raw = d.str("input_transform")?;
-        let transform_name = if matches!(kind, HeadKind::Uper { .. }) {
-            // UPerHead forces input_transform='multiple_select'.
-            if transform_raw.is_some() && transform_raw != Some("multiple_select") {
-                return err(d.key("input_transform"), "UPerHead always uses 'multiple_select'");
-            }
-            Some("multiple_select")
-        } else {
-            transform_raw
-        };
-        let idx_list = |v: Option<&Value>| -> Result<Vec<i64>, ConfigError> {
-            match v {
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .map(|x| {
-                        x.as_i64()
-                            .ok_or(())
-                            .or_else(|_| err(format!("{path}.in_index"), format!("expected integers, got {x}")))
-                    })
-                    .collect(),
-                other => err(
-                    format!("{path}.in_index"),
-                    format!("expected a list for a multi-input transform, got {other:?}"),
-                ),
-            }
-        };
-        let ch_list = |v: &Value| -> Result<Vec<usize>, ConfigError> {
-            match v {
-                Value::Array(a) => a
-                    .iter()
-                    .map(|x| {
-                        as_usize(x)
-                            .ok_or(())
-                            .or_else(|_| err(format!("{path}.in_channels"), format!("expected integers, got {x}")))
-                    })
-                    .collect(),
-                _ => {
-                    err(format!("{path}.in_channels"), format!("expected a list for a multi-input transform, got {v}"))
-                }
-            }
-        };
-        let (input_transform, in_channels) = match transform_name {
-            None => {
-                let idx = match in_index_raw {
-                    None => -1,
-                    Some(v) => v
-                        .as_i64()
-                        .ok_or(())
-                        .or_else(|_| err(format!("{path}.in_index"), format!("expected an integer, got {v}")))?,
-                };
-                let ch = as_usize(in_ch_raw)
-                    .ok_or(())
-                    .or_else(|_| err(format!("{path}.in_channels"), format!("expected an integer, got {in_ch_raw}")))?;
-                (InputTransform::Select(idx), vec![ch])
-            }
-            Some("multiple_select") => {
-                let idx = idx_list(in_index_raw)?;
-                let ch = ch_list(in_ch_raw)?;
-                if idx.len() != ch.len() {
-                    return err(format!("{path}.in_index"), "in_index and in_channels must have the same length");
-                }
-                (InputTransform::MultipleSelect(idx), ch)
-            }
-            Some("resize_concat") => {
-                let idx = idx_list(in_index_raw)?;
-                let ch = ch_list(in_ch_raw)?;
-                if idx.len() != ch.len() {
-                    return err(format!("{path}.in_index"), "in_index and in_channels must have the same length");
-                }
-                (InputTransform::ResizeConcat(idx), vec![ch.iter().sum()])
-            }
-            Some(o) => return err(format!("{path}.input_transform"), format!("unknown input_transform {o:?}")),
-        };
-        let channels = d.usize("channels", None)?;
-        if channels == 0 {
-            return err(d.key("channels"), "must be at least 1");
-        }
-        let num_classes = d.usize("num_classes", None)?;
-        if num_classes == 0 {
-            return err(d.key("num_classes"), "must be at least 1");
-        }
-        let out_channels = d.usize("out_channels", Some(num_classes))?;
-        if out_channels != num_classes {
-            return err(
-                d.key("out_channels"),
-                format!("out_channels {out_channels} != num_classes {num_classes}: binary (sigmoid + threshold) heads are not supported"),
-            );
-        }
-        if let Some(c) = d.raw("conv_cfg") {
-            let mut cd = Dict::new(c, &d.key("conv_cfg"))?;
-            match cd.str("type")? {
-                Some("Conv2d") | Some("Conv") => {}
-                o => return err(cd.key("type"), format!("only plain Conv2d is supported, got {o:?}")),
-            }
-            cd.finish()?;
-        }
+        let kind = head_kind(&mut d)?;
+        let (input_transform, in_channels) = head_inputs(&mut d, path, &kind)?;
+        let (channels, num_classes, out_channels) = head_channels(&mut d)?;
+        check_conv_cfg(&mut d)?;
         let norm = bn_cfg(d.raw("norm_cfg"), &d.key("norm_cfg"))?;
         let relu = match d.raw("act_cfg") {
             // BaseDecodeHead default act_cfg=dict(type='ReLU'); an explicit null means None.
@@ -306,4 +185,149 @@ impl HeadConfig {
             align_corners,
         })
     }
+}
+
+/// The head family (`type`) with its own kwargs: `UPerHead(pool_scales)` or `FCNHead(...)`.
+fn head_kind(d: &mut Dict<'_>) -> Result<HeadKind, ConfigError> {
+    match d.str("type")? {
+        Some("UPerHead") => {
+            let pool_scales = d.usize_list("pool_scales")?.unwrap_or(vec![1, 2, 3, 6]);
+            if let Some(bad) = pool_scales.iter().find(|&&s| s == 0) {
+                return err(
+                    d.key("pool_scales"),
+                    format!(
+                        "{pool_scales:?}: every scale must be at least 1 (adaptive pooling to {bad}x{bad} is empty)"
+                    ),
+                );
+            }
+            Ok(HeadKind::Uper { pool_scales })
+        }
+        Some("FCNHead") => {
+            let num_convs = d.usize("num_convs", Some(2))?;
+            let kernel_size = d.usize("kernel_size", Some(3))?;
+            let concat_input = d.bool("concat_input", true)?;
+            let dilation = d.usize("dilation", Some(1))?;
+            if dilation == 0 {
+                return err(d.key("dilation"), "must be > 0");
+            }
+            if kernel_size == 0 {
+                return err(d.key("kernel_size"), "must be > 0");
+            }
+            Ok(HeadKind::Fcn { num_convs, kernel_size, concat_input, dilation })
+        }
+        o => err(d.key("type"), format!("only UPerHead and FCNHead are supported, got {o:?}")),
+    }
+}
+
+/// `in_channels`, `in_index` and `input_transform`: how the head selects its inputs, and the
+/// channels of each selected input (one sum for `resize_concat`).
+fn head_inputs(d: &mut Dict<'_>, path: &str, kind: &HeadKind) -> Result<(InputTransform, Vec<usize>), ConfigError> {
+    let in_ch_raw = d.raw("in_channels").ok_or(()).or_else(|_| err(format!("{path}.in_channels"), "required"))?;
+    let in_index_raw = d.raw("in_index");
+    let transform_raw = d.str("input_transform")?;
+    let transform_name = if matches!(kind, HeadKind::Uper { .. }) {
+        // UPerHead forces input_transform='multiple_select'.
+        if transform_raw.is_some() && transform_raw != Some("multiple_select") {
+            return err(d.key("input_transform"), "UPerHead always uses 'multiple_select'");
+        }
+        Some("multiple_select")
+    } else {
+        transform_raw
+    };
+    match transform_name {
+        None => {
+            let idx = match in_index_raw {
+                None => -1,
+                Some(v) => v
+                    .as_i64()
+                    .ok_or(())
+                    .or_else(|_| err(format!("{path}.in_index"), format!("expected an integer, got {v}")))?,
+            };
+            let ch = as_usize(in_ch_raw)
+                .ok_or(())
+                .or_else(|_| err(format!("{path}.in_channels"), format!("expected an integer, got {in_ch_raw}")))?;
+            Ok((InputTransform::Select(idx), vec![ch]))
+        }
+        Some("multiple_select") => {
+            let (idx, ch) = multi_inputs(in_index_raw, in_ch_raw, path)?;
+            Ok((InputTransform::MultipleSelect(idx), ch))
+        }
+        Some("resize_concat") => {
+            let (idx, ch) = multi_inputs(in_index_raw, in_ch_raw, path)?;
+            Ok((InputTransform::ResizeConcat(idx), vec![ch.iter().sum()]))
+        }
+        Some(o) => err(format!("{path}.input_transform"), format!("unknown input_transform {o:?}")),
+    }
+}
+
+/// The `in_index` and `in_channels` lists of a multi-input transform, of the same length.
+fn multi_inputs(
+    in_index: Option<&Value>,
+    in_channels: &Value,
+    path: &str,
+) -> Result<(Vec<i64>, Vec<usize>), ConfigError> {
+    let idx: Vec<i64> = match in_index {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_i64().ok_or(()).or_else(|_| err(format!("{path}.in_index"), format!("expected integers, got {x}")))
+            })
+            .collect::<Result<_, _>>()?,
+        other => {
+            return err(
+                format!("{path}.in_index"),
+                format!("expected a list for a multi-input transform, got {other:?}"),
+            )
+        }
+    };
+    let ch: Vec<usize> = match in_channels {
+        Value::Array(a) => a
+            .iter()
+            .map(|x| {
+                as_usize(x)
+                    .ok_or(())
+                    .or_else(|_| err(format!("{path}.in_channels"), format!("expected integers, got {x}")))
+            })
+            .collect::<Result<_, _>>()?,
+        v => {
+            return err(format!("{path}.in_channels"), format!("expected a list for a multi-input transform, got {v}"))
+        }
+    };
+    if idx.len() != ch.len() {
+        return err(format!("{path}.in_index"), "in_index and in_channels must have the same length");
+    }
+    Ok((idx, ch))
+}
+
+/// `channels`, `num_classes` and `out_channels` (which must equal `num_classes`: no binary heads).
+fn head_channels(d: &mut Dict<'_>) -> Result<(usize, usize, usize), ConfigError> {
+    let channels = d.usize("channels", None)?;
+    if channels == 0 {
+        return err(d.key("channels"), "must be at least 1");
+    }
+    let num_classes = d.usize("num_classes", None)?;
+    if num_classes == 0 {
+        return err(d.key("num_classes"), "must be at least 1");
+    }
+    let out_channels = d.usize("out_channels", Some(num_classes))?;
+    if out_channels != num_classes {
+        return err(
+            d.key("out_channels"),
+            format!("out_channels {out_channels} != num_classes {num_classes}: binary (sigmoid + threshold) heads are not supported"),
+        );
+    }
+    Ok((channels, num_classes, out_channels))
+}
+
+/// `conv_cfg`: absent, or a plain `Conv2d`.
+fn check_conv_cfg(d: &mut Dict<'_>) -> Result<(), ConfigError> {
+    if let Some(c) = d.raw("conv_cfg") {
+        let mut cd = Dict::new(c, &d.key("conv_cfg"))?;
+        match cd.str("type")? {
+            Some("Conv2d") | Some("Conv") => {}
+            o => return err(cd.key("type"), format!("only plain Conv2d is supported, got {o:?}")),
+        }
+        cd.finish()?;
+    }
+    Ok(())
 }

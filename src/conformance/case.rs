@@ -202,27 +202,12 @@ impl Case {
         let path = dir.join("case.json");
         let manifest: Value = serde_json::from_str(text)
             .map_err(|e| CaseError::Manifest { path: path.clone(), msg: format!("invalid JSON: {e}") })?;
-        let bad = |msg: String| CaseError::Manifest { path: path.clone(), msg };
+        let bad = manifest_error(&path);
         if !manifest.is_object() {
             return Err(bad("the manifest must be a JSON object".into()));
         }
-        match manifest.get("format").and_then(Value::as_str) {
-            Some(FORMAT) => {}
-            Some(f) if f.starts_with("beit-fixture/") => {
-                return Err(bad(format!("format `{f}` is newer than this reader ({FORMAT})")))
-            }
-            other => return Err(bad(format!("`format` must be \"{FORMAT}\", got {other:?}"))),
-        }
-        let kind = CaseKind::parse(match manifest.get("kind") {
-            None => return Err(bad("`kind` is missing".into())),
-            Some(Value::String(k)) => k,
-            Some(other) => {
-                return Err(bad(format!(
-                    "`kind` must be a string (one of {}), got {other}",
-                    CaseKind::KNOWN.join(", ")
-                )))
-            }
-        });
+        check_format(&manifest, &path)?;
+        let kind = parse_kind(&manifest, &path)?;
         let obj = manifest.as_object().ok_or_else(|| bad("the manifest must be a JSON object".into()))?;
         let unknown_keys: Vec<String> = if matches!(kind, CaseKind::Unknown(_)) {
             Vec::new()
@@ -253,48 +238,10 @@ impl Case {
                 tolerances.insert(k.clone(), Tolerance::from_value(v, &path, &format!("tolerances.{k}"))?);
             }
         }
-        let files = |key: &str| -> Result<Vec<(String, PathBuf)>, CaseError> {
-            let mut out = Vec::new();
-            if let Some(o) = manifest.get(key) {
-                let obj = o.as_object().ok_or_else(|| bad(format!("`{key}` must be an object {{name: file}}")))?;
-                for (k, v) in obj {
-                    let f = v.as_str().ok_or_else(|| bad(format!("`{key}.{k}` must be a file name")))?;
-                    let f = inside_case(f).map_err(|m| bad(format!("`{key}.{k}`: {m}")))?;
-                    out.push((k.clone(), f));
-                }
-            }
-            Ok(out)
-        };
-        let mut outputs = files("outputs")?;
+        let mut outputs = file_map(&manifest, "outputs", &path)?;
         let half = match manifest.get("precision") {
             None => None,
-            Some(v) => {
-                let p = v.as_str().and_then(|s| crate::float::Precision::parse(s).ok()).filter(|p| p.is_half());
-                let precision = p.ok_or_else(|| bad(format!("`precision` must be \"bf16\" or \"fp16\", got {v}")))?;
-                if dtype != Dtype::F32 {
-                    return Err(bad("a half-precision twin has `dtype` float32 (its weights and inputs)".into()));
-                }
-                let truth = files("truth")?;
-                let names = |v: &[(String, PathBuf)]| {
-                    v.iter().map(|(k, _)| k.clone()).collect::<std::collections::BTreeSet<_>>()
-                };
-                if truth.is_empty() || names(&truth) != names(&outputs) {
-                    return Err(
-                        bad("`truth` must name the same tensors as `outputs` (the float64 run of each)".into()),
-                    );
-                }
-                let bobj = manifest
-                    .get("budget")
-                    .and_then(Value::as_object)
-                    .ok_or_else(|| bad("a half-precision twin needs `budget` {name: {...}}".into()))?;
-                let mut budget = BTreeMap::new();
-                for (k, v) in bobj {
-                    let b = crate::conformance::budget::Budget::from_value(v, &format!("budget.{k}")).map_err(bad)?;
-                    budget.insert(k.clone(), b);
-                }
-                let autocast = std::mem::replace(&mut outputs, truth);
-                Some(crate::conformance::budget::HalfTwin { precision, budget, autocast })
-            }
+            Some(v) => Some(parse_half_twin(&manifest, v, dtype, &mut outputs, &path)?),
         };
         Ok(Case {
             dir: dir.to_path_buf(),
@@ -354,6 +301,83 @@ impl Case {
         }
         Ok(a)
     }
+}
+
+/// A [`CaseError::Manifest`] about the manifest at `path`.
+fn manifest_error(path: &Path) -> impl Fn(String) -> CaseError + '_ {
+    move |msg| CaseError::Manifest { path: path.to_path_buf(), msg }
+}
+
+/// `format`: exactly [`FORMAT`] (a newer `beit-fixture/N` is named as such).
+fn check_format(manifest: &Value, path: &Path) -> Result<(), CaseError> {
+    let bad = manifest_error(path);
+    match manifest.get("format").and_then(Value::as_str) {
+        Some(FORMAT) => Ok(()),
+        Some(f) if f.starts_with("beit-fixture/") => {
+            Err(bad(format!("format `{f}` is newer than this reader ({FORMAT})")))
+        }
+        other => Err(bad(format!("`format` must be \"{FORMAT}\", got {other:?}"))),
+    }
+}
+
+/// `kind`: a string (an unknown one is [`CaseKind::Unknown`], not an error).
+fn parse_kind(manifest: &Value, path: &Path) -> Result<CaseKind, CaseError> {
+    let bad = manifest_error(path);
+    match manifest.get("kind") {
+        None => Err(bad("`kind` is missing".into())),
+        Some(Value::String(k)) => Ok(CaseKind::parse(k)),
+        Some(other) => {
+            Err(bad(format!("`kind` must be a string (one of {}), got {other}", CaseKind::KNOWN.join(", "))))
+        }
+    }
+}
+
+/// The `{name: file}` object `key` (empty when absent), each file inside the case directory.
+fn file_map(manifest: &Value, key: &str, path: &Path) -> Result<Vec<(String, PathBuf)>, CaseError> {
+    let bad = manifest_error(path);
+    let mut out = Vec::new();
+    if let Some(o) = manifest.get(key) {
+        let obj = o.as_object().ok_or_else(|| bad(format!("`{key}` must be an object {{name: file}}")))?;
+        for (k, v) in obj {
+            let f = v.as_str().ok_or_else(|| bad(format!("`{key}.{k}` must be a file name")))?;
+            let f = inside_case(f).map_err(|m| bad(format!("`{key}.{k}`: {m}")))?;
+            out.push((k.clone(), f));
+        }
+    }
+    Ok(out)
+}
+
+/// A half-precision twin (`precision` = `precision_v`): its `truth` (float64) replaces
+/// `outputs`, which become the autocast outputs; the `budget` of each output.
+fn parse_half_twin(
+    manifest: &Value,
+    precision_v: &Value,
+    dtype: Dtype,
+    outputs: &mut Vec<(String, PathBuf)>,
+    path: &Path,
+) -> Result<crate::conformance::budget::HalfTwin, CaseError> {
+    let bad = manifest_error(path);
+    let p = precision_v.as_str().and_then(|s| crate::float::Precision::parse(s).ok()).filter(|p| p.is_half());
+    let precision = p.ok_or_else(|| bad(format!("`precision` must be \"bf16\" or \"fp16\", got {precision_v}")))?;
+    if dtype != Dtype::F32 {
+        return Err(bad("a half-precision twin has `dtype` float32 (its weights and inputs)".into()));
+    }
+    let truth = file_map(manifest, "truth", path)?;
+    let names = |v: &[(String, PathBuf)]| v.iter().map(|(k, _)| k.clone()).collect::<std::collections::BTreeSet<_>>();
+    if truth.is_empty() || names(&truth) != names(outputs) {
+        return Err(bad("`truth` must name the same tensors as `outputs` (the float64 run of each)".into()));
+    }
+    let bobj = manifest
+        .get("budget")
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad("a half-precision twin needs `budget` {name: {...}}".into()))?;
+    let mut budget = BTreeMap::new();
+    for (k, v) in bobj {
+        let b = crate::conformance::budget::Budget::from_value(v, &format!("budget.{k}")).map_err(&bad)?;
+        budget.insert(k.clone(), b);
+    }
+    let autocast = std::mem::replace(outputs, truth);
+    Ok(crate::conformance::budget::HalfTwin { precision, budget, autocast })
 }
 
 /// A file named by a manifest, as a path relative to the case directory: a relative path with no

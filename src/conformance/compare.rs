@@ -256,17 +256,51 @@ pub fn compare_labels(
         r.actual_shape = Some(actual.shape().to_vec());
         return r;
     }
-    let close = |x: f64, y: f64| (x - y).abs() <= 2.0 * (tol.atol + tol.rtol * x.abs().max(y.abs()));
     let logits = logits.filter(|l| {
         l.ndim() == expected.ndim() + 1
             && l.shape()[0] == expected.shape()[0]
             && l.shape()[2..] == expected.shape()[1..]
     });
-    let mut near_ties = 0usize;
-    let mut flips = 0usize;
-    let mut violations = 0usize;
-    let mut first_bad: Option<String> = None;
-    let shape = expected.shape().to_vec();
+    let t = tally_labels(actual, expected, logits, tol);
+    let note = t.first_bad.or_else(|| (t.flips > 0).then(|| format!("{} near-tie flip(s) allowed", t.flips)));
+    TensorResult {
+        name: name.to_string(),
+        status: if t.violations == 0 { Status::Pass } else { Status::Fail },
+        expected_shape: expected.shape().to_vec(),
+        actual_shape: Some(actual.shape().to_vec()),
+        max_abs: f64::NAN,
+        max_rel: f64::NAN,
+        violations: t.violations,
+        numel: expected.len(),
+        tolerance: tol,
+        ratio: if t.violations > 0 { f64::INFINITY } else { 0.0 },
+        budgeted: false,
+        near_ties: logits.map(|_| t.near_ties),
+        flips: logits.map(|_| t.flips),
+        note,
+    }
+}
+
+/// What [`compare_labels`] counts over the pixels.
+struct LabelTally {
+    near_ties: usize,
+    flips: usize,
+    violations: usize,
+    /// The first pixel that differs and is not an allowed flip.
+    first_bad: Option<String>,
+}
+
+/// Counts near-ties, allowed flips and violations over the pixels of label maps of one shape;
+/// `logits` (B, C, ...) have already been checked to match `expected` (B, ...).
+fn tally_labels(
+    actual: &ArrayD<i64>,
+    expected: &ArrayD<i64>,
+    logits: Option<&ArrayD<f64>>,
+    tol: Tolerance,
+) -> LabelTally {
+    let close = |x: f64, y: f64| (x - y).abs() <= 2.0 * (tol.atol + tol.rtol * x.abs().max(y.abs()));
+    let mut t = LabelTally { near_ties: 0, flips: 0, violations: 0, first_bad: None };
+    let shape = expected.shape();
     let b = shape.first().copied().unwrap_or(1).max(1);
     let per_image = expected.len() / b;
     // Logits as (B, C, P) with P pixels per image, in the same order as the labels.
@@ -278,58 +312,46 @@ pub fn compare_labels(
         let (bi, p) = (i / per_image.max(1), i % per_image.max(1));
         let lane = lanes.as_ref().map(|l| l.slice(ndarray::s![bi, .., p]));
         if let Some(lane) = &lane {
-            let mut top = f64::NEG_INFINITY;
-            let mut second = f64::NEG_INFINITY;
-            for &x in lane.iter() {
-                if x > top {
-                    second = top;
-                    top = x;
-                } else if x > second {
-                    second = x;
-                }
-            }
+            let (top, second) = top_two(lane.iter().copied());
             if lane.len() > 1 && close(top, second) {
-                near_ties += 1;
+                t.near_ties += 1;
             }
         }
-        if a != e {
-            let allowed = match &lane {
-                Some(lane) => {
-                    a >= 0
-                        && e >= 0
-                        && (a as usize) < lane.len()
-                        && (e as usize) < lane.len()
-                        && close(lane[e as usize], lane[a as usize])
-                }
-                None => false,
-            };
-            if allowed {
-                flips += 1;
-            } else {
-                violations += 1;
-                if first_bad.is_none() {
-                    first_bad = Some(format!("first mismatch at {}: got {a}, expected {e}", fmt_index(&shape, i)));
-                }
+        if a == e {
+            continue;
+        }
+        let allowed = lane.is_some_and(|lane| {
+            a >= 0
+                && e >= 0
+                && (a as usize) < lane.len()
+                && (e as usize) < lane.len()
+                && close(lane[e as usize], lane[a as usize])
+        });
+        if allowed {
+            t.flips += 1;
+        } else {
+            t.violations += 1;
+            if t.first_bad.is_none() {
+                t.first_bad = Some(format!("first mismatch at {}: got {a}, expected {e}", fmt_index(shape, i)));
             }
         }
     }
-    let note = first_bad.or_else(|| (flips > 0).then(|| format!("{flips} near-tie flip(s) allowed")));
-    TensorResult {
-        name: name.to_string(),
-        status: if violations == 0 { Status::Pass } else { Status::Fail },
-        expected_shape: shape,
-        actual_shape: Some(actual.shape().to_vec()),
-        max_abs: f64::NAN,
-        max_rel: f64::NAN,
-        violations,
-        numel: expected.len(),
-        tolerance: tol,
-        ratio: if violations > 0 { f64::INFINITY } else { 0.0 },
-        budgeted: false,
-        near_ties: logits.map(|_| near_ties),
-        flips: logits.map(|_| flips),
-        note,
+    t
+}
+
+/// The largest and second largest of `xs` (`-inf` for those missing).
+fn top_two(xs: impl Iterator<Item = f64>) -> (f64, f64) {
+    let mut top = f64::NEG_INFINITY;
+    let mut second = f64::NEG_INFINITY;
+    for x in xs {
+        if x > top {
+            second = top;
+            top = x;
+        } else if x > second {
+            second = x;
+        }
     }
+    (top, second)
 }
 
 /// The logits a label map is the argmax of: `pred` → `seg_logits`, `pred.<stem>` →

@@ -7,7 +7,7 @@
 //! flips imply.
 
 use ndarray::ArrayD;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::case::Tolerance;
 use super::compare::{compare_floats, Status, TensorResult};
@@ -54,25 +54,72 @@ fn vec1(v: Vec<f64>) -> ArrayD<f64> {
 pub fn compare_metrics(actual: &Value, expected: &Value, flips: usize) -> Result<Vec<TensorResult>, String> {
     let obj = expected.as_object().ok_or("`metrics` must be an object")?;
     let act = actual.as_object().ok_or("the produced metrics must be an object")?;
-    let f = flips as f64;
-    let min_pos = |v: &[f64]| v.iter().copied().filter(|&x| x > 0.0).fold(f64::INFINITY, f64::min);
-    let exp_list = |key: &str| obj.get(key).map(|v| list(v, &format!("metrics.{key}"))).transpose();
-    let exp_union = exp_list("total_area_union")?;
-    let exp_label = exp_list("total_area_label")?;
-    let frac_bound = |den: &Option<Vec<f64>>| -> f64 {
-        if flips == 0 {
+    let bounds = FlipBounds::new(obj, flips)?;
+    let mut out = Vec::new();
+    compare_summaries(obj, act, &bounds, &mut out)?;
+    if let Some(pc) = obj.get("per_class") {
+        let pc = pc.as_object().ok_or("`metrics.per_class` must be an object {IoU, Acc}")?;
+        compare_per_class(pc, act.get("per_class").and_then(Value::as_object), &bounds, &mut out)?;
+    }
+    compare_totals(obj, act, flips, &mut out)?;
+    if out.is_empty() {
+        return Err("`metrics` has none of aAcc, mIoU, mAcc, per_class, total_area_*".into());
+    }
+    Ok(out)
+}
+
+/// How far each quantity may move with `flips` allowed near-tie flips (all 0 without flips).
+struct FlipBounds {
+    /// `aAcc` (percent).
+    acc: f64,
+    /// Per-class `IoU` (fraction; `mIoU` is 100× it, plus the rounding).
+    iou: f64,
+    /// Per-class `Acc` (fraction; `mAcc` is 100× it, plus the rounding).
+    class_acc: f64,
+    flips: usize,
+}
+
+impl FlipBounds {
+    /// The bounds implied by `flips` and the expected `total_area_union` / `total_area_label`.
+    fn new(obj: &Map<String, Value>, flips: usize) -> Result<Self, String> {
+        let f = flips as f64;
+        let min_pos = |v: &[f64]| v.iter().copied().filter(|&x| x > 0.0).fold(f64::INFINITY, f64::min);
+        let exp_list = |key: &str| obj.get(key).map(|v| list(v, &format!("metrics.{key}"))).transpose();
+        let exp_union = exp_list("total_area_union")?;
+        let exp_label = exp_list("total_area_label")?;
+        let frac_bound = |den: &Option<Vec<f64>>| -> f64 {
+            if flips == 0 {
+                0.0
+            } else {
+                den.as_ref().map_or(1.0, |d| (2.0 * f / min_pos(d)).min(1.0))
+            }
+        };
+        let total_label = exp_label.as_ref().map_or(0.0, |l| l.iter().sum::<f64>());
+        let acc = if flips == 0 || total_label <= 0.0 { 0.0 } else { 100.0 * f / total_label + 0.01 };
+        Ok(FlipBounds { acc, iou: frac_bound(&exp_union), class_acc: frac_bound(&exp_label), flips })
+    }
+
+    /// The bound of a percent mean (`mIoU`, `mAcc`) of per-class fractions within `b`.
+    fn mean(&self, b: f64) -> f64 {
+        if self.flips == 0 {
             0.0
         } else {
-            den.as_ref().map_or(1.0, |d| (2.0 * f / min_pos(d)).min(1.0))
+            100.0 * b + 0.01
         }
-    };
-    let total_label = exp_label.as_ref().map_or(0.0, |l| l.iter().sum::<f64>());
-    let acc_bound = if flips == 0 || total_label <= 0.0 { 0.0 } else { 100.0 * f / total_label + 0.01 };
-    let (iou_bound, class_acc_bound) = (frac_bound(&exp_union), frac_bound(&exp_label));
-    let mean_bound = |b: f64| if flips == 0 { 0.0 } else { 100.0 * b + 0.01 };
+    }
+}
 
-    let mut out = Vec::new();
-    for (key, bound) in [("aAcc", acc_bound), ("mIoU", mean_bound(iou_bound)), ("mAcc", mean_bound(class_acc_bound))] {
+/// `aAcc`, `mIoU`, `mAcc`: both rounded to two decimals, then equal (or within the flip bound).
+fn compare_summaries(
+    obj: &Map<String, Value>,
+    act: &Map<String, Value>,
+    bounds: &FlipBounds,
+    out: &mut Vec<TensorResult>,
+) -> Result<(), String> {
+    let flips = bounds.flips;
+    for (key, bound) in
+        [("aAcc", bounds.acc), ("mIoU", bounds.mean(bounds.iou)), ("mAcc", bounds.mean(bounds.class_acc))]
+    {
         let Some(v) = obj.get(key) else { continue };
         let name = format!("metrics.{key}");
         let tol = Tolerance { rtol: 0.0, atol: bound };
@@ -94,30 +141,46 @@ pub fn compare_metrics(actual: &Value, expected: &Value, flips: usize) -> Result
         r.note = Some(format!("got {g}, expected {e} (percent, compared as two-decimal numbers: {gr:.2} vs {er:.2})"));
         out.push(r);
     }
-    if let Some(pc) = obj.get("per_class") {
-        let pc = pc.as_object().ok_or("`metrics.per_class` must be an object {IoU, Acc}")?;
-        let apc = act.get("per_class").and_then(Value::as_object);
-        for (key, bound) in [("IoU", iou_bound), ("Acc", class_acc_bound)] {
-            let Some(v) = pc.get(key) else { continue };
-            let name = format!("metrics.per_class.{key}");
-            let tol = Tolerance { rtol: 0.0, atol: 1e-6 + bound };
-            let e = list(v, &name)?;
-            let Some(g) = apc.and_then(|a| a.get(key)) else {
-                out.push(TensorResult::not_covered(&name, &[e.len()], tol));
-                continue;
-            };
-            let g = list(g, &format!("produced {name}"))?;
-            let mut r = compare_floats(&name, &vec1(g), &vec1(e), tol);
-            if r.status == Status::Pass {
-                r.note = Some("per-class fraction (NaN = null where the class is absent)".into());
-            }
-            out.push(r);
+    Ok(())
+}
+
+/// `per_class.IoU` and `per_class.Acc`: fractions within 1e-6 (plus the flip bound).
+fn compare_per_class(
+    pc: &Map<String, Value>,
+    apc: Option<&Map<String, Value>>,
+    bounds: &FlipBounds,
+    out: &mut Vec<TensorResult>,
+) -> Result<(), String> {
+    for (key, bound) in [("IoU", bounds.iou), ("Acc", bounds.class_acc)] {
+        let Some(v) = pc.get(key) else { continue };
+        let name = format!("metrics.per_class.{key}");
+        let tol = Tolerance { rtol: 0.0, atol: 1e-6 + bound };
+        let e = list(v, &name)?;
+        let Some(g) = apc.and_then(|a| a.get(key)) else {
+            out.push(TensorResult::not_covered(&name, &[e.len()], tol));
+            continue;
+        };
+        let g = list(g, &format!("produced {name}"))?;
+        let mut r = compare_floats(&name, &vec1(g), &vec1(e), tol);
+        if r.status == Status::Pass {
+            r.note = Some("per-class fraction (NaN = null where the class is absent)".into());
         }
+        out.push(r);
     }
+    Ok(())
+}
+
+/// The `total_area_*` pixel counts: exact, or within `flips`.
+fn compare_totals(
+    obj: &Map<String, Value>,
+    act: &Map<String, Value>,
+    flips: usize,
+    out: &mut Vec<TensorResult>,
+) -> Result<(), String> {
     for key in ["total_area_intersect", "total_area_union", "total_area_pred_label", "total_area_label"] {
         let Some(v) = obj.get(key) else { continue };
         let name = format!("metrics.{key}");
-        let tol = Tolerance { rtol: 0.0, atol: f };
+        let tol = Tolerance { rtol: 0.0, atol: flips as f64 };
         let e = list(v, &name)?;
         let Some(g) = act.get(key) else {
             out.push(TensorResult::not_covered(&name, &[e.len()], tol));
@@ -134,10 +197,7 @@ pub fn compare_metrics(actual: &Value, expected: &Value, flips: usize) -> Result
         }
         out.push(r);
     }
-    if out.is_empty() {
-        return Err("`metrics` has none of aAcc, mIoU, mAcc, per_class, total_area_*".into());
-    }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

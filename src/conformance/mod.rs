@@ -222,72 +222,15 @@ pub fn run_case(case: &Case, target: &Target<'_>, opts: &VerifyOptions) -> CaseR
     let mut rep = CaseReport::new(case.name.clone(), case.dir.clone(), case.kind.to_string(), target.name());
     rep.dtype = case.dtype.name().into();
     rep.run_dtype = run_dtype.name().into();
-    let claimed = match target {
-        Target::Backend(b) => b.precision(),
-        Target::Candidate { .. } | Target::InMemory(_) => opts.precision.unwrap_or(crate::float::Precision::Fp32),
-    };
-    if let Some(twin) = &case.half {
-        rep.dtype = twin.precision.name().into();
+    if skipped_for_precision(&mut rep, case, target, opts) {
+        rep.seconds = start.elapsed().as_secs_f64();
+        return rep;
     }
-    if claimed.is_half() {
-        rep.run_dtype = claimed.name().into();
-        if case.half.as_ref().is_none_or(|t| t.precision != claimed) {
-            rep.status = CaseStatus::Skipped;
-            rep.message = Some(format!(
-                "{claimed} is judged on the {claimed} half-precision twins (MMSegmentation's own {claimed} error); this \
-                 case is {}",
-                rep.dtype
-            ));
-            rep.seconds = start.elapsed().as_secs_f64();
-            return rep;
-        }
-    }
-    if !case.unknown_keys.is_empty() {
-        let keys = case.unknown_keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
-        let msg = format!(
-            "{}: unknown key(s) {keys} for kind `{}` (a misspelling is otherwise silently ignored)",
-            case.dir.join("case.json").display(),
-            case.kind
-        );
-        if opts.strict {
-            rep.status = CaseStatus::Error;
-            rep.message = Some(format!("{msg}; --strict makes this an error"));
-            return rep;
-        }
-        rep.warnings.push(msg);
-    }
-    if let CaseKind::Unknown(k) = &case.kind {
-        let msg = format!("kind `{k}` is not known to this version (known: {})", CaseKind::KNOWN.join(", "));
-        rep.status = if opts.strict { CaseStatus::Error } else { CaseStatus::Skipped };
-        rep.message = Some(if opts.strict { format!("{msg}; --strict makes this an error") } else { msg });
+    if refused_unknown(&mut rep, case, opts) {
         return rep;
     }
     match kinds::run(case, target, opts, run_dtype) {
-        Ok(out) => {
-            rep.scope = opts.scope.describe();
-            rep.tensors = out.tensors;
-            judge(&mut rep, target, opts, out.unused.len(), out.notes);
-            rep.unused = out.unused;
-            if rep.kind != "pipeline" && rep.kind != "segmentor" {
-                if let Target::Backend(_) = target {
-                    // The model-free kinds check the library itself, the same for every backend.
-                    rep.backend = "lib".into();
-                }
-            }
-            if let (Some(dir), Some(produced)) = (&opts.save_outputs, out.produced) {
-                // Never over a file of the case itself.
-                let mut case_files: Vec<PathBuf> = case.outputs.iter().map(|(_, f)| case.dir.join(f)).collect();
-                case_files.push(case.dir.join("case.json"));
-                let inputs: Vec<&Path> = case_files.iter().map(PathBuf::as_path).collect();
-                let to = dir.join(&case.name);
-                if let Err(e) =
-                    candidate::save_outputs_to(&to, &produced, out.produced_metrics.as_ref(), opts.force, &inputs)
-                {
-                    rep.status = CaseStatus::Error;
-                    rep.message = Some(format!("--save-outputs: {e}"));
-                }
-            }
-        }
+        Ok(out) => record_outcome(&mut rep, case, target, opts, out),
         Err(RunError::Skip(why)) => {
             rep.status = CaseStatus::Skipped;
             rep.message = Some(why);
@@ -299,6 +242,90 @@ pub fn run_case(case: &Case, target: &Target<'_>, opts: &VerifyOptions) -> CaseR
     }
     rep.seconds = start.elapsed().as_secs_f64();
     rep
+}
+
+/// Notes the precisions in `rep` and skips the case (returns true) when the target claims a
+/// half precision and the case is not a half-precision twin of that precision.
+fn skipped_for_precision(rep: &mut CaseReport, case: &Case, target: &Target<'_>, opts: &VerifyOptions) -> bool {
+    let claimed = match target {
+        Target::Backend(b) => b.precision(),
+        Target::Candidate { .. } | Target::InMemory(_) => opts.precision.unwrap_or(crate::float::Precision::Fp32),
+    };
+    if let Some(twin) = &case.half {
+        rep.dtype = twin.precision.name().into();
+    }
+    if !claimed.is_half() {
+        return false;
+    }
+    rep.run_dtype = claimed.name().into();
+    if case.half.as_ref().is_some_and(|t| t.precision == claimed) {
+        return false;
+    }
+    rep.status = CaseStatus::Skipped;
+    rep.message = Some(format!(
+        "{claimed} is judged on the {claimed} half-precision twins (MMSegmentation's own {claimed} error); this \
+         case is {}",
+        rep.dtype
+    ));
+    true
+}
+
+/// Warns about unknown manifest keys and skips an unknown kind; with `--strict` either is an
+/// error. Returns true when the case is not to run.
+fn refused_unknown(rep: &mut CaseReport, case: &Case, opts: &VerifyOptions) -> bool {
+    if !case.unknown_keys.is_empty() {
+        let keys = case.unknown_keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+        let msg = format!(
+            "{}: unknown key(s) {keys} for kind `{}` (a misspelling is otherwise silently ignored)",
+            case.dir.join("case.json").display(),
+            case.kind
+        );
+        if opts.strict {
+            rep.status = CaseStatus::Error;
+            rep.message = Some(format!("{msg}; --strict makes this an error"));
+            return true;
+        }
+        rep.warnings.push(msg);
+    }
+    if let CaseKind::Unknown(k) = &case.kind {
+        let msg = format!("kind `{k}` is not known to this version (known: {})", CaseKind::KNOWN.join(", "));
+        rep.status = if opts.strict { CaseStatus::Error } else { CaseStatus::Skipped };
+        rep.message = Some(if opts.strict { format!("{msg}; --strict makes this an error") } else { msg });
+        return true;
+    }
+    false
+}
+
+/// Puts what a case kind produced into `rep` (tensor rows, verdict, unused names) and writes
+/// `--save-outputs`.
+fn record_outcome(
+    rep: &mut CaseReport,
+    case: &Case,
+    target: &Target<'_>,
+    opts: &VerifyOptions,
+    out: kinds::KindOutcome,
+) {
+    rep.scope = opts.scope.describe();
+    rep.tensors = out.tensors;
+    judge(rep, target, opts, out.unused.len(), out.notes);
+    rep.unused = out.unused;
+    if rep.kind != "pipeline" && rep.kind != "segmentor" {
+        if let Target::Backend(_) = target {
+            // The model-free kinds check the library itself, the same for every backend.
+            rep.backend = "lib".into();
+        }
+    }
+    if let (Some(dir), Some(produced)) = (&opts.save_outputs, out.produced) {
+        // Never over a file of the case itself.
+        let mut case_files: Vec<PathBuf> = case.outputs.iter().map(|(_, f)| case.dir.join(f)).collect();
+        case_files.push(case.dir.join("case.json"));
+        let inputs: Vec<&Path> = case_files.iter().map(PathBuf::as_path).collect();
+        let to = dir.join(&case.name);
+        if let Err(e) = candidate::save_outputs_to(&to, &produced, out.produced_metrics.as_ref(), opts.force, &inputs) {
+            rep.status = CaseStatus::Error;
+            rep.message = Some(format!("--save-outputs: {e}"));
+        }
+    }
 }
 
 /// The verdict of a case from its tensor results: FAIL if a compared tensor failed; NO EVIDENCE

@@ -155,82 +155,32 @@ impl TestPipeline {
         let mut reduce = None;
         let mut loaded_image = false;
         for (i, t) in list.iter().enumerate() {
-            let key = |k: &str| format!("test_pipeline[{i}].{k}");
-            let obj = t
-                .as_object()
-                .ok_or_else(|| EvalError::Config(format!("test_pipeline[{i}]: expected a transform dict, got {t}")))?;
-            let ty = obj
-                .get("type")
-                .and_then(Value::as_str)
-                .ok_or_else(|| EvalError::Config(format!("{}: missing", key("type"))))?;
-            let check_keys = |allowed: &[&str]| -> Result<(), EvalError> {
-                for k in obj.keys() {
-                    if k != "type" && !allowed.contains(&k.as_str()) {
-                        return cfg_err(format!("{}: not supported for {ty}", key(k)));
-                    }
-                }
-                Ok(())
-            };
-            match ty {
+            let t = Transform::new(i, t)?;
+            match t.ty {
                 "LoadImageFromFile" => {
-                    check_keys(&["to_float32", "color_type", "imdecode_backend", "backend_args", "ignore_empty"])?;
-                    if obj.get("to_float32").is_some_and(|x| x != &Value::Bool(false)) {
-                        return cfg_err(format!("{}: only false is supported", key("to_float32")));
-                    }
-                    if obj.get("color_type").is_some_and(|x| x != "color") {
-                        return cfg_err(format!("{}: only 'color' is supported", key("color_type")));
-                    }
-                    if obj.get("imdecode_backend").is_some_and(|x| x != "cv2") {
-                        return cfg_err(format!("{}: only 'cv2' is supported", key("imdecode_backend")));
-                    }
+                    t.check_load_image()?;
                     loaded_image = true;
                 }
                 "Resize" => {
-                    check_keys(&["scale", "keep_ratio", "interpolation", "backend", "clip_object_border"])?;
+                    t.check_keys(&["scale", "keep_ratio", "interpolation", "backend", "clip_object_border"])?;
                     if resize.is_some() {
                         return cfg_err(format!("test_pipeline[{i}]: a second Resize is not supported"));
                     }
                     if !loaded_image {
                         return cfg_err(format!("test_pipeline[{i}]: Resize before LoadImageFromFile"));
                     }
-                    if obj.get("interpolation").is_some_and(|x| x != "bilinear") {
-                        return cfg_err(format!("{}: only 'bilinear' is supported", key("interpolation")));
-                    }
-                    if obj.get("backend").is_some_and(|x| x != "cv2") {
-                        return cfg_err(format!("{}: only 'cv2' is supported", key("backend")));
-                    }
-                    let scale = obj.get("scale").ok_or_else(|| EvalError::Config(format!("{}: required (scale_factor is not supported)", key("scale"))))?;
-                    let pair = match scale {
-                        Value::Array(a) if a.len() == 2 => a.iter().map(|x| x.as_u64().map(|u| u as usize)).collect::<Option<Vec<_>>>(),
-                        Value::Number(n) => n.as_u64().map(|u| vec![u as usize, u as usize]),
-                        _ => None,
-                    }
-                    .filter(|p| p.iter().all(|&x| x > 0))
-                    .ok_or_else(|| EvalError::Config(format!("{}: expected [w, h] (positive integers), got {scale}", key("scale"))))?;
-                    let keep = match obj.get("keep_ratio") {
-                        None | Some(Value::Null) => false,
-                        Some(Value::Bool(b)) => *b,
-                        Some(x) => return cfg_err(format!("{}: expected true/false, got {x}", key("keep_ratio"))),
-                    };
-                    resize = Some(if keep { ResizeSpec::KeepRatio { scale: (pair[0], pair[1]) } } else { ResizeSpec::Exact { w: pair[0], h: pair[1] } });
+                    resize = Some(t.resize()?);
                 }
                 "LoadAnnotations" => {
-                    check_keys(&["reduce_zero_label", "imdecode_backend", "backend_args"])?;
+                    t.check_keys(&["reduce_zero_label", "imdecode_backend", "backend_args"])?;
                     if resize.is_none() {
                         return cfg_err(format!(
                             "test_pipeline[{i}]: LoadAnnotations before Resize would resize the ground truth, which MMSegmentation's metric cannot use"
                         ));
                     }
-                    if obj.get("imdecode_backend").is_some_and(|x| x != "pillow") {
-                        return cfg_err(format!("{}: only 'pillow' is supported", key("imdecode_backend")));
-                    }
-                    reduce = match obj.get("reduce_zero_label") {
-                        None | Some(Value::Null) => None,
-                        Some(Value::Bool(b)) => Some(*b),
-                        Some(x) => return cfg_err(format!("{}: expected true/false, got {x}", key("reduce_zero_label"))),
-                    };
+                    reduce = t.load_annotations()?;
                 }
-                "PackSegInputs" => check_keys(&["meta_keys"])?,
+                "PackSegInputs" => t.check_keys(&["meta_keys"])?,
                 other => {
                     return cfg_err(format!(
                         "test_pipeline[{i}]: transform `{other}` is not supported (only LoadImageFromFile, Resize, LoadAnnotations, PackSegInputs)"
@@ -243,6 +193,108 @@ impl TestPipeline {
         }
         let resize = resize.ok_or_else(|| EvalError::Config("test_pipeline: Resize is missing".into()))?;
         Ok(TestPipeline { resize, reduce_zero_label: reduce.unwrap_or(dataset_reduce_zero_label) })
+    }
+}
+
+/// One transform dict of a test pipeline: its index, keys and `type`.
+struct Transform<'a> {
+    i: usize,
+    obj: &'a serde_json::Map<String, Value>,
+    ty: &'a str,
+}
+
+impl<'a> Transform<'a> {
+    /// `test_pipeline[i]`, which must be a dict with a string `type`.
+    fn new(i: usize, t: &'a Value) -> Result<Self, EvalError> {
+        let obj = t
+            .as_object()
+            .ok_or_else(|| EvalError::Config(format!("test_pipeline[{i}]: expected a transform dict, got {t}")))?;
+        let ty = obj
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| EvalError::Config(format!("test_pipeline[{i}].type: missing")))?;
+        Ok(Transform { i, obj, ty })
+    }
+
+    /// The dotted name of key `k` (`test_pipeline[i].k`).
+    fn key(&self, k: &str) -> String {
+        format!("test_pipeline[{}].{k}", self.i)
+    }
+
+    /// Refuses any key but `type` and `allowed`.
+    fn check_keys(&self, allowed: &[&str]) -> Result<(), EvalError> {
+        for k in self.obj.keys() {
+            if k != "type" && !allowed.contains(&k.as_str()) {
+                return cfg_err(format!("{}: not supported for {}", self.key(k), self.ty));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether key `k` is present with a value other than `v`.
+    fn differs(&self, k: &str, v: &str) -> bool {
+        self.obj.get(k).is_some_and(|x| x != v)
+    }
+
+    /// `LoadImageFromFile`: uint8 colour images decoded by cv2 only.
+    fn check_load_image(&self) -> Result<(), EvalError> {
+        self.check_keys(&["to_float32", "color_type", "imdecode_backend", "backend_args", "ignore_empty"])?;
+        if self.obj.get("to_float32").is_some_and(|x| x != &Value::Bool(false)) {
+            return cfg_err(format!("{}: only false is supported", self.key("to_float32")));
+        }
+        if self.differs("color_type", "color") {
+            return cfg_err(format!("{}: only 'color' is supported", self.key("color_type")));
+        }
+        if self.differs("imdecode_backend", "cv2") {
+            return cfg_err(format!("{}: only 'cv2' is supported", self.key("imdecode_backend")));
+        }
+        Ok(())
+    }
+
+    /// `Resize(scale=[w, h], keep_ratio)`, bilinear with cv2 (its keys already checked).
+    fn resize(&self) -> Result<ResizeSpec, EvalError> {
+        if self.differs("interpolation", "bilinear") {
+            return cfg_err(format!("{}: only 'bilinear' is supported", self.key("interpolation")));
+        }
+        if self.differs("backend", "cv2") {
+            return cfg_err(format!("{}: only 'cv2' is supported", self.key("backend")));
+        }
+        let scale = self.obj.get("scale").ok_or_else(|| {
+            EvalError::Config(format!("{}: required (scale_factor is not supported)", self.key("scale")))
+        })?;
+        let pair = match scale {
+            Value::Array(a) if a.len() == 2 => {
+                a.iter().map(|x| x.as_u64().map(|u| u as usize)).collect::<Option<Vec<_>>>()
+            }
+            Value::Number(n) => n.as_u64().map(|u| vec![u as usize, u as usize]),
+            _ => None,
+        }
+        .filter(|p| p.iter().all(|&x| x > 0))
+        .ok_or_else(|| {
+            EvalError::Config(format!("{}: expected [w, h] (positive integers), got {scale}", self.key("scale")))
+        })?;
+        let keep = match self.obj.get("keep_ratio") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(x) => return cfg_err(format!("{}: expected true/false, got {x}", self.key("keep_ratio"))),
+        };
+        Ok(if keep {
+            ResizeSpec::KeepRatio { scale: (pair[0], pair[1]) }
+        } else {
+            ResizeSpec::Exact { w: pair[0], h: pair[1] }
+        })
+    }
+
+    /// `LoadAnnotations` (its keys already checked): the `reduce_zero_label` it sets, if any.
+    fn load_annotations(&self) -> Result<Option<bool>, EvalError> {
+        if self.differs("imdecode_backend", "pillow") {
+            return cfg_err(format!("{}: only 'pillow' is supported", self.key("imdecode_backend")));
+        }
+        match self.obj.get("reduce_zero_label") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(x) => cfg_err(format!("{}: expected true/false, got {x}", self.key("reduce_zero_label"))),
+        }
     }
 }
 

@@ -30,7 +30,7 @@ use crate::conformance::metrics_cmp::{compare_metrics, metrics_json};
 use crate::conformance::{Producer, RunError, Target, VerifyOptions};
 use crate::data::ade20k::{self, DatasetSpec};
 use crate::data::image;
-use crate::eval::{image_areas, predict, EvalError, EvalSettings, MsFlip, TestPipeline};
+use crate::eval::{image_areas, predict, DatasetSection, EvalError, EvalSettings, MsFlip, TestPipeline};
 use crate::metrics::{compute_metrics, AreaTotals};
 
 const EXACT: Tolerance = Tolerance { rtol: 0.0, atol: 0.0 };
@@ -45,42 +45,29 @@ fn manifest_err(case: &Case, msg: impl std::fmt::Display) -> RunError {
     RunError::manifest(case, msg)
 }
 
-/// The `dataset` object of a pipeline case: layout, test pipeline and optional `aug`.
+/// The `dataset` object of a pipeline case: layout, test pipeline and optional `aug`, parsed by
+/// [`DatasetSection::from_value`] (the parser `eval --config` uses), with the ADE20K layout as
+/// the default and a required `test_pipeline`.
 pub fn dataset_from_case(case: &Case) -> Result<(DatasetSpec, TestPipeline, Option<MsFlip>), RunError> {
     let ds = case
         .manifest
         .get("dataset")
-        .and_then(Value::as_object)
+        .filter(|ds| ds.is_object())
         .ok_or_else(|| manifest_err(case, "`dataset` (an object) is missing"))?;
-    let s = |k: &str, default: &str| -> Result<String, RunError> {
-        match ds.get(k) {
-            None => Ok(default.to_string()),
-            Some(Value::String(v)) => Ok(v.clone()),
-            Some(v) => Err(manifest_err(case, format!("`dataset.{k}` must be a string, got {v}"))),
-        }
-    };
+    let section = DatasetSection::from_value(ds).map_err(|e| manifest_err(case, e))?;
+    let data_root = section.data_root.as_deref().unwrap_or(".");
+    let root = crate::conformance::case::inside_case(data_root)
+        .map_err(|m| manifest_err(case, format!("`dataset.data_root`: {m}")))?;
+    let or = |v: Option<String>, default: &str| v.unwrap_or_else(|| default.to_string());
     let spec = DatasetSpec {
-        root: case.dir.join(
-            crate::conformance::case::inside_case(&s("data_root", ".")?)
-                .map_err(|m| manifest_err(case, format!("`dataset.data_root`: {m}")))?,
-        ),
-        img_dir: s("img_dir", "images/validation")?,
-        ann_dir: s("ann_dir", "annotations/validation")?,
-        img_suffix: s("img_suffix", ".jpg")?,
-        seg_map_suffix: s("seg_map_suffix", ".png")?,
+        root: case.dir.join(root),
+        img_dir: or(section.img_dir, "images/validation"),
+        ann_dir: or(section.ann_dir, "annotations/validation"),
+        img_suffix: or(section.img_suffix, ".jpg"),
+        seg_map_suffix: or(section.seg_map_suffix, ".png"),
     };
-    let reduce = match ds.get("reduce_zero_label") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(v) => return Err(manifest_err(case, format!("`dataset.reduce_zero_label` must be true/false, got {v}"))),
-    };
-    let tp = ds.get("test_pipeline").ok_or_else(|| manifest_err(case, "`dataset.test_pipeline` is missing"))?;
-    let pipeline = TestPipeline::from_value(tp, reduce).map_err(|e| manifest_err(case, format!("dataset.{e}")))?;
-    let aug = match ds.get("aug") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(MsFlip::from_value(v).map_err(|e| manifest_err(case, e))?),
-    };
-    Ok((spec, pipeline, aug))
+    let pipeline = section.test_pipeline.ok_or_else(|| manifest_err(case, "`dataset.test_pipeline` is missing"))?;
+    Ok((spec, pipeline, section.aug))
 }
 
 fn run_pipeline(case: &Case, target: &Target<'_>) -> Result<KindOutcome, RunError> {
