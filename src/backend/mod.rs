@@ -163,6 +163,13 @@ pub trait Model: Send + Sync {
     fn labels(&self, input: Array4<f32>) -> Result<Array3<i64>, BackendError> {
         Ok(crate::reference::ops::argmax_channels(self.seg_logits(input)?.view()))
     }
+    /// `(1, 3, H, W)` normalised image → the decode head's `(1, classes, h, w)` logits at its own
+    /// resolution, `decode_head.forward(extract_feat(x))` (no final resize, no argmax), in
+    /// float32: what `bench --measure head-logits` times.
+    fn decode_head_logits(&self, input: Array4<f32>) -> Result<Array4<f32>, BackendError> {
+        let _ = input;
+        Err(BackendError::Unsupported(format!("{}: no decode-head logits", self.describe())))
+    }
     /// Times the stages of one whole-mode `encode_decode` of `inputs` (for `bench`).
     fn profile(&self, inputs: &AnyArray) -> Result<StageTimes, BackendError> {
         let _ = inputs;

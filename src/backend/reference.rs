@@ -89,6 +89,15 @@ impl<T: Float> Model for RefModel<T> {
         Ok(self.0.forward(&x, &mut Recorder::none())?.pred)
     }
 
+    fn decode_head_logits(&self, input: Array4<f32>) -> Result<Array4<f32>, BackendError> {
+        let x = Self::input(&AnyArray::F32(input.into_dyn()))?;
+        let y = self.0.decode_head_forward(&x, &mut Recorder::none())?;
+        Ok(match (Box::new(y) as Box<dyn Any>).downcast::<Array4<f32>>() {
+            Ok(y) => *y,
+            Err(any) => any.downcast::<Array4<T>>().expect("the logits").mapv(|v| v.to_f64_exact() as f32),
+        })
+    }
+
     fn profile(&self, inputs: &AnyArray) -> Result<StageTimes, BackendError> {
         let x = Self::input(inputs)?;
         let mut clock = StageClock::start();

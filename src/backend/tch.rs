@@ -115,6 +115,15 @@ impl Model for TchModel {
         })
     }
 
+    fn decode_head_logits(&self, input: Array4<f32>) -> Result<Array4<f32>, BackendError> {
+        let model = self.lock()?;
+        let x = from_any_array(&AnyArray::F32(input.into_dyn()), self.ctx.kind(), self.ctx.device)?;
+        let y = model.decode_head_forward(&x, &mut Recorder::none())?;
+        crate::fast::to_f32_array(&y)?.into_dimensionality().map_err(|_| {
+            BackendError::Input(format!("decode head logits: expected a 4-D tensor, got {:?}", y.size()))
+        })
+    }
+
     fn seg_logits(&self, input: Array4<f32>) -> Result<Array4<f32>, BackendError> {
         let _no_grad = tch::no_grad_guard();
         let model = self.lock()?;

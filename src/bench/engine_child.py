@@ -4,15 +4,20 @@
 # fixtures/mmseg_import.py in front of it (`import_mmseg`, the one copy of the mmcv.ops stand-in).
 #
 # Every engine runs MMSegmentation 1.2.2's own EncoderDecoder built from the same config dict,
-# with the bench's weights (a .safetensors file of our random state dict) and input values:
-#   pytorch      eager `model.inference(img, metas).argmax(1)` under no_grad; bf16/fp16 under
-#                `torch.autocast` (how mmengine runs MMSegmentation in half precision);
-#   onnxruntime  a dynamo ONNX export of `encode_decode(img, metas).argmax(1)` (the same network:
-#   openvino     the bench's crop is the whole input, one window), made once and cached by a key
-#                of config, size, seed and versions; OpenVINO with INFERENCE_PRECISION_HINT set
+# with the bench's weights (a .safetensors file of our random state dict) and input values, and
+# times what `measure` says:
+#   labels       the labels: the logits at input resolution (the final resize included) + argmax
+#                (pytorch: `model.inference(img, metas).argmax(1)`; the ONNX graph:
+#                `encode_decode(img, metas).argmax(1)`, the same network, since the bench's crop
+#                is the whole input: one window);
+#   head-logits  `decode_head.forward(extract_feat(img))`: the decode head's 1/4-resolution
+#                logits, no final resize, no argmax.
+# Engines:
+#   pytorch      eager under no_grad; bf16/fp16 under `torch.autocast` (how mmengine runs
+#                MMSegmentation in half precision);
+#   onnxruntime  a dynamo ONNX export of the measured function, made once and cached by a key of
+#   openvino     config, size, seed and measure; OpenVINO with INFERENCE_PRECISION_HINT set
 #                explicitly (on a CPU with AMX its default would be bf16).
-# All of them time the logits at input resolution (the final resize included) and the argmax,
-# like our `seg_logits` rows.
 #
 # The export is its own child (`engine` = `export`, prints `EXPORTED <json>` and ends), so the
 # ONNX engines' children never import torch and their peak RSS is their own.
@@ -27,7 +32,7 @@ import sys
 import time
 
 args = json.loads(sys.argv[1])
-ENGINE, PRECISION, DEVICE = args['engine'], args['precision'], args['device']
+ENGINE, PRECISION, DEVICE, MEASURE = args['engine'], args['precision'], args['device'], args['measure']
 import numpy as np  # noqa: E402
 
 if ENGINE in ('pytorch', 'export'):
@@ -64,36 +69,48 @@ METAS = [dict(ori_shape=(s, s), img_shape=(s, s), pad_shape=(s, s), padding_size
 def export_folder():
     """Where the export of this config, size and seed lives (the key covers what decides its
     contents; the pinned venv fixes torch and mmseg)."""
-    key = hashlib.sha256(json.dumps(dict(model=args['model'], size=s, seed=args['seed'], v=1),
+    key = hashlib.sha256(json.dumps(dict(model=args['model'], size=s, seed=args['seed'], measure=MEASURE, v=1),
                                     sort_keys=True).encode()).hexdigest()[:16]
     return os.path.join(args['cache_dir'], key)
 
 
+def measured(model):
+    """The function the ONNX graph holds: `encode_decode(img).argmax(1)` (one window = the whole
+    crop) or `decode_head.forward(extract_feat(img))`."""
+    if MEASURE == 'labels':
+        return lambda img: model.encode_decode(img, METAS).argmax(1)
+    return lambda img: model.decode_head.forward(model.extract_feat(img))
+
+
 def export():
-    """The dynamo export of `encode_decode(img).argmax(1)` (one window = the whole crop), written
-    to a temporary folder and renamed, so a killed export leaves no half file behind."""
+    """The dynamo export of `measured(model)`, written to a temporary folder and renamed, so a
+    killed export leaves no half file behind."""
     folder = export_folder()
     if os.path.exists(os.path.join(folder, 'model.onnx')):
         return f'cached export {folder}'
     model = build_model()
+    fn = measured(model)
 
-    class Labels(torch.nn.Module):
+    class Measured(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.model = model
 
         def forward(self, img):
-            return self.model.encode_decode(img, METAS).argmax(1)
+            return fn(img)
     os.makedirs(args['cache_dir'], exist_ok=True)
     tmp = folder + f'.tmp{os.getpid()}'
     os.makedirs(tmp, exist_ok=True)
     t0 = time.perf_counter()
     with torch.no_grad():
-        torch.onnx.export(Labels().eval(), (torch.from_numpy(IMG),), os.path.join(tmp, 'model.onnx'),
-                          input_names=['img'], output_names=['labels'], opset_version=18,
+        torch.onnx.export(Measured().eval(), (torch.from_numpy(IMG),), os.path.join(tmp, 'model.onnx'),
+                          input_names=['img'], output_names=['out'], opset_version=18,
                           dynamo=True, external_data=True)
     os.replace(tmp, folder)
     return f'exported to {folder} in {time.perf_counter() - t0:.0f} s (torch {torch.__version__})'
+
+
+GRAPH = {'labels': 'encode_decode(...).argmax(1)', 'head-logits': 'decode_head.forward(extract_feat(img))'}
 
 
 def onnx_path():
@@ -113,13 +130,18 @@ def pytorch_runner():
     img = torch.from_numpy(IMG).to(dev)
     half = dict(bf16=torch.bfloat16, fp16=torch.float16).get(PRECISION)
 
+    if MEASURE == 'labels':
+        fn, what = (lambda: model.inference(img, METAS).argmax(1)), 'model.inference(...).argmax(1)'
+    else:
+        fn, what = measured(model), 'decode_head.forward(extract_feat(img))'
+
     def once():
         cast = torch.autocast(dev.type, dtype=half) if half else contextlib.nullcontext()
         with torch.no_grad(), cast:
-            model.inference(img, METAS).argmax(1)
+            fn() if MEASURE == 'labels' else fn(img)
         if dev.type == 'cuda':
             torch.cuda.synchronize(dev)
-    what = 'model.inference(...).argmax(1)' + (f' under torch.autocast({PRECISION})' if half else '')
+    what += f' under torch.autocast({PRECISION})' if half else ''
     return once, what, f'torch {torch.__version__}, mmseg {mmseg.__version__}'
 
 
@@ -135,7 +157,7 @@ def onnxruntime_runner():
 
     def once():
         sess.run(None, {'img': IMG})
-    return once, 'dynamo ONNX export of encode_decode(...).argmax(1)', f'onnxruntime {ort.__version__}'
+    return once, f'dynamo ONNX export of {GRAPH[MEASURE]}', f'onnxruntime {ort.__version__}'
 
 
 def openvino_runner():
@@ -154,7 +176,7 @@ def openvino_runner():
 
     def once():
         request.infer({0: IMG})
-    return (once, f'dynamo ONNX export of encode_decode(...).argmax(1), inference precision {got}',
+    return (once, f'dynamo ONNX export of {GRAPH[MEASURE]}, inference precision {got}',
             f'openvino {ov.get_version()}')
 
 
@@ -179,5 +201,17 @@ for line in sys.stdin:
         print('TIME %r' % timed(), flush=True)
     elif cmd == 'quit':
         break
-print('DONE ' + json.dumps(dict(peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)),
-      flush=True)
+def peak_rss_bytes():
+    """VmHWM of this process. Not getrusage's ru_maxrss: Linux keeps that across execve, so it
+    would include the RSS of the bench process this child was forked from."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+print('DONE ' + json.dumps(dict(peak_rss_bytes=peak_rss_bytes())), flush=True)

@@ -120,6 +120,8 @@ pub struct EngineJob<'a> {
     pub weights: &'a Path,
     /// The seed of those weights (part of the export's cache key).
     pub seed: u64,
+    /// What to time: `labels` or `head-logits` ([`super::Measure`]).
+    pub measure: &'a str,
     pub cache_dir: &'a Path,
 }
 
@@ -132,6 +134,7 @@ impl EngineJob<'_> {
             "engine": engine, "precision": precision.to_string(), "model": model,
             "threads": self.threads, "device": self.device.to_string(), "size": self.size,
             "weights": self.weights, "seed": self.seed, "cache_dir": self.cache_dir,
+            "measure": self.measure,
         })
     }
 

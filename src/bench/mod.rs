@@ -66,13 +66,42 @@ pub struct BenchOptions {
     /// The engines timed beside ours: each at every precision of `precisions` it offers, and
     /// at fp32 (the baseline every ratio table starts from).
     pub against: Vec<Engine>,
+    /// What every side times.
+    pub measure: Measure,
     pub python: Option<PathBuf>,
     pub seed: u64,
 }
 
-/// What one of our timed iterations runs (`Model::labels`: the logits at input resolution, the
-/// final resize included, and their argmax; the labels copied to the host).
-pub const OURS_WHAT: &str = "labels = seg_logits (final resize included) + argmax";
+/// What every side of the bench times per iteration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Measure {
+    /// The labels of the image: `inference` (the logits resized to the input) + `argmax(1)`,
+    /// what `predict` and `eval` need (ours: [`backend::Model::labels`]).
+    #[default]
+    Labels,
+    /// The decode head's logits at 1/4 resolution, `decode_head.forward(extract_feat(x))`: no
+    /// final resize, no argmax (ours: [`backend::Model::decode_head_logits`]); what deployment
+    /// graphs often stop at.
+    HeadLogits,
+}
+
+impl Measure {
+    pub fn name(self) -> &'static str {
+        match self {
+            Measure::Labels => "labels",
+            Measure::HeadLogits => "head-logits",
+        }
+    }
+
+    /// What one of our timed iterations runs.
+    pub fn ours(self) -> &'static str {
+        match self {
+            Measure::Labels => "labels: seg_logits (final resize included) + argmax",
+            Measure::HeadLogits => "head-logits: decode_head.forward(extract_feat(x)), no resize, no argmax",
+        }
+    }
+}
 
 /// One other engine's result, as timed in the same invocation.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -86,7 +115,7 @@ pub struct RivalRow {
     pub seconds: Vec<f64>,
     pub seconds_median: Option<f64>,
     pub seconds_min: Option<f64>,
-    /// The engine's child process's peak RSS (`getrusage`).
+    /// The engine's child process's peak RSS (`VmHWM`).
     pub peak_rss_bytes: Option<u64>,
     /// Ours / the engine's median seconds (ours: the row this result sits in).
     pub time_ratio: Option<f64>,
@@ -104,7 +133,8 @@ pub struct BenchRow {
     pub config: String,
     pub size: usize,
     pub threads: usize,
-    /// What one timed iteration runs ([`OURS_WHAT`]).
+    /// What every side timed, and what one of our iterations runs ([`Measure::ours`]).
+    pub measure: Measure,
     pub what: &'static str,
     pub seconds: Vec<f64>,
     pub seconds_median: f64,
@@ -303,6 +333,7 @@ impl Field {
             python: opts.python.as_deref(),
             weights: &self.weights,
             seed: opts.seed,
+            measure: opts.measure.name(),
             cache_dir: &self.cache_dir,
         }
     }
@@ -481,7 +512,8 @@ fn bench_row(
         config: opts.config_name.clone(),
         size: opts.size,
         threads: setup.threads,
-        what: OURS_WHAT,
+        measure: opts.measure,
+        what: opts.measure.ours(),
         seconds_min: seconds.iter().copied().fold(f64::INFINITY, f64::min),
         seconds_median: med,
         seconds,
@@ -494,17 +526,24 @@ fn bench_row(
     })
 }
 
-/// One block of ours: `warmup` untimed runs, then `iters` timed ones (seconds each) of
-/// [`backend::Model::labels`].
+/// One block of ours: `warmup` untimed runs, then `iters` timed ones (seconds each) of what
+/// `opts.measure` says.
 fn time_ours(model: &dyn backend::Model, input: &Array4<f32>, opts: &BenchOptions) -> Result<Vec<f64>, BenchError> {
+    let once = |x: Array4<f32>| -> Result<(), BenchError> {
+        match opts.measure {
+            Measure::Labels => drop(std::hint::black_box(model.labels(x)?)),
+            Measure::HeadLogits => drop(std::hint::black_box(model.decode_head_logits(x)?)),
+        }
+        Ok(())
+    };
     for _ in 0..opts.warmup {
-        model.labels(input.clone())?;
+        once(input.clone())?;
     }
     let mut seconds = Vec::new();
     for _ in 0..opts.iters.max(1) {
         let x = input.clone();
         let t = Instant::now();
-        std::hint::black_box(model.labels(x)?);
+        once(x)?;
         seconds.push(t.elapsed().as_secs_f64());
     }
     Ok(seconds)
@@ -538,13 +577,14 @@ pub fn to_text(rows: &[BenchRow]) -> String {
     let mut s = String::new();
     for r in rows {
         s.push_str(&format!(
-            "{} {} {} {}x{}, {} threads: median {:.3} s, min {:.3} s over {} iterations; {:.1} GFLOP/s ({:.3} TFLOP); peak RSS {:.2} GB\n",
+            "{} {} {} {}x{}, {} threads, {}: median {:.3} s, min {:.3} s over {} iterations; {:.1} GFLOP/s ({:.3} TFLOP); peak RSS {:.2} GB\n",
             r.backend,
             r.precision,
             r.config,
             r.size,
             r.size,
             r.threads,
+            r.measure.name(),
             r.seconds_median,
             r.seconds_min,
             r.seconds.len(),

@@ -53,6 +53,11 @@ pub struct BenchArgs {
     /// tch` sets its own (docs/performance.md, "Allocation"; `GLIBC_TUNABLES` gives them to all).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub against: Vec<crate::bench::Engine>,
+    /// What every side times: `labels` (the logits resized to the input + argmax, what
+    /// predict/eval need) or `head-logits` (the decode head's 1/4-resolution logits, no final
+    /// resize, no argmax).
+    #[arg(long, value_enum, default_value = "labels")]
+    pub measure: crate::bench::Measure,
     /// Same as `--against pytorch`.
     #[arg(long)]
     pub against_pytorch: bool,
@@ -106,6 +111,7 @@ pub fn run_bench_cli(a: BenchArgs) -> Result<ExitCode> {
         iters: a.iters,
         rounds: a.rounds,
         against: engines(&a.against, a.against_pytorch),
+        measure: a.measure,
         python: a.python,
         seed: a.seed,
     };

@@ -87,6 +87,16 @@ impl EncoderDecoder {
         Ok(maps)
     }
 
+    /// `decode_head.forward(extract_feat(img))`: the decode head's logits at its own resolution
+    /// (1/4 of the image for UPerHead on Feature2Pyramid), in the model's kind, before
+    /// `encode_decode`'s resize.
+    pub fn decode_head_forward(&self, img: &Tensor, rec: &mut Recorder) -> Result<Tensor> {
+        let _no_grad = tch::no_grad_guard();
+        let img = img.f_to_device(self.ctx.device)?.f_to_kind(self.ctx.kind())?;
+        let feats = self.extract_feat(&img, rec)?;
+        self.decode_head.forward(&feats, "decode_head", rec)
+    }
+
     /// `encode_decode`: decode-head logits (widened to the wide kind) resized to the image size.
     pub fn encode_decode(&self, img: &Tensor, rec: &mut Recorder) -> Result<Tensor> {
         self.encode_decode_timed(img, rec, &mut |_| {})

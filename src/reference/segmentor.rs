@@ -103,6 +103,14 @@ impl<T: Float> EncoderDecoder<T> {
         })
     }
 
+    /// `decode_head.forward(extract_feat(img))`: the decode head's logits at its own
+    /// resolution (1/4 of the image for UPerHead on Feature2Pyramid), before `encode_decode`'s
+    /// resize.
+    pub fn decode_head_forward(&self, img: &Array4<T>, rec: &mut Recorder<T>) -> Result<Array4<T>, ModelError> {
+        let feats = self.extract_feat(img, rec)?;
+        self.decode_head.forward(&feats, "decode_head", rec)
+    }
+
     /// `encode_decode`: decode-head logits resized to the image size.
     pub fn encode_decode(&self, img: &Array4<T>, rec: &mut Recorder<T>) -> Result<Array4<T>, ModelError> {
         self.encode_decode_timed(img, rec, &mut |_| {})
