@@ -215,6 +215,27 @@ fn eval_model_matches_the_reference_model() {
     assert_eq!(r.status, Status::Pass, "max_abs {:e} {:?}", r.max_abs, r.note);
 }
 
+/// `labels` and `decode_head_logits` (what `bench`, `predict` and `eval` call) are exactly what
+/// `run` records under `pred` and `decode_head`, in fp32 and in bf16 (channels-last on the CPU).
+#[test]
+fn labels_and_head_logits_are_what_run_records() {
+    let c = Case::load(&fixtures().join("tiny-whole")).unwrap();
+    let cfg = SegmentorConfig::from_value(&c.manifest["model"]).unwrap();
+    let weights = beit_seg::array::read_npz(&c.file_field("weights").unwrap()).unwrap();
+    let inputs = beit_seg::array::read_npy(&c.input_file("inputs").unwrap()).unwrap();
+    let x: ndarray::Array4<f32> = inputs.to_float::<f32>().unwrap().into_dimensionality().unwrap();
+    let x = x.slice(ndarray::s![0..1, .., .., ..]).to_owned();
+    for p in [Precision::Fp32, Precision::Bf16] {
+        let m = TchModel::new(fast::EncoderDecoder::load(&cfg, weights.clone(), Ctx::new(Device::Cpu, p)).unwrap());
+        let wanted = ["pred".to_string(), "decode_head".to_string()];
+        let mut out = m.run(&AnyArray::F32(x.clone().into_dyn()), &wanted).unwrap();
+        let Some(beit_seg::backend::OutTensor::Label(pred)) = out.remove("pred") else { panic!("no pred") };
+        let Some(beit_seg::backend::OutTensor::Float(head)) = out.remove("decode_head") else { panic!("no head") };
+        assert_eq!(m.labels(x.clone()).unwrap().into_dyn(), pred, "{p}: labels");
+        assert_eq!(m.decode_head_logits(x.clone()).unwrap().mapv(f64::from).into_dyn(), head, "{p}: head logits");
+    }
+}
+
 // ------------------------------------------------------------------------------- differential
 
 mod common;

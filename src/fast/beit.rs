@@ -371,3 +371,32 @@ pub fn tokens_to_map(x: &Tensor, hp: i64, wp: i64, channels_last: bool) -> Resul
     let map = x.f_narrow(1, 1, n - 1)?.f_contiguous()?.f_reshape([b, hp, wp, c])?.f_permute([0, 3, 1, 2])?;
     Ok(if channels_last { map } else { map.f_contiguous()? })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gathered bias is `bias[0, h, i, j] = table[index[i, j], h]` (the table stored
+    /// transposed, (nH, T)); the folded one is that tensor.
+    #[test]
+    fn the_relative_position_bias_is_the_table_at_the_index() {
+        let (heads, rows, n) = (3i64, 7i64, 4i64);
+        let table: Vec<f32> = (0..rows * heads).map(|v| v as f32 * 0.5 - 3.0).collect(); // (T, nH)
+        let index: Vec<i64> = (0..n * n).map(|k| (k * 5 + 3) % rows).collect();
+        let t = Tensor::from_slice(&table).reshape([rows, heads]);
+        let gathered = RelPosBias::Gathered {
+            table: t.transpose(0, 1).contiguous(),
+            index: Tensor::from_slice(&index),
+        };
+        let b = gathered.get(heads, n).unwrap();
+        assert_eq!(b.size(), vec![1, heads, n, n]);
+        for h in 0..heads {
+            for ij in 0..n * n {
+                let want = table[(index[ij as usize] * heads + h) as usize] as f64;
+                assert_eq!(b.double_value(&[0, h, ij / n, ij % n]), want);
+            }
+        }
+        let folded = RelPosBias::Folded(b.contiguous());
+        assert!(folded.get(heads, n).unwrap().equal(&b));
+    }
+}
