@@ -110,18 +110,18 @@ impl Model for TchModel {
         let x = from_any_array(&AnyArray::F32(input.into_dyn()), self.ctx.kind(), self.ctx.device)?;
         let out = model.forward(&x, &mut Recorder::none())?;
         // Only the labels leave the device (the logits are 150 x H x W floats).
-        to_i64_array(&out.pred)?.into_dimensionality().map_err(|_| {
-            BackendError::Input(format!("pred: expected a 3-D tensor, got {:?}", out.pred.size()))
-        })
+        to_i64_array(&out.pred)?
+            .into_dimensionality()
+            .map_err(|_| BackendError::Input(format!("pred: expected a 3-D tensor, got {:?}", out.pred.size())))
     }
 
     fn decode_head_logits(&self, input: Array4<f32>) -> Result<Array4<f32>, BackendError> {
         let model = self.lock()?;
         let x = from_any_array(&AnyArray::F32(input.into_dyn()), self.ctx.kind(), self.ctx.device)?;
         let y = model.decode_head_forward(&x, &mut Recorder::none())?;
-        crate::fast::to_f32_array(&y)?.into_dimensionality().map_err(|_| {
-            BackendError::Input(format!("decode head logits: expected a 4-D tensor, got {:?}", y.size()))
-        })
+        crate::fast::to_f32_array(&y)?
+            .into_dimensionality()
+            .map_err(|_| BackendError::Input(format!("decode head logits: expected a 4-D tensor, got {:?}", y.size())))
     }
 
     fn seg_logits(&self, input: Array4<f32>) -> Result<Array4<f32>, BackendError> {

@@ -116,7 +116,8 @@ impl BeitAttention {
             table: table.f_transpose(0, 1)?.f_contiguous()?,
             index: Tensor::f_from_slice(&flat)?.f_to_device(ctx.device)?,
         };
-        let folded_bytes = (cfg.num_layers * cfg.num_heads) as f64 * (tokens * tokens) as f64 * k.elt_size_in_bytes() as f64;
+        let folded_bytes =
+            (cfg.num_layers * cfg.num_heads) as f64 * (tokens * tokens) as f64 * k.elt_size_in_bytes() as f64;
         let bias = if folded_bytes <= FOLD_BUDGET_BYTES {
             RelPosBias::Folded(gathered.get(cfg.num_heads as i64, tokens)?.f_contiguous()?)
         } else {
@@ -384,10 +385,8 @@ mod tests {
         let table: Vec<f32> = (0..rows * heads).map(|v| v as f32 * 0.5 - 3.0).collect(); // (T, nH)
         let index: Vec<i64> = (0..n * n).map(|k| (k * 5 + 3) % rows).collect();
         let t = Tensor::from_slice(&table).reshape([rows, heads]);
-        let gathered = RelPosBias::Gathered {
-            table: t.transpose(0, 1).contiguous(),
-            index: Tensor::from_slice(&index),
-        };
+        let gathered =
+            RelPosBias::Gathered { table: t.transpose(0, 1).contiguous(), index: Tensor::from_slice(&index) };
         let b = gathered.get(heads, n).unwrap();
         assert_eq!(b.size(), vec![1, heads, n, n]);
         for h in 0..heads {

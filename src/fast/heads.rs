@@ -125,7 +125,11 @@ impl DecodeHead {
         let (ch, out) = (plan.channels, plan.out_channels);
         Ok(DecodeHead {
             body,
-            conv_seg_weight: ctx.conv_weight(src.get(&join(prefix, "conv_seg.weight"), &[out, ch, 1, 1], ctx.kind())?)?,
+            conv_seg_weight: ctx.conv_weight(src.get(
+                &join(prefix, "conv_seg.weight"),
+                &[out, ch, 1, 1],
+                ctx.kind(),
+            )?)?,
             conv_seg_bias: src.get(&join(prefix, "conv_seg.bias"), &[out], ctx.kind())?,
             cfg: cfg.clone(),
         })
