@@ -289,16 +289,16 @@ fn npy_array<T: npyz::Deserialize + Clone>(
 }
 
 /// Reads a `.npy` file: a regular file only (a FIFO or device is refused by name before it is
-/// opened, see [`crate::fsutil::read_regular`]), of at most the memory limit.
+/// opened, see [`crate::files::read_regular`]), of at most the memory limit.
 pub fn read_npy(path: &Path) -> Result<AnyArray, ArrayError> {
-    let bytes = crate::fsutil::read_regular(path, crate::limits::memory_limit()).map_err(io_err(path))?;
+    let bytes = crate::files::read_regular(path, crate::limits::memory_limit()).map_err(io_err(path))?;
     parse_npy(&bytes, path, None)
 }
 
 /// Reads every array of a `.npz` archive (`np.savez` or `np.savez_compressed`), keyed by the
 /// entry name without its `.npy` suffix, in archive order. A regular file only.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, AnyArray)>, ArrayError> {
-    let file = crate::fsutil::open_regular(path).map_err(io_err(path))?;
+    let file = crate::files::open_regular(path).map_err(io_err(path))?;
     read_npz_from(io::BufReader::new(file), path)
 }
 

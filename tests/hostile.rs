@@ -783,7 +783,7 @@ fn a_second_eval_on_a_locked_results_file_is_refused() {
     std::fs::create_dir_all(&out).unwrap();
     let results = out.join("results.jsonl");
     let f = std::fs::OpenOptions::new().create(true).append(true).open(&results).unwrap();
-    assert!(beit_seg::fsutil::try_lock(&f, true).unwrap());
+    assert!(beit_seg::files::try_lock(&f, true).unwrap());
     let o = eval_cmd(&pipeline_config(), &pipeline_weights(), &out).output().unwrap();
     let t = text(&o);
     assert_eq!(o.status.code(), Some(3), "{t}");

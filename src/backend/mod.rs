@@ -11,6 +11,7 @@
 //! implement [`Backend`] and [`Model`] in a file here, add a [`BackendKind`] variant, and one arm
 //! in [`open`] (see docs/architecture.md).
 
+pub mod random_weights;
 pub mod reference;
 #[cfg(feature = "tch")]
 pub mod tch;
@@ -201,7 +202,7 @@ pub fn open(spec: &BackendSpec) -> Result<Box<dyn Backend>, BackendError> {
 
 /// A state dict of random weights for `cfg` (for benchmarks): every float parameter the model
 /// asks for, drawn from a seeded generator at a plausible scale (see
-/// [`reference::random_draw`]).
+/// [`random_weights::random_draw`]).
 pub fn random_state_dict(cfg: &SegmentorConfig, seed: u64) -> StateDict {
-    reference::random_state_dict(cfg, seed)
+    random_weights::random_state_dict(cfg, seed)
 }

@@ -17,6 +17,9 @@
 //! - [`mod@safetensors`]: `.safetensors` reading and writing (the `safetensors` crate);
 //!   `.npz` / `.npy` are read by [`crate::array`].
 //! - [`read`]: format sniffing ([`file_kind`]) and [`read_any`].
+//! - [`options`]: [`ReadOptions`], how the readers read (half floats widened or refused; in a
+//!   `.pth`, objects of globals outside the allow-list refused or kept as inert placeholders).
+//! - [`value`]: the unpickled object tree [`Value`] the `.pth` reader returns.
 //!
 //! Writing and converting:
 //! - [`mod@write`]: `.pth` (accepted by `torch.load(weights_only=True)`, laid out as mmengine's
@@ -47,6 +50,7 @@ pub mod convert;
 pub mod export;
 mod globals;
 mod nodes;
+pub mod options;
 mod pickle;
 pub mod read;
 pub mod relpos;
@@ -59,12 +63,13 @@ pub mod write;
 
 pub use convert::{convert, detect_dialect, ConversionReport, ConvertOptions, Dialect};
 pub use export::{export, ExportOptions};
+pub use options::ReadOptions;
 pub use read::{file_kind, read_any, FileKind};
 pub use relpos::{resize_rel_pos_any, resize_rel_pos_table};
 pub use safetensors::{read_safetensors, read_safetensors_bytes, write_safetensors};
 pub use state_dict::{read_state_dict, read_state_dict_with, state_dict_of};
 pub use torch_zip::{load_pth, load_pth_bytes};
-pub use value::{ReadOptions, Value};
+pub use value::Value;
 pub use write::{write_any, write_npz, write_pth, StoreDtype, WriteOptions};
 
 use crate::array::ArrayError;

@@ -19,7 +19,7 @@ pub enum FileKind {
 
 /// Tells the format from the file's first bytes, falling back on the extension.
 pub fn file_kind(path: &Path) -> Result<FileKind, CheckpointError> {
-    let mut f = crate::fsutil::open_regular(path).map_err(CheckpointError::io(path))?;
+    let mut f = crate::files::open_regular(path).map_err(CheckpointError::io(path))?;
     let mut head = [0u8; 16];
     let n = read_up_to(&mut f, &mut head).map_err(CheckpointError::io(path))?;
     let head = &head[..n];
@@ -29,7 +29,7 @@ pub fn file_kind(path: &Path) -> Result<FileKind, CheckpointError> {
             return Ok(FileKind::Npz);
         }
         // A zip: a torch archive has `<top>/data.pkl`; otherwise take it as an npz.
-        let f = crate::fsutil::open_regular(path).map_err(CheckpointError::io(path))?;
+        let f = crate::files::open_regular(path).map_err(CheckpointError::io(path))?;
         if let Ok(z) = zip::ZipArchive::new(BufReader::new(f)) {
             if z.file_names().any(|n| n.ends_with("/data.pkl")) {
                 return Ok(FileKind::Pth);

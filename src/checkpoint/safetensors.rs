@@ -21,7 +21,7 @@ use crate::array::AnyArray;
 
 /// Reads a `.safetensors` file (see the module doc).
 pub fn read_safetensors(path: &Path, opts: ReadOptions) -> Result<Vec<(String, AnyArray)>, CheckpointError> {
-    let bytes = crate::fsutil::read_regular(path, crate::limits::memory_limit()).map_err(CheckpointError::io(path))?;
+    let bytes = crate::files::read_regular(path, crate::limits::memory_limit()).map_err(CheckpointError::io(path))?;
     read_safetensors_bytes(&bytes, path, opts)
 }
 

@@ -292,7 +292,7 @@ fn load_archive<R: Read + Seek>(reader: R, path: &Path, opts: ReadOptions) -> Re
 
 /// Reads a `torch.save` (zip) file into a [`Value`] tree.
 pub fn load_pth(path: &Path, opts: ReadOptions) -> Result<Value, CheckpointError> {
-    let f = crate::fsutil::open_regular(path).map_err(CheckpointError::io(path))?;
+    let f = crate::files::open_regular(path).map_err(CheckpointError::io(path))?;
     load_archive(BufReader::new(f), path, opts)
 }
 

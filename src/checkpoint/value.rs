@@ -1,19 +1,6 @@
-//! What the readers return besides flat state dicts: [`ReadOptions`] and the unpickled object
-//! tree [`Value`].
+//! What the readers return besides flat state dicts: the unpickled object tree [`Value`].
 
 use crate::array::AnyArray;
-
-/// How to read tensors.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ReadOptions {
-    /// Read float16 / bfloat16 tensors widened (exactly) to float32. When false such a tensor is
-    /// an error that says so.
-    pub widen_half: bool,
-    /// Turn objects of globals outside the allow-list into inert [`Value::Opaque`] placeholders
-    /// instead of failing (nothing is executed either way). Off by default, as
-    /// `torch.load(weights_only=True)`.
-    pub opaque_globals: bool,
-}
 
 /// An unpickled object tree.
 #[derive(Debug, Clone)]
@@ -34,9 +21,10 @@ pub enum Value {
     Tensor(AnyArray),
     /// A torch layout (or another inert tag of an allowed global); holds its name.
     Opaque(String),
-    /// An object of a global outside the allow-list (only with [`ReadOptions::opaque_globals`]):
-    /// holds the global's dotted name (`os.system`). Never executed; a state dict read from a
-    /// checkpoint holding one anywhere is refused, naming it.
+    /// An object of a global outside the allow-list (only with
+    /// [`super::ReadOptions::opaque_globals`]): holds the global's dotted name (`os.system`).
+    /// Never executed; a state dict read from a checkpoint holding one anywhere is refused,
+    /// naming it.
     Forbidden(String),
 }
 

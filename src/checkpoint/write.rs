@@ -10,7 +10,7 @@
 //! - `.npz`: `np.savez`-compatible: an uncompressed zip of `<key>.npy` entries written by the
 //!   `npyz` crate (little-endian dtypes, C order).
 //!
-//! Every writer is atomic ([`crate::fsutil::write_atomic_with`]): the file is written to a
+//! Every writer is atomic ([`crate::files::write_atomic_with`]): the file is written to a
 //! temporary name in the destination directory, synced, then moved into place; an existing file
 //! is never replaced unless [`WriteOptions::force`] is set.
 
@@ -179,7 +179,7 @@ pub(super) fn check_keys(path: &Path, tensors: &[(String, AnyArray)]) -> Result<
 // ---------------------------------------------------------------------------------------------
 // Atomic writes
 
-/// Writes `path` atomically through [`crate::fsutil::write_atomic_with`] (no overwrite unless
+/// Writes `path` atomically through [`crate::files::write_atomic_with`] (no overwrite unless
 /// `force`; an existing `path` is [`CheckpointError::Exists`], checked before writing and again,
 /// without a race, at the rename).
 fn atomic_write(
@@ -190,7 +190,7 @@ fn atomic_write(
     if !force && path.exists() {
         return Err(CheckpointError::Exists { path: path.to_path_buf() });
     }
-    crate::fsutil::write_atomic_with(path, force, body).map_err(|e| match e.kind() {
+    crate::files::write_atomic_with(path, force, body).map_err(|e| match e.kind() {
         io::ErrorKind::AlreadyExists => CheckpointError::Exists { path: path.to_path_buf() },
         _ => CheckpointError::Write { path: path.to_path_buf(), msg: e.to_string() },
     })

@@ -127,7 +127,7 @@ pub fn convert(a: ConvertArgs) -> Result<ExitCode> {
     };
     // Before reading anything: DST is never SRC, never a device / FIFO (not even with
     // --force), and replaces an existing file only with --force.
-    crate::fsutil::check_output(&dst, a.force, &[a.src.as_path()])
+    crate::files::check_output(&dst, a.force, &[a.src.as_path()])
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dst.display()))?;
     if let Some(s) = a.img_size {
         let win = s / a.patch_size;

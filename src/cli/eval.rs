@@ -165,7 +165,7 @@ pub struct LoadedConfig {
 pub fn load_config(config: Option<&Path>, preset_name: Option<&str>) -> Result<LoadedConfig> {
     let (v, source) = match (config, preset_name) {
         (Some(p), _) => {
-            let text = crate::fsutil::read_regular_to_string(p, crate::fsutil::MAX_TEXT_BYTES)
+            let text = crate::files::read_regular_to_string(p, crate::files::MAX_TEXT_BYTES)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
             let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))?;
             (v, p.display().to_string())
@@ -363,7 +363,7 @@ pub fn run_predict(args: PredictArgs) -> Result<ExitCode> {
     for img in &args.images {
         for f in output_files(&args.out, img) {
             if let Some(other) = planned.insert(f.clone(), img) {
-                if other == img.as_path() || crate::fsutil::same_file(other, img) {
+                if other == img.as_path() || crate::files::same_file(other, img) {
                     bail!("{} is given twice", img.display());
                 }
                 bail!(
@@ -383,12 +383,12 @@ pub fn run_predict(args: PredictArgs) -> Result<ExitCode> {
         .chain(args.model.config.as_deref())
         .collect();
     for f in planned.keys() {
-        crate::fsutil::check_output(f, args.force, &inputs)
+        crate::files::check_output(f, args.force, &inputs)
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", f.display()))?;
     }
     let any_jpeg = args.images.iter().any(|p| {
         let mut head = [0u8; 16];
-        crate::fsutil::open_regular(p).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).is_ok()
+        crate::files::open_regular(p).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).is_ok()
             && image::sniff(&head) == Some(image::Format::Jpeg)
     });
     if any_jpeg {

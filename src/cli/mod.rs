@@ -104,7 +104,7 @@ pub fn stderr_write(args: std::fmt::Arguments<'_>) {
 }
 
 /// SIGINT, SIGTERM and SIGHUP are blocked in every thread and taken by one thread that removes
-/// the temporary files of atomic writes in progress ([`crate::fsutil::remove_temp_files`]) and
+/// the temporary files of atomic writes in progress ([`crate::files::remove_temp_files`]) and
 /// exits with status 128 + the signal (130 for Ctrl-C). Must run before any other thread
 /// starts (threads inherit the blocked mask; child processes get an empty one from `std`).
 #[cfg(unix)]
@@ -125,7 +125,7 @@ fn install_signal_cleanup() {
         let mut sig: libc::c_int = 0;
         // SAFETY: `set` is a valid signal set; sigwait writes the signal number to `sig`.
         if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-            crate::fsutil::remove_temp_files();
+            crate::files::remove_temp_files();
             std::process::exit(128 + sig);
         }
     });
@@ -225,7 +225,7 @@ impl BackendArgs {
 }
 
 /// Writes a report the user asked for by name (`verify --json/--junit`, `bench --json`)
-/// through [`crate::fsutil::write_output`]: atomically, never over a non-regular file or one of
+/// through [`crate::files::write_output`]: atomically, never over a non-regular file or one of
 /// the command's `inputs`, over an existing file only with `force`. The error names the file.
 pub fn write_report(
     path: &std::path::Path,
@@ -233,6 +233,6 @@ pub fn write_report(
     force: bool,
     inputs: &[&std::path::Path],
 ) -> anyhow::Result<()> {
-    crate::fsutil::write_output_bytes(path, force, inputs, text.as_bytes())
+    crate::files::write_output_bytes(path, force, inputs, text.as_bytes())
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }

@@ -97,7 +97,7 @@ pub struct VerifyArgs {
 pub fn run(a: VerifyArgs) -> Result<ExitCode> {
     let filter = NameFilter::new(&a.filter)?;
     if let (Some(j), Some(x)) = (&a.json, &a.junit) {
-        if j == x || crate::fsutil::same_file(j, x) {
+        if j == x || crate::files::same_file(j, x) {
             bail!("--json and --junit name the same file {}", j.display());
         }
     }
@@ -110,7 +110,7 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
         inputs.push(c);
     }
     for p in [&a.json, &a.junit].into_iter().flatten() {
-        crate::fsutil::check_output(p, a.force, &inputs)
+        crate::files::check_output(p, a.force, &inputs)
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
     }
     let opts = VerifyOptions {

@@ -302,7 +302,7 @@ fn read_metrics(path: &Path) -> Result<Option<Value>, CandidateError> {
     if std::fs::symlink_metadata(path).is_err() {
         return Ok(None);
     }
-    let text = crate::fsutil::read_regular_to_string(path, crate::fsutil::MAX_TEXT_BYTES)
+    let text = crate::files::read_regular_to_string(path, crate::files::MAX_TEXT_BYTES)
         .map_err(|e| CandidateError::Bad { path: path.to_path_buf(), msg: e.to_string() })?;
     let v: Value = serde_json::from_str(&text)
         .map_err(|e| CandidateError::Bad { path: path.to_path_buf(), msg: format!("invalid JSON: {e}") })?;
@@ -324,7 +324,7 @@ pub fn save_outputs(dir: &Path, tensors: &[(String, AnyArray)], metrics: Option<
 
 /// [`save_outputs`] as an output of a command: each file written atomically, over an existing
 /// file only with `force`, never over a non-regular file or one of `inputs`
-/// ([`crate::fsutil::write_output`]). A name that is not a plain file name (`/`, `..`) is refused.
+/// ([`crate::files::write_output`]). A name that is not a plain file name (`/`, `..`) is refused.
 pub fn save_outputs_to(
     dir: &Path,
     tensors: &[(String, AnyArray)],
@@ -339,13 +339,13 @@ pub fn save_outputs_to(
             return Err(bad(dir, &format!("output name {:?} cannot be a file name", super::report::clip(name, 80))));
         }
         let path = dir.join(format!("{name}.npy"));
-        crate::fsutil::write_output(&path, force, inputs, |f| write_npy(std::io::BufWriter::new(f), a))
+        crate::files::write_output(&path, force, inputs, |f| write_npy(std::io::BufWriter::new(f), a))
             .map_err(|e| bad(&path, &e))?;
     }
     if let Some(m) = metrics {
         let path = dir.join("metrics.json");
         let text = serde_json::to_string_pretty(m).map_err(|e| bad(&path, &e))?;
-        crate::fsutil::write_output_bytes(&path, force, inputs, text.as_bytes()).map_err(|e| bad(&path, &e))?;
+        crate::files::write_output_bytes(&path, force, inputs, text.as_bytes()).map_err(|e| bad(&path, &e))?;
     }
     Ok(())
 }

@@ -192,7 +192,7 @@ impl Case {
     /// Reads `case.json` in `dir`.
     pub fn load(dir: &Path) -> Result<Case, CaseError> {
         let path = dir.join("case.json");
-        let text = crate::fsutil::read_regular_to_string(&path, crate::fsutil::MAX_TEXT_BYTES)
+        let text = crate::files::read_regular_to_string(&path, crate::files::MAX_TEXT_BYTES)
             .map_err(|e| CaseError::Io(format!("{}: {e}", path.display())))?;
         Self::parse(&text, dir)
     }

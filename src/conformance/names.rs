@@ -301,7 +301,7 @@ impl NameMap {
             "hf" => Self::parse(BUILTIN_HF, "built-in `hf`"),
             "timm" => Self::parse(BUILTIN_TIMM, "built-in `timm`"),
             path => {
-                let text = crate::fsutil::read_regular_to_string(Path::new(path), crate::fsutil::MAX_TEXT_BYTES)
+                let text = crate::files::read_regular_to_string(Path::new(path), crate::files::MAX_TEXT_BYTES)
                     .map_err(|e| NamesError::Map { src: path.to_string(), msg: e.to_string() })?;
                 Self::parse(&text, path)
             }

@@ -66,10 +66,10 @@ pub fn merge_with(
 /// `out` may be written (not an input, not a device or FIFO, existing only with `force`) and
 /// no results file is given twice.
 fn check_merge_paths(files: &[PathBuf], out: &Path, force: bool, inputs: &[&Path]) -> Result<(), EvalError> {
-    crate::fsutil::check_output(out, force, inputs)
+    crate::files::check_output(out, force, inputs)
         .map_err(|e| EvalError::Results { path: out.to_path_buf(), msg: e.to_string() })?;
     for (i, f) in files.iter().enumerate() {
-        if let Some(g) = files[..i].iter().find(|g| crate::fsutil::same_file(f, g)) {
+        if let Some(g) = files[..i].iter().find(|g| crate::files::same_file(f, g)) {
             return Err(EvalError::Results {
                 path: f.clone(),
                 msg: format!("is given twice (also as {})", g.display()),
@@ -98,8 +98,8 @@ fn read_shards(files: &[PathBuf], first: &Path) -> Result<(ResultsHeader, Vec<Im
 
 /// One results file that no `eval` is still writing (its lock) and whose last line is whole.
 fn read_finished_shard(f: &Path) -> Result<(ResultsHeader, Vec<ImageRecord>), EvalError> {
-    let lock = crate::fsutil::open_regular(f).map_err(io_err(f))?;
-    if !crate::fsutil::try_lock(&lock, false).map_err(io_err(f))? {
+    let lock = crate::files::open_regular(f).map_err(io_err(f))?;
+    if !crate::files::try_lock(&lock, false).map_err(io_err(f))? {
         return Err(EvalError::Results {
             path: f.to_path_buf(),
             msg: "an eval is still writing this file (it is locked); merge it when that run has finished".into(),
@@ -174,7 +174,7 @@ fn write_merged(out: &Path, force: bool, inputs: &[&Path], json: &Value) -> Resu
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    crate::fsutil::write_output_bytes(
+    crate::files::write_output_bytes(
         out,
         force,
         inputs,

@@ -185,10 +185,10 @@ pub fn validate_record(r: &ImageRecord, num_classes: usize, num_images: usize) -
 /// Reads a results file: the header and the complete records, each checked by
 /// [`validate_record`] (an error names the file, line and field). A torn last line (a killed
 /// run) is dropped and reported as the byte length of the good prefix (`Some(len)`). Only a
-/// regular file is read ([`crate::fsutil::read_regular`]).
+/// regular file is read ([`crate::files::read_regular`]).
 pub fn read_results(path: &Path) -> Result<(ResultsHeader, Vec<ImageRecord>, Option<u64>), EvalError> {
     let bad = |msg: String| EvalError::Results { path: path.to_path_buf(), msg };
-    let text = crate::fsutil::read_regular(path, crate::limits::memory_limit()).map_err(io_err(path))?;
+    let text = crate::files::read_regular(path, crate::limits::memory_limit()).map_err(io_err(path))?;
     let mut good_len = 0usize;
     let mut header: Option<ResultsHeader> = None;
     let mut records = Vec::new();
@@ -285,7 +285,7 @@ pub fn read_records(path: &Path) -> Result<Vec<ImageRecord>, EvalError> {
 
 /// Lines of a file (helper for tests and tools that inspect results files).
 pub fn count_lines(path: &Path) -> Result<usize, EvalError> {
-    let f = crate::fsutil::open_regular(path).map_err(io_err(path))?;
+    let f = crate::files::open_regular(path).map_err(io_err(path))?;
     Ok(BufReader::new(f).lines().count())
 }
 

@@ -286,7 +286,7 @@ fn finish(
     let metrics_path = if complete {
         let inputs: Vec<&Path> = opts.inputs.iter().map(PathBuf::as_path).collect();
         let text = serde_json::to_string_pretty(&json).expect("serializable");
-        crate::fsutil::write_output_bytes(&metrics_path, true, &inputs, text.as_bytes())
+        crate::files::write_output_bytes(&metrics_path, true, &inputs, text.as_bytes())
             .map_err(io_err(&metrics_path))?;
         Some(metrics_path)
     } else {
@@ -319,7 +319,7 @@ impl ResultsFile {
         let file = Self::check_and_open(&path, &metrics_path, opts)?;
         let mut rf = ResultsFile { file, path, metrics_path };
         // One writer per results file: a second eval on the same --out (and shard) stops here.
-        if !crate::fsutil::try_lock(&rf.file, true).map_err(io_err(&rf.path))? {
+        if !crate::files::try_lock(&rf.file, true).map_err(io_err(&rf.path))? {
             return Err(rf.err(
                 "another eval is writing this file (it is locked); wait for it to finish, or use another --out".into(),
             ));
@@ -342,15 +342,15 @@ impl ResultsFile {
         let inputs: Vec<&Path> = opts.inputs.iter().map(PathBuf::as_path).collect();
         match std::fs::metadata(path) {
             Ok(md) if !md.is_file() => {
-                return Err(err(format!("is {}, not a regular file", crate::fsutil::kind_of(&md))))
+                return Err(err(format!("is {}, not a regular file", crate::files::kind_of(&md))))
             }
             _ => {}
         }
-        if let Some(i) = inputs.iter().find(|i| crate::fsutil::same_file(path, i)) {
+        if let Some(i) = inputs.iter().find(|i| crate::files::same_file(path, i)) {
             return Err(err(format!("is also an input of this command ({})", i.display())));
         }
         let resumable = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
-        crate::fsutil::check_output(metrics_path, resumable || opts.force, &inputs)
+        crate::files::check_output(metrics_path, resumable || opts.force, &inputs)
             .map_err(|e| EvalError::Results { path: metrics_path.to_path_buf(), msg: e.to_string() })?;
         let mut o = OpenOptions::new();
         o.read(true).append(true).create(true);

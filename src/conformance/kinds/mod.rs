@@ -1,15 +1,17 @@
 //! The fixture kinds: what each expects, and how it is produced — by our library or model on a
 //! [`Target::Backend`], or read from a candidate ([`Target::Candidate`] directory or
 //! [`Target::InMemory`]; one path for both). One file per family:
-//! [`segmentor`], [`pipeline`] (model kinds), [`data`] (`resize`, `metric`), [`checkpoint`]
-//! (`converter`, `relpos_resize`).
+//! [`segmentor`], [`pipeline`] (model kinds), [`resize`], [`metric`] (data kinds),
+//! [`checkpoint`] (`converter`, `relpos_resize`).
 
 pub mod checkpoint;
-pub mod data;
+pub mod metric;
 pub mod pipeline;
+pub mod resize;
 pub mod segmentor;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde_json::Value;
 
@@ -40,12 +42,34 @@ pub fn run(case: &Case, target: &Target<'_>, opts: &VerifyOptions, run_dtype: Dt
     match &case.kind {
         CaseKind::Segmentor => segmentor::run(case, target, opts, run_dtype),
         CaseKind::Pipeline => pipeline::run(case, target, opts),
-        CaseKind::Metric => data::run_metric(case, target),
-        CaseKind::Resize => data::run_resize(case, target),
+        CaseKind::Metric => metric::run_metric(case, target),
+        CaseKind::Resize => resize::run_resize(case, target),
         CaseKind::Converter => checkpoint::run_converter(case, target),
         CaseKind::RelposResize => checkpoint::run_relpos(case, target),
         CaseKind::Unknown(k) => Err(RunError::Skip(format!("kind `{k}` is not known"))),
     }
+}
+
+/// An error in the `case.json` of `case`.
+fn manifest_err(case: &Case, msg: impl std::fmt::Display) -> RunError {
+    RunError::manifest(case, msg)
+}
+
+/// The `inputs` object of a case, in manifest order.
+fn input_files(case: &Case) -> Result<Vec<(String, PathBuf)>, RunError> {
+    let obj = case
+        .manifest
+        .get("inputs")
+        .and_then(Value::as_object)
+        .ok_or_else(|| manifest_err(case, "`inputs` must be an object {name: file}"))?;
+    obj.iter()
+        .map(|(k, v)| {
+            let f = v.as_str().ok_or_else(|| manifest_err(case, format!("`inputs.{k}` must be a file name")))?;
+            let f = crate::conformance::case::inside_case(f)
+                .map_err(|m| manifest_err(case, format!("`inputs.{k}`: {m}")))?;
+            Ok((k.clone(), case.dir.join(f)))
+        })
+        .collect()
 }
 
 /// Every expected output of a case, read before any compute (a broken fixture is reported

@@ -21,7 +21,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::segmentor::case_weights;
-use super::{compare_candidate, compare_case_outputs, expected_shapes, read_expected, KindOutcome};
+use super::{compare_candidate, compare_case_outputs, expected_shapes, manifest_err, read_expected, KindOutcome};
 use crate::backend::OutTensor;
 use crate::config::SegmentorConfig;
 use crate::conformance::case::{Case, Dtype, Tolerance};
@@ -39,10 +39,6 @@ const EXACT: Tolerance = Tolerance { rtol: 0.0, atol: 0.0 };
 pub fn run(case: &Case, target: &Target<'_>, opts: &VerifyOptions) -> Result<KindOutcome, RunError> {
     let _ = opts;
     run_pipeline(case, target)
-}
-
-fn manifest_err(case: &Case, msg: impl std::fmt::Display) -> RunError {
-    RunError::manifest(case, msg)
 }
 
 /// The `dataset` object of a pipeline case: layout, test pipeline and optional `aug`, parsed by

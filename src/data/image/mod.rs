@@ -80,7 +80,7 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
 pub const MAX_IMAGE_FILE_BYTES: u64 = 2 << 30;
 
 fn read_file(path: &Path) -> Result<Vec<u8>, ImageError> {
-    crate::fsutil::read_regular(path, MAX_IMAGE_FILE_BYTES)
+    crate::files::read_regular(path, MAX_IMAGE_FILE_BYTES)
         .map_err(|err| ImageError::Io { path: path.to_path_buf(), err })
 }
 

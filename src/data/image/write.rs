@@ -28,8 +28,8 @@ fn write_png(
         wr.write_image_data(data).map_err(|e| werr(&e))?;
         wr.finish().map_err(|e| werr(&e))?;
     }
-    // Atomic, never over a device / FIFO or an input (crate::fsutil::write_output).
-    crate::fsutil::write_output_bytes(path, force, inputs, &bytes).map_err(|e| werr(&e))
+    // Atomic, never over a device / FIFO or an input (crate::files::write_output).
+    crate::files::write_output_bytes(path, force, inputs, &bytes).map_err(|e| werr(&e))
 }
 
 /// Writes an 8-bit greyscale PNG (a label map; read back identically by Pillow and
@@ -39,7 +39,7 @@ pub fn write_label_png(path: &Path, labels: ArrayView2<u8>) -> Result<(), ImageE
 }
 
 /// [`write_label_png`] as a command's output: an existing file only with `force`, never one of
-/// `inputs` (see [`crate::fsutil::write_output`]).
+/// `inputs` (see [`crate::files::write_output`]).
 pub fn write_label_png_to(
     path: &Path,
     labels: ArrayView2<u8>,
