@@ -25,9 +25,6 @@ pub mod config;
 pub mod device;
 pub mod files;
 pub mod float;
-// The old name of `files`, for `src/cli/bench.rs` only (being edited elsewhere); drop this once it
-// says `crate::files::check_output`.
-pub(crate) use files as fsutil;
 pub mod limits;
 pub mod weights;
 

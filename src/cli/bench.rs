@@ -96,7 +96,7 @@ pub fn run_bench_cli(a: BenchArgs) -> Result<ExitCode> {
         bail!("--rounds 0: at least one round is needed");
     }
     if let Some(p) = &a.json {
-        crate::fsutil::check_output(p, a.force, &[])
+        crate::files::check_output(p, a.force, &[])
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
     }
     let opts = BenchOptions {

@@ -2,7 +2,7 @@
 
 use tch::Tensor;
 
-use super::params::Source;
+use super::weight_source::Source;
 use super::{join, ops, Ctx, Result};
 
 /// `nn.BatchNorm2d` / `SyncBatchNorm` in eval mode.

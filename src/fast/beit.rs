@@ -4,7 +4,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::params::Source;
+use super::weight_source::Source;
 use super::{join, ops, Ctx, ModelError, Recorder, Result};
 use crate::config::BeitConfig;
 use crate::model::names::{ffn_hidden_aliases, ffn_output_aliases};

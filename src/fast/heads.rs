@@ -6,7 +6,7 @@
 use tch::Tensor;
 
 use super::batch_norm::BatchNorm;
-use super::params::Source;
+use super::weight_source::Source;
 use super::winograd::Winograd;
 use super::{join, ops, Ctx, ModelError, Recorder, Result};
 use crate::config::{HeadConfig, InputTransform};

@@ -29,8 +29,8 @@ pub mod heads;
 pub mod malloc;
 pub mod neck;
 pub mod ops;
-pub mod params;
 pub mod segmentor;
+pub mod weight_source;
 pub mod winograd;
 
 use ndarray::{ArrayD, IxDyn};

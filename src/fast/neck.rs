@@ -5,7 +5,7 @@
 use tch::Tensor;
 
 use super::batch_norm::BatchNorm;
-use super::params::Source;
+use super::weight_source::Source;
 use super::{join, ops, Ctx, Recorder, Result};
 use crate::config::NeckConfig;
 

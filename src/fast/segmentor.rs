@@ -12,7 +12,7 @@ use tch::{Kind, Tensor};
 use super::beit::Beit;
 use super::heads::DecodeHead;
 use super::neck::Feature2Pyramid;
-use super::params::{store_source, Source};
+use super::weight_source::{store_source, Source};
 use super::{ops, Ctx, ModelError, Recorder, Result};
 use crate::array::AnyArray;
 use crate::config::{SegmentorConfig, TestMode};

@@ -1,6 +1,6 @@
-//! Where the fast path's parameters come from: a state dict in MMSegmentation names (through the
-//! reference's strict [`WeightStore`], so every missing, wrong-shape or unexpected key is
-//! reported exactly as the reference reports it), or random values for benchmarks.
+//! Where the fast path's parameters come from: a state dict in MMSegmentation names, through the
+//! one strict loader both backends share ([`WeightStore`], so every missing, wrong-shape or
+//! unexpected key is reported exactly as the reference reports it), handed out as tensors.
 
 use ndarray::ArrayD;
 use tch::{Device, Kind, Tensor};
