@@ -47,6 +47,19 @@ if [ "${BEIT_SEG_SKIP_PY:-0}" != "1" ]; then
   "$venv/bin/python" python/tests/test_capture.py
   bash scripts/check_capture_install.sh "$venv/bin/python"
   BEIT_SEG="$bin" VENV="$venv" scripts/peers/run.sh --check
+  # bench's other engines run for real (a 64² crop of BEiT-B, one iteration each, ~1 min): every
+  # one is timed, none is silently left out.
+  BEIT_SEG_BENCH_CACHE="$sweep/bench-onnx" "$bin" bench --backend ref --size 64 --warmup 0 --iters 1 \
+      --rounds 1 --against pytorch,onnxruntime,openvino --python "$venv/bin/python" --json "$sweep/bench.json"
+  "$venv/bin/python" - "$sweep/bench.json" <<'EOF'
+import json, sys
+rows = json.load(open(sys.argv[1]))
+ran = {(a['engine'], a['precision']) for r in rows for a in r['against'] if a['seconds']}
+want = {('pytorch', 'fp32'), ('onnxruntime', 'fp32'), ('openvino', 'fp32')}
+notes = [a['note'] for r in rows for a in r['against'] if a['note']]
+assert want <= ran, f'engines that did not run: {sorted(want - ran)}: {notes}'
+print('bench engines ran:', sorted(ran))
+EOF
 fi
 
 if [ "${BEIT_SEG_SKIP_TCH:-0}" != "1" ] && [ "${BEIT_SEG_SKIP_PY:-0}" != "1" ]; then
