@@ -28,6 +28,9 @@ pub struct ConvModule {
     pub relu: bool,
     pub padding: i64,
     pub dilation: i64,
+    /// `(compute, model)` kinds when the convolution computes in another kind than the model's
+    /// ([`Ctx::conv_kind`]): the input is widened, the output rounded back.
+    compute: Option<(tch::Kind, tch::Kind)>,
 }
 
 impl ConvModule {
@@ -39,17 +42,27 @@ impl ConvModule {
             Some(eps) => Some(BatchNorm::load(src, ctx, &join(&prefix, "bn"), cout, eps)?),
             None => None,
         };
-        let weight = ctx.conv_weight(src.get(&join(&prefix, "conv.weight"), &[cout, cin, k, k], ctx.kind())?)?;
-        let winograd = k == 3 && spec.dilation == 1 && ctx.device == tch::Device::Cpu && !ctx.precision.is_reduced();
-        let bias =
-            if spec.conv_bias() { Some(src.get(&join(&prefix, "conv.bias"), &[cout], ctx.kind())?) } else { None };
+        // Rounded to the model's kind first, then held in the kind the convolution computes in.
+        let ck = ctx.conv_kind();
+        let weight = src.get(&join(&prefix, "conv.weight"), &[cout, cin, k, k], ctx.kind())?.f_to_kind(ck)?;
+        let weight = ctx.conv_weight(weight)?;
+        let winograd = k == 3
+            && spec.dilation == 1
+            && ctx.device == tch::Device::Cpu
+            && matches!(ck, tch::Kind::Float | tch::Kind::Double);
+        let bias = if spec.conv_bias() {
+            Some(src.get(&join(&prefix, "conv.bias"), &[cout], ctx.kind())?.f_to_kind(ck)?)
+        } else {
+            None
+        };
         Ok(ConvModule {
             kernel: if winograd {
-                ConvKernel::Winograd(Winograd::new(&weight, ctx.kind())?)
+                ConvKernel::Winograd(Winograd::new(&weight, ck)?)
             } else {
                 ConvKernel::Direct(weight)
             },
             bias,
+            compute: (ck != ctx.kind()).then_some((ck, ctx.kind())),
             bn,
             relu: spec.relu,
             padding: spec.padding as i64,
@@ -58,10 +71,17 @@ impl ConvModule {
     }
 
     pub fn forward(&self, x: &Tensor, prefix: &str, rec: &mut Recorder) -> Result<Tensor> {
-        let mut y = match &self.kernel {
-            ConvKernel::Direct(w) => ops::conv2d(x, w, self.bias.as_ref(), 1, self.padding, self.dilation)?,
-            ConvKernel::Winograd(u) => u.conv2d(x, self.bias.as_ref(), self.padding)?,
+        let xw = match self.compute {
+            Some((wide, _)) => x.f_to_kind(wide)?,
+            None => x.shallow_clone(),
         };
+        let mut y = match &self.kernel {
+            ConvKernel::Direct(w) => ops::conv2d(&xw, w, self.bias.as_ref(), 1, self.padding, self.dilation)?,
+            ConvKernel::Winograd(u) => u.conv2d(&xw, self.bias.as_ref(), self.padding)?,
+        };
+        if let Some((_, model)) = self.compute {
+            y = y.f_to_kind(model)?;
+        }
         rec.put(&join(prefix, "conv"), &y);
         if let Some(bn) = &self.bn {
             y = bn.forward(&y)?;

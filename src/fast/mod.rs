@@ -154,12 +154,25 @@ impl Ctx {
     pub fn wide_kind(&self) -> Kind {
         self.precision.wide_kind()
     }
+    /// The kind the decode heads' convolutions compute in. fp16 on a CPU without AMX-FP16:
+    /// float32, on fp16-rounded weights and inputs, the output rounded to fp16 — the arithmetic
+    /// of fp16 matrix units, which multiply fp16 values exactly and accumulate in fp32 (oneDNN's
+    /// own fp16 convolutions on AVX512-FP16 ran at ~60–120 GFLOP/s here, below its fp32 ones, and
+    /// the fp32 path has the Winograd 3x3 kernels). Otherwise the model's kind.
+    pub fn conv_kind(&self) -> Kind {
+        if self.device == Device::Cpu && self.precision == Precision::Fp16 && !cpu_has_amx_fp16() {
+            Kind::Float
+        } else {
+            self.kind()
+        }
+    }
     /// Whether feature maps and convolution weights are held channels-last (NHWC strides in
-    /// NCHW shape): fp16/bf16 on the CPU, where oneDNN runs channels-last convolutions on the
-    /// AMX/AVX-512 half-precision units without reordering inputs and weights on every call
-    /// (an NCHW bf16 3x3 convolution at 160² takes ~1.7x as long). The values are the same.
+    /// NCHW shape): half-precision convolutions on the CPU, where oneDNN runs channels-last
+    /// convolutions on the AMX/AVX-512 half-precision units without reordering inputs and
+    /// weights on every call (an NCHW bf16 3x3 convolution at 160² takes ~1.7x as long). The
+    /// values are the same.
     pub fn channels_last(&self) -> bool {
-        self.device == Device::Cpu && self.precision.is_reduced()
+        self.device == Device::Cpu && self.precision.is_reduced() && self.conv_kind() == self.kind()
     }
     /// A convolution weight in the layout [`Ctx::channels_last`] asks for.
     pub fn conv_weight(&self, w: Tensor) -> Result<Tensor> {
@@ -169,6 +182,16 @@ impl Ctx {
             Ok(w)
         }
     }
+}
+
+/// Whether this CPU has AMX-FP16 (`amx_fp16` in /proc/cpuinfo; false where unknown).
+pub fn cpu_has_amx_fp16() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::fs::read_to_string("/proc/cpuinfo")
+            .map(|s| s.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "amx_fp16")))
+            .unwrap_or(false)
+    })
 }
 
 /// The fast path's recorder of named module outputs (see [`crate::model::Recorder`]). Recorded
