@@ -194,15 +194,20 @@ fn half_precisions_run_and_stay_close_to_fp32() {
     }
 }
 
-/// The evaluation adapter gives the reference's logits (slide case, so the batched windows too).
-#[test]
-fn eval_model_matches_the_reference_model() {
-    let c = Case::load(&fixtures().join("slide-b2")).unwrap();
+/// A fixture case's config, weights and its first input image (1 x C x H x W, float32).
+fn first_image_case(name: &str) -> (SegmentorConfig, Vec<(String, AnyArray)>, ndarray::Array4<f32>) {
+    let c = Case::load(&fixtures().join(name)).unwrap();
     let cfg = SegmentorConfig::from_value(&c.manifest["model"]).unwrap();
     let weights = beit_seg::array::read_npz(&c.file_field("weights").unwrap()).unwrap();
     let inputs = beit_seg::array::read_npy(&c.input_file("inputs").unwrap()).unwrap();
     let x: ndarray::Array4<f32> = inputs.to_float::<f32>().unwrap().into_dimensionality().unwrap();
-    let x = x.slice(ndarray::s![0..1, .., .., ..]).to_owned();
+    (cfg, weights, x.slice(ndarray::s![0..1, .., .., ..]).to_owned())
+}
+
+/// The evaluation adapter gives the reference's logits (slide case, so the batched windows too).
+#[test]
+fn eval_model_matches_the_reference_model() {
+    let (cfg, weights, x) = first_image_case("slide-b2");
     let tch_model = TchModel::new(
         fast::EncoderDecoder::load(&cfg, weights.clone(), Ctx::new(Device::Cpu, Precision::Fp32)).unwrap(),
     );
@@ -219,12 +224,7 @@ fn eval_model_matches_the_reference_model() {
 /// `run` records under `pred` and `decode_head`, in fp32 and in bf16 (channels-last on the CPU).
 #[test]
 fn labels_and_head_logits_are_what_run_records() {
-    let c = Case::load(&fixtures().join("tiny-whole")).unwrap();
-    let cfg = SegmentorConfig::from_value(&c.manifest["model"]).unwrap();
-    let weights = beit_seg::array::read_npz(&c.file_field("weights").unwrap()).unwrap();
-    let inputs = beit_seg::array::read_npy(&c.input_file("inputs").unwrap()).unwrap();
-    let x: ndarray::Array4<f32> = inputs.to_float::<f32>().unwrap().into_dimensionality().unwrap();
-    let x = x.slice(ndarray::s![0..1, .., .., ..]).to_owned();
+    let (cfg, weights, x) = first_image_case("tiny-whole");
     for p in [Precision::Fp32, Precision::Bf16] {
         let m = TchModel::new(fast::EncoderDecoder::load(&cfg, weights.clone(), Ctx::new(Device::Cpu, p)).unwrap());
         let wanted = ["pred".to_string(), "decode_head".to_string()];

@@ -74,6 +74,17 @@ impl TchModel {
     }
 }
 
+impl TchModel {
+    /// `forward` of one float32 image batch, nothing recorded: what `labels` and `seg_logits`
+    /// share (the outputs stay on the device).
+    fn forward_one(&self, input: Array4<f32>) -> Result<crate::fast::SegOutput, BackendError> {
+        let _no_grad = tch::no_grad_guard();
+        let model = self.lock()?;
+        let x = from_any_array(&AnyArray::F32(input.into_dyn()), self.ctx.kind(), self.ctx.device)?;
+        Ok(model.forward(&x, &mut Recorder::none())?)
+    }
+}
+
 impl Model for TchModel {
     fn describe(&self) -> String {
         format!("tch (libtorch, {}, {})", device_name(self.ctx.device), self.ctx.precision.name())
@@ -105,10 +116,7 @@ impl Model for TchModel {
     }
 
     fn labels(&self, input: Array4<f32>) -> Result<Array3<i64>, BackendError> {
-        let _no_grad = tch::no_grad_guard();
-        let model = self.lock()?;
-        let x = from_any_array(&AnyArray::F32(input.into_dyn()), self.ctx.kind(), self.ctx.device)?;
-        let out = model.forward(&x, &mut Recorder::none())?;
+        let out = self.forward_one(input)?;
         // Only the labels leave the device (the logits are 150 x H x W floats).
         to_i64_array(&out.pred)?
             .into_dimensionality()
@@ -125,10 +133,7 @@ impl Model for TchModel {
     }
 
     fn seg_logits(&self, input: Array4<f32>) -> Result<Array4<f32>, BackendError> {
-        let _no_grad = tch::no_grad_guard();
-        let model = self.lock()?;
-        let x = from_any_array(&AnyArray::F32(input.into_dyn()), self.ctx.kind(), self.ctx.device)?;
-        let out = model.forward(&x, &mut Recorder::none())?;
+        let out = self.forward_one(input)?;
         // One host copy in f32 (what this method returns; PyTorch's own logits stay a tensor).
         let a = crate::fast::to_f32_array(&out.seg_logits)?;
         a.into_dimensionality().map_err(|_| {
